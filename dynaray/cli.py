@@ -1,0 +1,168 @@
+"""The `dynaray` command: demo, up, down, get and put."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from dynaray.errors import DynarayError
+
+STATE_DIR = os.path.expanduser(os.environ.get("DYNARAY_HOME", "~/.dynaray"))
+
+
+def _state_file(store: str) -> str:
+    return os.path.join(STATE_DIR, f"{store}.json")
+
+
+def _ray_command() -> list[str]:
+    found = shutil.which("ray")
+    return [found] if found else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dynaray import demo
+
+    demo.run(nodes=args.nodes)
+    return 0
+
+
+def _connect_ray(address: str | None) -> bool:
+    """Connect this driver to Ray; start a local head first if there is none. True if started."""
+    import ray
+
+    target = address or "auto"
+    try:
+        ray.init(address=target, namespace="dynaray", logging_level=logging.ERROR)
+        return False
+    except ConnectionError:
+        if address is not None:
+            raise DynarayError(f"no Ray cluster at {address!r}") from None
+    print("No running Ray found here; starting a local Ray head (`ray start --head`).")
+    subprocess.run(
+        [*_ray_command(), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    ray.init(address="auto", namespace="dynaray", logging_level=logging.ERROR)
+    return True
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import dynaray
+
+    data_dir = os.path.abspath(os.path.expanduser(args.data_dir or os.path.join(STATE_DIR, "data", args.store)))
+    started = _connect_ray(args.address)
+    cluster = dynaray.start(
+        nodes=args.nodes, n=args.n, r=args.r, w=args.w, data_dir=data_dir, store=args.store
+    )
+    os.makedirs(STATE_DIR, exist_ok=True)
+    with open(_state_file(args.store), "w") as f:
+        json.dump({"store": args.store, "data_dir": data_dir, "started_ray": started}, f)
+    print(
+        f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
+        f"N={args.n} R={args.r} W={args.w}, data in {data_dir}"
+    )
+    print("Use it from Python with dynaray.connect(), or `dynaray get KEY` / `dynaray put KEY VALUE`.")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import dynaray
+
+    state: dict = {}
+    if os.path.exists(_state_file(args.store)):
+        with open(_state_file(args.store)) as f:
+            state = json.load(f)
+    cluster = dynaray.Cluster.attach(args.store, address=args.address or "auto")
+    cluster.shutdown()
+    print(f"dynaray store {args.store!r} stopped; its data stays in {state.get('data_dir', 'place')}.")
+    if state.get("started_ray") and not args.keep_ray:
+        subprocess.run([*_ray_command(), "stop"], check=False, stdout=subprocess.DEVNULL)
+        print("Stopped the local Ray that `dynaray up` started.")
+    if state:
+        os.remove(_state_file(args.store))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    import dynaray
+
+    res = dynaray.connect(args.store, address=args.address or "auto").get(args.key)
+    if not res.values:
+        print(f"{args.key}: (absent)")
+        return 1
+    for value in res.values:
+        print(value.decode(errors="replace") if isinstance(value, bytes) else value)
+    if len(res.values) > 1:
+        print(f"({len(res.values)} siblings; `dynaray put` replaces them all)", file=sys.stderr)
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    import dynaray
+
+    client = dynaray.connect(args.store, address=args.address or "auto")
+    # The command line has no context to carry, so it reads first: the put replaces what it saw.
+    seen = client.get(args.key)
+    client.put(args.key, seen.context, args.value)
+    print(f"{args.key} = {args.value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynaray", description="A Dynamo-style key-value store inside a Ray cluster."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="walk through get, put, siblings and their merge")
+    demo.add_argument("--nodes", type=int, default=5)
+    demo.set_defaults(func=cmd_demo)
+
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", default="default", help="store name (default: default)")
+        p.add_argument("--address", default=None, help="Ray cluster address (default: auto)")
+
+    up = sub.add_parser("up", help="start a store that outlives this command")
+    store_args(up)
+    up.add_argument("--nodes", type=int, default=5)
+    up.add_argument("-n", type=int, default=3, help="replicas per key (N)")
+    up.add_argument("-r", type=int, default=2, help="read quorum (R)")
+    up.add_argument("-w", type=int, default=2, help="write quorum (W)")
+    up.add_argument("--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop a store started with `dynaray up`; data is kept")
+    store_args(down)
+    down.add_argument("--keep-ray", action="store_true", help="leave the local Ray running")
+    down.set_defaults(func=cmd_down)
+
+    get = sub.add_parser("get", help="print a key's value(s)")
+    store_args(get)
+    get.add_argument("key")
+    get.set_defaults(func=cmd_get)
+
+    put = sub.add_parser("put", help="set a key to a string value")
+    store_args(put)
+    put.add_argument("key")
+    put.add_argument("value")
+    put.set_defaults(func=cmd_put)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DynarayError, ValueError) as exc:
+        print(f"dynaray: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

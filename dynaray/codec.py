@@ -1,0 +1,130 @@
+"""How keys, values and on-disk records become bytes, and how they are checked on the way back.
+
+Values are serialized in the client only (bytes stay bytes, anything else goes through
+cloudpickle); storage nodes handle opaque bytes and never unpickle. Records are versioned
+msgpack, validated on decode so a corrupt or foreign record is an error, not a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import cloudpickle
+import msgpack
+
+from dynaray import versions
+
+# LMDB's compiled-in key limit (lmdb.Environment.max_key_size()); checked in the client so a
+# bad key fails before anything is sent.
+MAX_KEY_SIZE = 511
+MAX_BUCKET_SIZE = 64
+DEFAULT_BUCKET = "default"
+
+_RAW = b"\x00"
+_PICKLED = b"\x01"
+
+RECORD_FORMAT = 1
+_PARTITION = struct.Struct(">I")
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode_value(value: object) -> bytes:
+    """Client side: bytes are kept as they are, any other object is cloudpickled."""
+    if isinstance(value, bytes):
+        return _RAW + value
+    try:
+        return _PICKLED + cloudpickle.dumps(value)
+    except Exception as exc:  # cloudpickle raises many types; the user needs one message
+        raise ValueError(
+            f"value of type {type(value).__name__} cannot be serialized with cloudpickle: {exc}; "
+            "store bytes or a picklable object"
+        ) from exc
+
+
+def decode_value(data: bytes) -> object:
+    """Client side: the inverse of encode_value."""
+    tag, body = data[:1], data[1:]
+    if tag == _RAW:
+        return bytes(body)
+    if tag == _PICKLED:
+        return cloudpickle.loads(body)
+    raise ValueError(f"stored value has unknown encoding tag {tag!r}")
+
+
+def key_bytes(key: object) -> bytes:
+    """A user key as bytes: str is UTF-8 encoded, bytes are kept; anything else is refused."""
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    raise ValueError(f"key must be str or bytes, not {type(key).__name__}")
+
+
+def bucket_bytes(bucket: str) -> bytes:
+    if not isinstance(bucket, str) or not bucket:
+        raise ValueError("bucket name must be a non-empty str")
+    data = bucket.encode("utf-8")
+    if len(data) > MAX_BUCKET_SIZE:
+        raise ValueError(f"bucket name is {len(data)} bytes; the limit is {MAX_BUCKET_SIZE}")
+    return data
+
+
+def max_key_length(bucket: bytes) -> int:
+    """The longest user key that fits LMDB's key limit after the partition and bucket prefix."""
+    return MAX_KEY_SIZE - _PARTITION.size - 1 - len(bucket)
+
+
+def hash_input(bucket: bytes, key: bytes) -> bytes:
+    """The bytes hashed onto the ring: the bucket is part of a key's identity."""
+    return bytes([len(bucket)]) + bucket + key
+
+
+def check_key(bucket: bytes, key: bytes) -> None:
+    limit = max_key_length(bucket)
+    if len(key) > limit:
+        raise ValueError(
+            f"key is {len(key)} bytes; the limit in bucket {bucket.decode()!r} is {limit} bytes "
+            f"(LMDB allows {MAX_KEY_SIZE} bytes per key, less the partition and bucket prefix); "
+            "hash long keys or shorten them"
+        )
+
+
+def data_key(partition: int, bucket: bytes, key: bytes) -> bytes:
+    """LMDB key: partition id first (big-endian) so one partition is one contiguous range."""
+    return _PARTITION.pack(partition) + hash_input(bucket, key)
+
+
+def partition_prefix(partition: int) -> bytes:
+    return _PARTITION.pack(partition)
+
+
+def split_data_key(dkey: bytes) -> tuple[int, bytes, bytes]:
+    """The inverse of data_key: (partition, bucket, key)."""
+    if len(dkey) < _PARTITION.size + 1:
+        raise ValueError("data key is too short")
+    (partition,) = _PARTITION.unpack_from(dkey)
+    blen = dkey[_PARTITION.size]
+    start = _PARTITION.size + 1
+    return partition, dkey[start : start + blen], dkey[start + blen :]
+
+
+def encode_record(clock: versions.Clock) -> bytes:
+    return pack([RECORD_FORMAT, versions.to_wire(clock)])
+
+
+def decode_record(data: bytes) -> versions.Clock:
+    try:
+        obj = unpack(data)
+    except Exception as exc:
+        raise ValueError(f"record is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, list) or len(obj) != 2 or obj[0] != RECORD_FORMAT:
+        raise ValueError(f"record has an unknown format (expected format {RECORD_FORMAT})")
+    return versions.from_wire(obj[1])

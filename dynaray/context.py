@@ -1,0 +1,99 @@
+"""The opaque causal context a get returns and a put sends back (the paper's "context").
+
+It carries the version vector of what the reader saw, bound to the key it was read from.
+Its byte form is versioned msgpack with a checksum, so a truncated, corrupted or tampered
+context is refused with InvalidContext instead of silently discarding someone's write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from dynaray import codec, ring, versions
+from dynaray.errors import InvalidContext
+
+_MAGIC = b"DRC"
+_FORMAT = 1
+_DIGEST = 8
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=_DIGEST, person=b"dynaray-ctx").digest()
+
+
+def key_tag(hashed: bytes) -> int:
+    """A short fingerprint of the (bucket, key) a context belongs to."""
+    return ring.key_hash(hashed)
+
+
+class Context:
+    """Opaque token of what a read saw. Pass it back unchanged to put or delete."""
+
+    __slots__ = ("_vv", "_tag")
+
+    def __init__(self, vv: versions.VersionVector, tag: int) -> None:
+        self._vv = vv
+        self._tag = tag
+
+    @property
+    def version_vector(self) -> versions.VersionVector:
+        return self._vv
+
+    @property
+    def tag(self) -> int:
+        return self._tag
+
+    def __bytes__(self) -> bytes:
+        body = _MAGIC + bytes([_FORMAT]) + codec.pack([versions.vv_to_wire(self._vv), self._tag])
+        return body + _digest(body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Context:
+        """Rebuild a context from bytes(ctx). Raises InvalidContext if anything is off."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidContext(f"context bytes expected, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < len(_MAGIC) + 1 + _DIGEST or not data.startswith(_MAGIC):
+            raise InvalidContext("not a dynaray context (too short or wrong header)")
+        if data[len(_MAGIC)] != _FORMAT:
+            raise InvalidContext(
+                f"context format {data[len(_MAGIC)]} is not supported (expected {_FORMAT}); "
+                "read the key again to get a fresh context"
+            )
+        body, digest = data[:-_DIGEST], data[-_DIGEST:]
+        if _digest(body) != digest:
+            raise InvalidContext("context checksum does not match: it was truncated or altered")
+        try:
+            obj = codec.unpack(body[len(_MAGIC) + 1 :])
+            if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[1], int):
+                raise ValueError("context payload has the wrong shape")
+            return cls(versions.vv_from_wire(obj[0]), obj[1])
+        except (ValueError, TypeError) as exc:
+            raise InvalidContext(f"context payload is malformed: {exc}") from exc
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Context) and (self._vv, self._tag) == (other._vv, other._tag)
+
+    def __hash__(self) -> int:
+        return hash((self._vv, self._tag))
+
+    def __repr__(self) -> str:
+        return f"<dynaray.Context of {len(self._vv)} node(s)>"
+
+
+def check_context(context: object, hashed: bytes) -> versions.VersionVector:
+    """The version vector a put carries: empty for None, else the context's, if it is for this key."""
+    if context is None:
+        return ()
+    if isinstance(context, bytes | bytearray | memoryview):
+        context = Context.from_bytes(bytes(context))
+    if not isinstance(context, Context):
+        raise InvalidContext(
+            f"context must be a dynaray.Context (from a get), its bytes, or None for a first "
+            f"write; got {type(context).__name__}"
+        )
+    if context.tag != key_tag(hashed):
+        raise InvalidContext(
+            "this context was read from a different key; pass the context of a get of this key"
+        )
+    return context.version_vector

@@ -1,0 +1,70 @@
+"""Every exception dynaray raises, in one place, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class DynarayError(Exception):
+    """Base class of dynaray's own errors."""
+
+
+class ConflictError(DynarayError):
+    """A read found concurrent versions (siblings) where one value was asked for."""
+
+    def __init__(self, key: object, count: int) -> None:
+        self.key = key
+        self.count = count
+        super().__init__(
+            f"key {key!r} has {count} conflicting versions (siblings); read them with "
+            "`result.values`, merge them, and write the merge back with "
+            "`put(key, result.context, merged)`"
+        )
+
+
+class QuorumError(DynarayError):
+    """Too few replicas answered in time. For a write, the outcome is indeterminate."""
+
+    def __init__(self, op: str, key: object, answered: int, needed: int, asked: int) -> None:
+        self.op = op
+        self.key = key
+        self.answered = answered
+        self.needed = needed
+        self.asked = asked
+        message = (
+            f"{op} of {key!r}: {answered} of {asked} replicas answered in time, "
+            f"{needed} needed"
+        )
+        if op in ("put", "delete"):
+            message += (
+                "; the write may still be stored on the replicas that did answer and will spread "
+                "from there: read the key again before retrying with the new context"
+            )
+        super().__init__(message)
+
+    @property
+    def indeterminate(self) -> bool:
+        """True for writes: they may or may not have been stored."""
+        return self.op in ("put", "delete")
+
+
+class RequestTimeout(DynarayError, TimeoutError):
+    """The coordinator did not answer in time. For a write, the outcome is indeterminate."""
+
+    def __init__(self, op: str, key: object, seconds: float) -> None:
+        self.op = op
+        self.key = key
+        message = f"{op} of {key!r}: no answer from the coordinator within {seconds:.1f}s"
+        if op in ("put", "delete"):
+            message += "; the write may or may not have been stored: read the key to find out"
+        super().__init__(message)
+
+
+class InvalidContext(DynarayError, ValueError):
+    """A context that is malformed, truncated, tampered with or from another format."""
+
+
+class Unavailable(DynarayError):
+    """No storage node could be reached to serve the request."""
+
+
+class NodeError(DynarayError):
+    """A storage node refused to start or to act (its directory, its stamp, its ring)."""

@@ -1,0 +1,100 @@
+"""The coordinator's quorum bookkeeping: whom to ask (sloppy quorum) and when enough answered.
+
+Pure logic, no I/O: the node feeds it answers and failures, it says who to ask next and
+whether the request succeeded. Names follow the Dynamo paper: the preference list, the top
+N healthy nodes, and fallbacks that hold a hint for the primary they stand in for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    """One replica of a request. `hint` names the primary a fallback stands in for."""
+
+    node: str
+    hint: str | None = None
+
+
+def check_quorum(n: int, r: int, w: int, nodes: int) -> None:
+    """Validate N/R/W for a store of `nodes` nodes; ValueError that says what to change."""
+    for name, value in (("n", n), ("r", r), ("w", w)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if r > n or w > n:
+        raise ValueError(f"r={r} and w={w} must not exceed n={n}: a quorum is a subset of N")
+    if n > nodes:
+        raise ValueError(f"n={n} replicas need at least {n} nodes; the store has {nodes}")
+
+
+def select(preference: Sequence[str], n: int, is_up: Callable[[str], bool]) -> list[Target]:
+    """The first N healthy nodes of the extended preference list (the paper's sloppy quorum).
+
+    A primary (one of the first N) that is down is replaced by the next healthy node past
+    the first N, which receives the write with a hint naming that primary.
+    """
+    spares = [node for node in preference[n:] if is_up(node)]
+    targets = []
+    for primary in preference[:n]:
+        if is_up(primary):
+            targets.append(Target(primary))
+        elif spares:
+            targets.append(Target(spares.pop(0), hint=primary))
+    return targets
+
+
+class Tally:
+    """Answers of one request's replicas against its quorum of `needed`.
+
+    A replica that fails is replaced by the next unused healthy fallback, which then
+    stands in for the failed replica's primary.
+    """
+
+    def __init__(
+        self,
+        preference: Sequence[str],
+        targets: Sequence[Target],
+        needed: int,
+        is_up: Callable[[str], bool] = lambda _: True,
+    ) -> None:
+        self.needed = needed
+        self.targets = list(targets)
+        used = {t.node for t in targets}
+        n = len(targets)
+        self._spares = [p for p in preference if p not in used and is_up(p)]
+        self._primaries = set(preference[:n]) if n else set()
+        self.ok: list[str] = []
+        self.failed: list[str] = []
+
+    @property
+    def asked(self) -> int:
+        return len(self.targets)
+
+    def answered(self, node: str) -> None:
+        self.ok.append(node)
+
+    def failure(self, target: Target) -> Target | None:
+        """Record that target did not answer; return the fallback to ask instead, if any."""
+        self.failed.append(target.node)
+        if not self._spares:
+            return None
+        primary = target.hint or (target.node if target.node in self._primaries else None)
+        replacement = Target(self._spares.pop(0), hint=primary)
+        self.targets.append(replacement)
+        return replacement
+
+    @property
+    def reached(self) -> bool:
+        return len(self.ok) >= self.needed
+
+    @property
+    def pending(self) -> int:
+        return len(self.targets) - len(self.ok) - len(self.failed)
+
+    @property
+    def hopeless(self) -> bool:
+        """No way left to reach the quorum: too few pending and no spares."""
+        return not self.reached and len(self.ok) + self.pending < self.needed

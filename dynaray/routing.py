@@ -1,0 +1,170 @@
+"""Partition-aware request routing: the client half of Dynamo's request path.
+
+Routing caches the ring, refreshes it from a random node now and then, and sends each
+request straight to the key's coordinator (the first healthy node of its top N). It speaks
+only encoded bytes and wire clocks; the Client and the Router actor wrap it. The paper's
+other two paths stay selectable: through the Router actor, or to any node, which forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from typing import Any
+
+from dynaray import codec, quorum
+from dynaray.errors import QuorumError, RequestTimeout, Unavailable
+from dynaray.ring import Ring
+from dynaray.transport import PeerUnavailable, Transport
+
+PATHS = ("client", "router", "any")
+REQUEST_TIMEOUT = 10.0
+RING_REFRESH = 5.0
+RETRY_AFTER = 1.0
+
+
+class Routing:
+    """Send requests to coordinators. One per Client; the Router actor holds one too."""
+
+    def __init__(
+        self,
+        nodes: dict[str, Any],
+        *,
+        path: str = "client",
+        router: Any = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+        ring_refresh: float = RING_REFRESH,
+        rng: random.Random | None = None,
+    ) -> None:
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path == "router" and router is None:
+            raise ValueError("path='router' needs the store's Router actor")
+        self.path = path
+        self.transport = Transport(f"client-{uuid.uuid4().hex[:8]}", rng=rng)
+        self.transport.set_peers(nodes)
+        if router is not None:
+            self.transport.peers["router"] = router
+        self.rng = rng or random.Random()
+        self.request_timeout = request_timeout
+        self.ring_refresh = ring_refresh
+        self.ring: Ring | None = None
+        self.config: dict = {}
+        self._refreshed = 0.0
+        self._refreshing: asyncio.Task | None = None
+        self._down_until: dict[str, float] = {}
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(p for p in self.transport.peers if p != "router")
+
+    def adopt(self, description: dict) -> None:
+        """Take a node's ring and defaults if its ring is at least as new as ours."""
+        if description.get("ring") is None:
+            return
+        ring = Ring.from_wire(description["ring"])
+        if self.ring is None or ring.version >= self.ring.version:
+            self.ring = ring
+            self.config = dict(description.get("config") or {})
+        self._refreshed = time.monotonic()
+
+    async def refresh(self) -> None:
+        """Fetch the ring from a random reachable node (the paper's periodic client refresh)."""
+        nodes = self.nodes
+        self.rng.shuffle(nodes)
+        for node in nodes:
+            try:
+                self.adopt(await self.transport.call(node, "describe", timeout=5.0))
+                return
+            except PeerUnavailable:
+                self._mark_down(node)
+        raise Unavailable(f"no storage node answered; tried {', '.join(sorted(nodes))}")
+
+    async def _ensure_ring(self) -> Ring:
+        if self.ring is None:
+            await self.refresh()
+        elif time.monotonic() - self._refreshed > self.ring_refresh and (
+            self._refreshing is None or self._refreshing.done()
+        ):
+            self._refreshing = asyncio.ensure_future(self._quiet_refresh())
+        assert self.ring is not None
+        return self.ring
+
+    async def _quiet_refresh(self) -> None:
+        try:
+            await self.refresh()
+        except Unavailable:
+            self._refreshed = time.monotonic()
+
+    def is_up(self, node: str) -> bool:
+        until = self._down_until.get(node)
+        return until is None or time.monotonic() >= until
+
+    def _mark_down(self, node: str) -> None:
+        self._down_until[node] = time.monotonic() + RETRY_AFTER
+
+    def quorum(self, r: int | None = None, w: int | None = None) -> tuple[int, int, int]:
+        """The request's N, R, W: per-request values checked against the store's N."""
+        n = self.config.get("n", 3)
+        r = self.config.get("r", 2) if r is None else r
+        w = self.config.get("w", 2) if w is None else w
+        quorum.check_quorum(n, r, w, len(self.nodes))
+        return n, r, w
+
+    async def coordinators(self, bucket: bytes, key: bytes, n: int) -> list[str]:
+        """Whom to ask to coordinate, best first."""
+        if self.path == "router":
+            return ["router"]
+        ring = await self._ensure_ring()
+        if self.path == "any":
+            nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
+            return [self.rng.choice(nodes)]
+        preference = ring.preference_list(ring.partition_of(codec.hash_input(bucket, key)))
+        healthy = [p for p in preference if self.is_up(p)]
+        return healthy + [p for p in preference if p not in healthy]
+
+    async def put(
+        self, bucket: bytes, key: bytes, vv_wire: list, value: bytes | None, w: int, n: int
+    ) -> list:
+        """Store a value; returns the new context's version vector or raises."""
+        op = "put" if value is not None else "delete"
+        reply = await self._send(op, "coordinate_put", bucket, key, vv_wire, value, w, n)
+        if reply[0] == "ok":
+            return reply[1]
+        raise QuorumError(op, key_repr(key), *reply[1:])
+
+    async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> list | None:
+        """The key's clock in wire form (None when absent) or raises."""
+        reply = await self._send("get", "coordinate_get", bucket, key, r, n)
+        if reply[0] == "ok":
+            return reply[1]
+        raise QuorumError("get", key_repr(key), *reply[1:])
+
+    async def _send(self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any) -> tuple:
+        """Ask the best coordinator; on one that cannot be reached, the next (rest ends in n)."""
+        candidates = await self.coordinators(bucket, key, rest[-1])
+        last: PeerUnavailable | None = None
+        for node in candidates[:3]:
+            try:
+                return await self.transport.call(
+                    node, method, bucket, key, *rest, timeout=self.request_timeout
+                )
+            except PeerUnavailable as exc:
+                self._mark_down(node)
+                if "no answer" in exc.reason:
+                    # A coordinator that timed out may have done the work: do not repeat it.
+                    raise RequestTimeout(op, key_repr(key), self.request_timeout) from None
+                last = exc
+        raise Unavailable(
+            f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
+            "the store's nodes may be down"
+        )
+
+
+def key_repr(key: bytes) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(key)

@@ -1,0 +1,221 @@
+"""A node's durable store: one LMDB environment with named sub-databases and one writer thread.
+
+The writer thread group-commits every write queued while the previous transaction was
+committing, so a burst of replica writes costs one fsync; a write's future resolves only
+after its transaction is durable, which is when a replica may acknowledge. Reads are short
+read transactions on the caller's thread and never span an await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+
+from dynaray.errors import NodeError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Callable[["Txn"], Any]
+
+DATA = b"data"
+HINTS = b"hints"
+META = b"meta"
+MERKLE = b"merkle"
+_STAMP = b"node_id"
+_INITIAL_MAP_SIZE = 64 << 20
+_MAX_BATCH = 2048
+_STOP = object()
+
+
+class Txn:
+    """The write transaction handed to queued operations, with the store's databases bound."""
+
+    def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
+        self._store = store
+        self.raw = txn
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        return self.raw.get(key, db=self._store.dbs[db])
+
+    def put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self.raw.put(key, value, db=self._store.dbs[db])
+
+    def delete(self, db: bytes, key: bytes) -> bool:
+        return self.raw.delete(key, db=self._store.dbs[db])
+
+
+class Store:
+    """One node's LMDB environment. Create it in the actor, close it when the actor stops."""
+
+    def __init__(self, path: str, node_id: str, *, sync: bool = True) -> None:
+        self.path = path
+        self.node_id = node_id
+        try:
+            os.makedirs(path, exist_ok=True)
+            self.env = lmdb.open(
+                path,
+                max_dbs=8,
+                map_size=_INITIAL_MAP_SIZE,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_readers=256,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise NodeError(
+                f"node {node_id} cannot open its data directory {path!r}: {exc}; check that the "
+                "path exists, is writable by the Ray worker and is not used by another process"
+            ) from exc
+        self.dbs = {name: self.env.open_db(name) for name in (DATA, HINTS, META, MERKLE)}
+        self._check_stamp()
+        # set_mapsize needs every transaction of this process closed, so readers and the
+        # resize share this lock; readers never contend with each other (one event loop).
+        self._resize = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name=f"lmdb-writer-{node_id}")
+        self._writer.daemon = True
+        self._writer.start()
+
+    def _check_stamp(self) -> None:
+        with self.env.begin(write=True) as txn:
+            stamp = txn.get(_STAMP, db=self.dbs[META])
+            if stamp is None:
+                txn.put(_STAMP, self.node_id.encode(), db=self.dbs[META])
+            elif stamp.decode() != self.node_id:
+                self.env.close()
+                raise NodeError(
+                    f"directory {self.path!r} belongs to node {stamp.decode()!r}, not "
+                    f"{self.node_id!r}; nothing was changed. Give each node its own directory."
+                )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+            return txn.get(key)
+
+    def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+            return [txn.get(key) for key in keys]
+
+    def scan(
+        self, db: bytes, prefix: bytes = b"", start: bytes | None = None, limit: int = 1000
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` items whose key starts with prefix, from `start` (exclusive) on."""
+        out: list[tuple[bytes, bytes]] = []
+        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(start if start is not None else prefix)
+            if found and start is not None and cursor.key() == start:
+                found = cursor.next()
+            while found and len(out) < limit:
+                key = cursor.key()
+                if not key.startswith(prefix):
+                    break
+                out.append((key, cursor.value()))
+                found = cursor.next()
+        return out
+
+    def iterate(self, db: bytes, prefix: bytes = b"", batch: int = 1000) -> Iterator[tuple]:
+        """Every item under prefix, read in short transactions of `batch` items."""
+        start = None
+        while True:
+            items = self.scan(db, prefix, start, batch)
+            yield from items
+            if len(items) < batch:
+                return
+            start = items[-1][0]
+
+    def count(self, db: bytes) -> int:
+        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+            return txn.stat(self.dbs[db])["entries"]
+
+    def disk_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def write(self, op: Callable[[Txn], T]) -> T:
+        """Run op inside the next group-committed transaction; resolves after the commit."""
+        if self._closed:
+            raise NodeError(f"node {self.node_id} store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, loop, future))
+        return await future
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list) -> None:
+        while True:
+            results: list[tuple[bool, Any]] = []
+            try:
+                with self.env.begin(write=True) as raw:
+                    txn = Txn(self, raw)
+                    for op, _, _ in batch:
+                        try:
+                            results.append((True, op(txn)))
+                        except lmdb.MapFullError:
+                            raise
+                        except Exception as exc:  # one bad op must not fail the batch
+                            results.append((False, exc))
+                break
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                results = [(False, NodeError(f"LMDB write failed: {exc}"))] * len(batch)
+                break
+        for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_resolve, future, ok, value)
+
+    def _grow(self) -> None:
+        with self._resize:
+            size = self.env.info()["map_size"] * 2
+            self.env.set_mapsize(size)
+        log.info("node %s: LMDB map grown to %d MiB", self.node_id, size >> 20)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join(timeout=30)
+        self.env.close()
+
+
+def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -1,0 +1,239 @@
+"""The core store on real Ray actors and real LMDB: the public API of dynaray, errors included."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import dynaray
+from dynaray import codec
+from tests.conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_session, tmp_path_factory):
+    c = dynaray.start(
+        nodes=5, n=3, r=2, w=2, data_dir=str(tmp_path_factory.mktemp("store")), node_options=FAST
+    )
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return cluster.client()
+
+
+def test_absent_key_reads_empty(client):
+    res = client.get("never-written")
+    assert res.values == []
+    assert res.value is None
+    assert isinstance(res.context, dynaray.Context)
+
+
+def test_put_get_round_trip_objects_and_bytes(client):
+    client.put("obj", None, {"a": [1, 2]})
+    client.put("raw", None, b"\x00\xffraw")
+    assert client.get("obj").value == {"a": [1, 2]}
+    raw = client.get("raw").value
+    assert raw == b"\x00\xffraw" and isinstance(raw, bytes)
+
+
+def test_put_with_context_replaces_what_was_read(client):
+    ctx = client.put("cart:1", None, ["book"])
+    assert isinstance(ctx, dynaray.Context)
+    res = client.get("cart:1")
+    client.put("cart:1", res.context, ["book", "pen"])
+    assert client.get("cart:1").values == [["book", "pen"]]
+
+
+def test_concurrent_puts_become_siblings_and_merge_resolves(client):
+    client.put("cart:2", None, ["base"])
+    seen = client.get("cart:2")
+    client.put("cart:2", seen.context, ["base", "left"])
+    client.put("cart:2", seen.context, ["base", "right"])
+    res = client.get("cart:2")
+    assert sorted(res.values) == [["base", "left"], ["base", "right"]]
+    with pytest.raises(dynaray.ConflictError, match="2 conflicting versions"):
+        _ = res.value
+    client.put("cart:2", res.context, ["base", "left", "right"])
+    assert client.get("cart:2").value == ["base", "left", "right"]
+
+
+def test_blind_writes_are_kept_as_siblings(client):
+    client.put("blind", None, "one")
+    client.put("blind", None, "two")
+    assert sorted(client.get("blind").values) == ["one", "two"]
+
+
+def test_write_lands_on_exactly_n_replicas(cluster, client):
+    client.put("placed", None, "v", w=2)
+    # W=2 acknowledges early; the third replica gets it right after.
+    state = _settled(cluster, "placed", 3)
+    assert len(state) == 3
+    assert all(values == ["v"] for values in state.values())
+
+
+def test_w3_write_is_on_all_three_when_acknowledged(cluster, client):
+    client.put("all-three", None, "v", w=3)
+    state = cluster.replica_state("all-three")
+    assert len(state) == 3 and all(v == ["v"] for v in state.values())
+
+
+def test_delete_hides_value_and_keeps_tombstone(cluster, client):
+    ctx = client.put("gone", None, "v")
+    client.delete("gone", ctx)
+    res = client.get("gone")
+    assert res.values == []
+    client.put("gone", res.context, "back")
+    assert client.get("gone").values == ["back"]
+
+
+def test_delete_without_context_deletes_what_it_reads(client):
+    client.put("gone2", None, "v")
+    client.delete("gone2")
+    assert client.get("gone2").values == []
+
+
+def test_per_request_quorums(client):
+    client.put("q", None, "v", w=3)
+    assert client.get("q", r=1).value == "v"
+    assert client.get("q", r=3).value == "v"
+
+
+def test_context_round_trips_through_bytes(client):
+    client.put("ctx", None, "v1")
+    res = client.get("ctx")
+    data = bytes(res.context)
+    again = dynaray.Context.from_bytes(data)
+    assert again == res.context
+    client.put("ctx", data, "v2")  # bytes are accepted where a context is
+    assert client.get("ctx").values == ["v2"]
+
+
+def test_async_twins(client):
+    async def run():
+        ctx = await client.aput("async", None, "a")
+        res = await client.aget("async")
+        assert res.value == "a"
+        await client.aput("async", res.context, "b", w=3)
+        res = await client.aget("async", r=3)
+        assert res.value == "b"
+        await client.adelete("async", res.context)
+        return (await client.aget("async")).values, ctx
+
+    values, ctx = asyncio.run(run())
+    assert values == [] and isinstance(ctx, dynaray.Context)
+
+
+def test_sync_call_inside_event_loop_says_use_async(client):
+    async def run():
+        client.get("x")
+
+    with pytest.raises(RuntimeError, match="aget"):
+        asyncio.run(run())
+
+
+@pytest.mark.parametrize("path", ["router", "any"])
+def test_other_request_paths(cluster, path):
+    other = cluster.client(path=path)
+    ctx = other.put(f"path-{path}", None, path)
+    assert other.get(f"path-{path}").value == path
+    res = other.get(f"path-{path}")
+    other.put(f"path-{path}", res.context, "again")
+    assert other.get(f"path-{path}").values == ["again"]
+    assert isinstance(ctx, dynaray.Context)
+
+
+def test_nodes_lists_ids(cluster):
+    assert cluster.nodes() == ["n1", "n2", "n3", "n4", "n5"]
+
+
+# -- bad input: a clear error and nothing written ----------------------------------------
+
+
+def test_key_too_long_says_the_limit(cluster, client):
+    limit = codec.max_key_length(codec.bucket_bytes(codec.DEFAULT_BUCKET))
+    with pytest.raises(ValueError, match=f"limit .* is {limit} bytes"):
+        client.put("k" * (limit + 1), None, "v")
+    client.put("k" * limit, None, "fits")
+    assert client.get("k" * limit).value == "fits"
+    assert cluster.replica_state("k" * (limit - 1)) == {}
+
+
+@pytest.mark.parametrize("key", [1, 2.5, None, ("a",), ["a"]])
+def test_key_of_wrong_type(client, key):
+    with pytest.raises(ValueError, match="key must be str or bytes"):
+        client.put(key, None, "v")
+    with pytest.raises(ValueError, match="key must be str or bytes"):
+        client.get(key)
+
+
+def test_malformed_contexts_are_refused_and_nothing_written(cluster, client):
+    client.put("guarded", None, "original")
+    good = bytes(client.get("guarded").context)
+    tampered = bytearray(good)
+    tampered[6] ^= 0xFF
+    for bad in (b"", b"junk", good[:-1], bytes(tampered), good + b"x"):
+        with pytest.raises(dynaray.InvalidContext):
+            client.put("guarded", bad, "evil")
+    with pytest.raises(dynaray.InvalidContext, match="dynaray.Context"):
+        client.put("guarded", "a string", "evil")
+    with pytest.raises(dynaray.InvalidContext, match="different key"):
+        client.put("guarded", client.get("other-key").context, "evil")
+    assert client.get("guarded").values == ["original"]
+
+
+def test_unpicklable_value_is_refused(client):
+    import threading
+
+    with pytest.raises(ValueError, match="cannot be serialized"):
+        client.put("lock", None, threading.Lock())
+    assert client.get("lock").values == []
+
+
+def test_quorum_larger_than_n_is_refused(client):
+    with pytest.raises(ValueError, match="must not exceed n=3"):
+        client.get("x", r=4)
+    with pytest.raises(ValueError, match="must not exceed n=3"):
+        client.put("x", None, "v", w=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        client.put("x", None, "v", w=0)
+
+
+def test_start_refuses_bad_quorums(ray_session):
+    with pytest.raises(ValueError, match="must not exceed n"):
+        dynaray.start(nodes=3, n=3, r=4, w=2)
+    with pytest.raises(ValueError, match="need at least 5 nodes"):
+        dynaray.start(nodes=3, n=5, r=2, w=2)
+
+
+def test_second_store_with_same_name_is_refused(cluster):
+    with pytest.raises(dynaray.DynarayError, match="already running"):
+        dynaray.start(nodes=3)
+
+
+def test_connect_from_the_same_cluster(cluster, client):
+    client.put("shared", None, "from-first")
+    other = dynaray.connect()
+    assert other.get("shared").value == "from-first"
+
+
+def test_binary_keys_and_unicode_keys(client):
+    client.put(b"\x00\x01bin", None, "b")
+    client.put("ключ", None, "u")
+    assert client.get(b"\x00\x01bin").value == "b"
+    assert client.get("ключ").value == "u"
+
+
+def _settled(cluster, key, count, attempts=50):
+    import time
+
+    state = cluster.replica_state(key)
+    for _ in range(attempts):
+        if len(state) >= count:
+            break
+        time.sleep(0.1)
+        state = cluster.replica_state(key)
+    return state
