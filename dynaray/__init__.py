@@ -1,10 +1,10 @@
 """dynaray: a Dynamo-style leaderless, replicated, durable key-value store inside a Ray cluster.
 
-    import dynaray
-    cluster = dynaray.start(nodes=5, n=3, r=2, w=2)
-    client = cluster.client()
-    ctx = client.put("cart:1", None, ["book"])
-    res = client.get("cart:1")          # res.values, res.context, res.value
+import dynaray
+cluster = dynaray.start(nodes=5, n=3, r=2, w=2)
+client = cluster.client()
+ctx = client.put("cart:1", None, ["book"])
+res = client.get("cart:1")          # res.values, res.context, res.value
 """
 
 from dynaray.client import Client, GetResult

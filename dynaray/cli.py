@@ -55,7 +55,9 @@ def _connect_ray(address: str | None) -> bool:
 def cmd_up(args: argparse.Namespace) -> int:
     import dynaray
 
-    data_dir = os.path.abspath(os.path.expanduser(args.data_dir or os.path.join(STATE_DIR, "data", args.store)))
+    data_dir = os.path.abspath(
+        os.path.expanduser(args.data_dir or os.path.join(STATE_DIR, "data", args.store))
+    )
     started = _connect_ray(args.address)
     cluster = dynaray.start(
         nodes=args.nodes, n=args.n, r=args.r, w=args.w, data_dir=data_dir, store=args.store
@@ -67,7 +69,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
         f"N={args.n} R={args.r} W={args.w}, data in {data_dir}"
     )
-    print("Use it from Python with dynaray.connect(), or `dynaray get KEY` / `dynaray put KEY VALUE`.")
+    print(
+        "Use it from Python with dynaray.connect(), or `dynaray get KEY` / `dynaray put KEY VALUE`."
+    )
     return 0
 
 
@@ -78,9 +82,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     if os.path.exists(_state_file(args.store)):
         with open(_state_file(args.store)) as f:
             state = json.load(f)
+    import ray
+
     cluster = dynaray.Cluster.attach(args.store, address=args.address or "auto")
     cluster.shutdown()
-    print(f"dynaray store {args.store!r} stopped; its data stays in {state.get('data_dir', 'place')}.")
+    ray.shutdown()  # disconnect before `ray stop`, or the stop tears down a live driver
+    print(
+        f"dynaray store {args.store!r} stopped; its data stays in {state.get('data_dir', 'place')}."
+    )
     if state.get("started_ray") and not args.keep_ray:
         subprocess.run([*_ray_command(), "stop"], check=False, stdout=subprocess.DEVNULL)
         print("Stopped the local Ray that `dynaray up` started.")
@@ -134,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-n", type=int, default=3, help="replicas per key (N)")
     up.add_argument("-r", type=int, default=2, help="read quorum (R)")
     up.add_argument("-w", type=int, default=2, help="write quorum (W)")
-    up.add_argument("--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)")
+    up.add_argument(
+        "--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)"
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop a store started with `dynaray up`; data is kept")
@@ -157,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ray announces at every connect that token authentication is on; that is the safe
+    # default (see docs/operations.md), not news to act on.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except (DynarayError, ValueError) as exc:

@@ -197,4 +197,3 @@ def _address(bucket: str, key: object) -> tuple[bytes, bytes, bytes]:
     k = codec.key_bytes(key)
     codec.check_key(b, k)
     return b, k, codec.hash_input(b, k)
-

@@ -56,9 +56,7 @@ class Router:
         except QuorumError as exc:
             return ("quorum", exc.answered, exc.needed, exc.asked)
 
-    async def coordinate_get(
-        self, sender: str, bucket: bytes, key: bytes, r: int, n: int
-    ) -> tuple:
+    async def coordinate_get(self, sender: str, bucket: bytes, key: bytes, r: int, n: int) -> tuple:
         try:
             return ("ok", await self.routing.get(bucket, key, r, n))
         except QuorumError as exc:

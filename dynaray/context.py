@@ -82,7 +82,7 @@ class Context:
 
 
 def check_context(context: object, hashed: bytes) -> versions.VersionVector:
-    """The version vector a put carries: empty for None, else the context's, if it is for this key."""
+    """The version vector a put carries: () for None, else the context's if it is this key's."""
     if context is None:
         return ()
     if isinstance(context, bytes | bytearray | memoryview):

@@ -30,8 +30,7 @@ class QuorumError(DynarayError):
         self.needed = needed
         self.asked = asked
         message = (
-            f"{op} of {key!r}: {answered} of {asked} replicas answered in time, "
-            f"{needed} needed"
+            f"{op} of {key!r}: {answered} of {asked} replicas answered in time, {needed} needed"
         )
         if op in ("put", "delete"):
             message += (

@@ -9,6 +9,7 @@ versions, quorum).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -250,12 +251,13 @@ class StorageNode:
             self._spawn(send(target))
         if tally.reached or tally.hopeless:
             return
-        # Every send carries its own deadline, so this wait is bounded by them; the outer
-        # timeout guards against a chain of fallbacks each taking a full deadline.
-        try:
+        await self._decided(done)
+
+    async def _decided(self, done: asyncio.Event) -> None:
+        """Wait until the quorum is reached or hopeless. Every call carries its own deadline;
+        this bound guards against a chain of fallbacks each taking a full one."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), self.options.replica_timeout * 3)
-        except TimeoutError:
-            pass
 
     # -- coordinator: get -------------------------------------------------------------------
 
@@ -297,10 +299,7 @@ class StorageNode:
 
         for target in targets:
             pending.add(self._spawn(ask(target)))
-        try:
-            await asyncio.wait_for(done.wait(), self.options.replica_timeout * 3)
-        except TimeoutError:
-            pass
+        await self._decided(done)
         if not tally.reached:
             return ("quorum", len(tally.ok), r, tally.asked)
         merged = _merge([c for _, c in replies.values()])
@@ -309,7 +308,11 @@ class StorageNode:
         return ("ok", versions.to_wire(merged) if merged is not None else None)
 
     def _read_local(self, dkey: bytes, hint: str | None) -> versions.Clock | None:
-        raw = self.store.get(DATA, dkey) if hint is None else self.store.get(HINTS, hint_key(hint, dkey))
+        raw = (
+            self.store.get(DATA, dkey)
+            if hint is None
+            else self.store.get(HINTS, hint_key(hint, dkey))
+        )
         return codec.decode_record(raw) if raw is not None else None
 
     async def _read_repair(

@@ -1,0 +1,53 @@
+"""The `dynaray` command as a user runs it: demo, then up, put, down, up, get on one directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _dynaray(args: list[str], home: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DYNARAY_HOME": home}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dynaray.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=check,
+    )
+
+
+def test_demo_walks_through_siblings_and_merge(tmp_path):
+    out = _dynaray(["demo"], str(tmp_path)).stdout
+    assert "2 siblings" in out
+    assert "['book', 'lamp', 'mug', 'pen']" in out
+    assert "Store stopped" in out
+
+
+def test_store_survives_down_and_up(tmp_path):
+    home = str(tmp_path)
+    data = os.path.join(home, "data")
+    try:
+        up = _dynaray(["up", "--nodes", "3", "--data-dir", data], home)
+        assert "is up" in up.stdout
+        _dynaray(["put", "greeting", "hello"], home)
+        assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
+        _dynaray(["down", "--keep-ray"], home)
+        assert sorted(os.listdir(data)) == ["n1", "n2", "n3"]
+        # The nodes are gone: a get now fails with a clear message, not a hang.
+        gone = _dynaray(["get", "greeting"], home, check=False)
+        assert gone.returncode == 2 and "no store named" in gone.stderr
+        _dynaray(["up", "--nodes", "3", "--data-dir", data], home)
+        assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
+        absent = _dynaray(["get", "nothing-here"], home, check=False)
+        assert absent.returncode == 1 and "(absent)" in absent.stdout
+    finally:
+        _dynaray(["down"], home, check=False)
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
