@@ -14,8 +14,10 @@ import tempfile
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from dynaray import codec, quorum
+from dynaray import codec, faults, quorum
 from dynaray.client import Client
 from dynaray.errors import DynarayError, QuorumError
 from dynaray.ring import DEFAULT_PARTITIONS, Ring
@@ -47,6 +49,9 @@ class Router:
 
     def __init__(self, nodes: dict[str, Any]) -> None:
         self.routing = Routing(nodes)
+
+    async def update_peer(self, node: str, handle: Any) -> None:
+        self.routing.set_node(node, handle)
 
     async def coordinate_put(
         self, sender: str, bucket: bytes, key: bytes, vv: list, value, w: int, n: int
@@ -151,7 +156,15 @@ def start(
             )
             .remote(handles)
         )
-        return Cluster(store, handles, router, root if ephemeral else None, started_ray)
+        return Cluster(
+            store,
+            handles,
+            router,
+            root if ephemeral else None,
+            started_ray,
+            options=options,
+            resources=resources,
+        )
     except BaseException:
         for handle in handles.values():  # only what this call created
             ray.kill(handle, no_restart=True)
@@ -173,9 +186,20 @@ def _placement(nodes: int) -> dict[str, float]:
     return {KVNODE: 1}
 
 
-def _create_node(store: str, node_id: str, path: str, options: dict, resources: dict):
+def _create_node(
+    store: str,
+    node_id: str,
+    path: str,
+    options: dict,
+    resources: dict,
+    ray_node: str | None = None,
+):
     from dynaray.node import StorageNode
 
+    placement = {}
+    if ray_node is not None:
+        # A restarted node goes back to the machine that holds its LMDB directory.
+        placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray_node, soft=False)
     return (
         ray.remote(StorageNode)
         .options(
@@ -187,6 +211,7 @@ def _create_node(store: str, node_id: str, path: str, options: dict, resources: 
             max_restarts=0,
             max_task_retries=0,
             max_concurrency=1000,
+            **placement,
         )
         .remote(node_id, path, options)
     )
@@ -231,7 +256,7 @@ def connect(
 
 
 class Cluster:
-    """Handle on a running store: make clients, inspect replicas, stop it."""
+    """Handle on a running store: make clients, inspect replicas, inject faults, stop it."""
 
     def __init__(
         self,
@@ -240,13 +265,23 @@ class Cluster:
         router: Any,
         ephemeral_root: str | None,
         started_ray: bool,
+        *,
+        options: dict | None = None,
+        resources: dict | None = None,
     ) -> None:
         self.store = store
         self._handles = dict(sorted(handles.items(), key=lambda kv: _node_sort_key(kv[0])))
         self._router = router
         self._ephemeral_root = ephemeral_root
         self._started_ray = started_ray
+        self._options = dict(options or {})
+        self._resources = dict(resources or {})
         self._clients: list[Client] = []
+        self._faults = faults.Faults()
+        # Where each node lives (Ray node, directory): restart() puts it back there.
+        self._homes = {
+            node: (info["ray_node"], info["path"]) for node, info in self._ask("info").items()
+        }
 
     @classmethod
     def attach(cls, store: str = DEFAULT_STORE, *, address: str | None = "auto") -> Cluster:
@@ -275,41 +310,145 @@ class Cluster:
         """The ids of the store's nodes."""
         return list(self._handles)
 
-    def client(self, path: str = "client") -> Client:
-        """A Client; `path` is "client" (straight to the coordinator), "router" or "any"."""
-        client = Client(Routing(self._handles, path=path, router=self._router))
+    def client(self, path: str = "client", *, nodes: list[str] | None = None, **kw: Any) -> Client:
+        """A Client; `path` is "client" (straight to the coordinator), "router" or "any".
+
+        `nodes` limits the client to some nodes, as a client on one side of a partition.
+        """
+        handles = self._handles
+        if nodes is not None:
+            handles = {node: self._handles[self._known(node)] for node in nodes}
+        client = Client(Routing(handles, path=path, router=self._router, **kw))
         self._clients.append(client)
         return client
 
-    def _call_all(self, method: str, *args: Any, timeout: float = _CALL_TIMEOUT) -> dict:
-        refs = {nid: getattr(h, method).remote(*args) for nid, h in self._handles.items()}
-        return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout), strict=True))
+    def _known(self, node: str) -> str:
+        if node not in self._handles:
+            raise ValueError(f"unknown node {node!r}; the store's nodes are {self.nodes()}")
+        return node
+
+    def _ask(
+        self, method: str, *args: Any, nodes: list[str] | None = None, timeout: float = 10.0
+    ) -> dict:
+        """Call method on each node; {node: answer} of those that answered in time."""
+        refs = {n: getattr(self._handles[n], method).remote(*args) for n in nodes or self._handles}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        answers = {}
+        for node, ref in refs.items():
+            if ref in ready:
+                try:
+                    answers[node] = ray.get(ref)
+                except RayActorError:
+                    continue  # a dead node has no answer
+        return answers
 
     def replica_state(self, key: str | bytes, bucket: str = codec.DEFAULT_BUCKET) -> dict:
-        """{node_id: [values]} for every node whose own data holds the key (hints excluded)."""
+        """{node_id: [values]} for every live node whose own data holds the key (not hints)."""
         b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
         codec.check_key(b, k)
-        held = self._call_all("held", b, k)
         return {
             node: [codec.decode_value(v) for v in values if v is not None]
-            for node, values in held.items()
+            for node, values in self._ask("held", b, k).items()
             if values is not None
         }
 
     def info(self) -> dict[str, dict]:
-        """Per node: its process, Ray node, keys, hints, disk and request counters."""
-        return self._call_all("info")
+        """Per live node: its process, Ray node, keys, hints, disk and request counters."""
+        return self._ask("info")
+
+    # -- temporary failures -----------------------------------------------------------------
+
+    def kill(self, node: str) -> None:
+        """Crash a node's actor at once, with no graceful shutdown; its directory stays."""
+        ray.kill(self._handles[self._known(node)], no_restart=True)
+
+    def restart(self, node: str) -> None:
+        """Start a killed node again on its machine and directory; it rejoins and catches up."""
+        self._known(node)
+        if self._ask("ping", nodes=[node], timeout=2.0):
+            raise ValueError(f"node {node!r} is running; kill it before restarting it")
+        ray_node, path = self._homes[node]
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        if ray_node not in alive:
+            raise DynarayError(
+                f"the machine of node {node!r} (Ray node {ray_node[:12]}) is gone; its data "
+                "went with it: use forget_node() and add_node() instead"
+            )
+        handle = _create_node(
+            self.store, node, path, self._options, self._resources, ray_node=ray_node
+        )
+        live = {n: h for n, h in self._handles.items() if n != node}
+        answers = self._ask("describe", nodes=list(live), timeout=10.0)
+        if answers:
+            newest = max(answers.values(), key=lambda d: d["ring"]["version"])
+            ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
+        self._handles[node] = handle
+        ray.get(handle.set_peers.remote(self._handles), timeout=_CALL_TIMEOUT)
+        ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
+        self._ask("update_peer", node, handle, nodes=list(live))
+        if self._router is not None:
+            ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+        for client in self._clients:
+            client.routing.set_node(node, handle)
+
+    def partition(self, groups: list[list[str]]) -> None:
+        """Cut node-to-node messages between the groups, both ways (clients reach all)."""
+        table = faults.partition_table(groups, self.nodes())
+        self._set_faults(faults.Faults(table, self._faults.drop, self._faults.delay))
+
+    def set_link(
+        self,
+        src: str | None = None,
+        dst: str | None = None,
+        *,
+        drop: float = 0.0,
+        delay: float = 0.0,
+    ) -> None:
+        """Drop a fraction of, or delay, messages from src to dst (None: any node)."""
+        if not 0.0 <= drop <= 1.0 or delay < 0:
+            raise ValueError("drop must lie in [0, 1] and delay must be >= 0 seconds")
+        for node in (src, dst):
+            if node is not None:
+                self._known(node)
+        link = f"{src or ''}>{dst or ''}"
+        drops = {**self._faults.drop, link: drop} if drop else self._faults.drop
+        delays = {**self._faults.delay, link: delay} if delay else self._faults.delay
+        self._set_faults(faults.Faults(self._faults.groups, drops, delays))
+
+    def heal(self) -> None:
+        """Remove every partition, drop rule and delay."""
+        self._set_faults(faults.Faults())
+
+    def _set_faults(self, table: faults.Faults) -> None:
+        self._faults = table
+        self._ask("set_faults", table.to_wire())
+
+    def status(self) -> dict[str, str]:
+        """{node: "up" | "suspect" | "down"} as the live nodes' gossip sees it."""
+        views = self._ask("membership_view", timeout=5.0)
+        order = {"up": 0, "suspect": 1, "down": 2}
+        result = {}
+        for node in self._handles:
+            seen = [view.get(node, "down") for observer, view in views.items() if observer != node]
+            if not seen:
+                result[node] = "up" if node in views else "down"
+                continue
+            # The most common verdict; a tie goes to the worse one.
+            result[node] = max(set(seen), key=lambda s: (seen.count(s), order[s]))
+        return result
+
+    def hints(self) -> dict[str, int]:
+        """{node: hints it holds for other nodes}, for the live nodes."""
+        return self._ask("hint_count")
+
+    # -- stopping ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop the store's actors (data kept unless the store was started with data_dir=None),
         and the embedded Ray if start() began it."""
         for client in self._clients:
             client.close()
-        method = "destroy" if self._ephemeral_root else "stop"
-        try:
-            self._call_all(method)
-        except Exception as exc:  # a dead node must not stop the others from closing
-            log.warning("some nodes did not stop cleanly: %s", exc)
+        self._ask("destroy" if self._ephemeral_root else "stop", timeout=30.0)
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)
         if self._router is not None:

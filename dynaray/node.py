@@ -14,8 +14,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -23,6 +23,8 @@ import ray
 from dynaray import codec, quorum, versions
 from dynaray.errors import NodeError
 from dynaray.faults import Faults
+from dynaray.hints import HintedHandoff, hint_key
+from dynaray.membership import Membership
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, Store, Txn
 from dynaray.transport import PeerUnavailable, Refused, Transport
@@ -38,6 +40,7 @@ REPLICA_TIMEOUT = 2.0
 READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
+_INCARNATION = b"incarnation"
 
 
 @dataclass
@@ -49,13 +52,11 @@ class NodeOptions:
     read_repair_wait: float = READ_REPAIR_WAIT
     retry_after: float = RETRY_AFTER
     read_repair: bool = True
-    extra: dict = field(default_factory=dict)
-
-
-def hint_key(owner: str, dkey: bytes) -> bytes:
-    """Hints are stored by intended owner, so one owner's hints are one contiguous range."""
-    raw = owner.encode()
-    return bytes([len(raw)]) + raw + dkey
+    gossip_interval: float = 1.0
+    suspect_after: float = 3.0
+    down_after: float = 6.0
+    handoff_interval: float = 1.0
+    handoff_batch: int = 128
 
 
 class StorageNode:
@@ -74,7 +75,25 @@ class StorageNode:
         self.config: dict = {}
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.stats: dict[str, int] = {"read_repairs": 0, "puts": 0, "gets": 0, "forwards": 0}
+        self._loops_started = False
+        self.stats: dict[str, int] = {
+            "read_repairs": 0,
+            "puts": 0,
+            "gets": 0,
+            "forwards": 0,
+            "sloppy_writes": 0,
+            "hinted_writes": 0,
+        }
+        # Every start is a new incarnation, so news of this life outranks the previous one's.
+        self.membership = Membership(
+            node_id,
+            self.store.increment(META, _INCARNATION),
+            suspect_after=self.options.suspect_after,
+            down_after=self.options.down_after,
+        )
+        self.handoff = HintedHandoff(
+            self.store, node_id, self._send_hints, batch=self.options.handoff_batch
+        )
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
@@ -82,7 +101,7 @@ class StorageNode:
     def _load_ring(self) -> None:
         raw = self.store.get(META, _RING)
         if raw is not None:
-            self.ring = Ring.from_wire(codec.unpack(raw))
+            self._adopt(Ring.from_wire(codec.unpack(raw)))
         raw = self.store.get(META, _CONFIG)
         if raw is not None:
             self.config = codec.unpack(raw)
@@ -100,7 +119,13 @@ class StorageNode:
             "node": self.id,
             "ring": self.ring.to_wire() if self.ring else None,
             "config": self.config,
+            "status": self.membership.statuses(),
         }
+
+    def _adopt(self, ring: Ring) -> None:
+        self.ring = ring
+        for node in ring.nodes():
+            self.membership.add(node)
 
     async def configure(self, ring_wire: dict, config: dict) -> bool:
         """Adopt a ring (if newer than ours) and the store's defaults, durably."""
@@ -113,17 +138,40 @@ class StorageNode:
             txn.put(META, _CONFIG, codec.pack(config))
 
         await self.store.write(op)
-        self.ring, self.config = ring, dict(config)
+        self._adopt(ring)
+        self.config = dict(config)
         return True
 
     async def set_peers(self, peers: dict[str, Any]) -> None:
-        self.transport.set_peers(peers)
+        """Take the peers' actor handles (resolved once, cached) and start background work."""
+        self.transport.set_peers({p: h for p, h in peers.items() if p != self.id})
+        if not self._loops_started:
+            self._loops_started = True
+            self._spawn(self._every(self.options.gossip_interval, self._gossip_round))
+            self._spawn(self._every(self.options.handoff_interval, self._handoff_round))
+
+    async def update_peer(self, node: str, handle: Any) -> None:
+        """A peer restarted: use its new actor handle."""
+        if node != self.id:
+            self.transport.peers[node] = handle
+            self._down_until.pop(node, None)
 
     async def set_faults(self, faults_wire: dict) -> None:
         self.transport.set_faults(Faults.from_wire(faults_wire))
 
     async def ping(self) -> str:
         return self.id
+
+    async def _every(self, interval: float, work: Callable[[], Coroutine]) -> None:
+        """Run work every interval until stop(); one failed round never ends the loop."""
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * self.transport.rng.random()))
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background round of %s failed", work.__name__)
 
     async def stop(self) -> None:
         """Graceful stop: end background work, flush and close the store."""
@@ -141,10 +189,75 @@ class StorageNode:
     # -- health ---------------------------------------------------------------------------
 
     def is_up(self, node: str) -> bool:
+        """Gossip does not call it down, and it has not just failed a call of ours."""
         if node == self.id:
             return True
         until = self._down_until.get(node)
-        return until is None or time.monotonic() >= until
+        if until is not None and time.monotonic() < until:
+            return False
+        return self.membership.is_up(node)
+
+    # -- gossip -----------------------------------------------------------------------------
+
+    async def _gossip_round(self) -> None:
+        """Tell a random live peer what we know, and learn what it knows (push-pull)."""
+        self.membership.tick()
+        live, down = self.membership.gossip_targets()
+        peers = [p for p in live if p in self.transport.peers]
+        # Now and then try a down peer too: that is how a returning node is noticed.
+        if down and (not peers or self.transport.rng.random() < 0.25):
+            peers = [p for p in down if p in self.transport.peers]
+        if not peers:
+            return
+        peer = self.transport.rng.choice(peers)
+        version = self.ring.version if self.ring else 0
+        try:
+            digest, ring_wire = await self._call(peer, "gossip", self.membership.digest(), version)
+        except PeerUnavailable:
+            return
+        self._learn(digest, ring_wire)
+
+    @ray.method(enable_task_events=False)
+    async def gossip(self, sender: str, digest: dict, ring_version: int) -> tuple:
+        """A peer's gossip: merge its view, answer with ours (and our ring if it is newer)."""
+        self._check_sender(sender)
+        self._learn(digest, None)
+        newer = self.ring is not None and self.ring.version > ring_version
+        return self.membership.digest(), self.ring.to_wire() if newer else None
+
+    def _learn(self, digest: dict, ring_wire: dict | None) -> None:
+        for node in self.membership.merge(digest):
+            log.info("%s is up again", node)
+            self._down_until.pop(node, None)
+            self._spawn(self._deliver_to(node))
+        if ring_wire is not None:
+            ring = Ring.from_wire(ring_wire)
+            if self.ring is None or ring.version > self.ring.version:
+                self._spawn(self.configure(ring_wire, self.config))
+
+    async def membership_view(self) -> dict[str, str]:
+        return self.membership.statuses()
+
+    # -- hinted handoff ---------------------------------------------------------------------
+
+    async def _send_hints(self, owner: str, items: list) -> None:
+        await self._call(owner, "replica_put", items)
+
+    async def _handoff_round(self) -> None:
+        for owner in self.handoff.owners():
+            if self.is_up(owner) and owner in self.transport.peers:
+                await self._deliver_to(owner)
+
+    async def _deliver_to(self, owner: str) -> None:
+        try:
+            delivered = await self.handoff.deliver(owner)
+        except PeerUnavailable:
+            return
+        if delivered:
+            log.info("delivered %d hints to %s", delivered, owner)
+
+    async def hint_count(self) -> int:
+        return self.handoff.count()
 
     def _mark_down(self, node: str) -> None:
         self._down_until[node] = time.monotonic() + self.options.retry_after
@@ -215,6 +328,11 @@ class StorageNode:
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = codec.decode_record(raw) if raw is not None else None
+        if me.hint is not None:
+            self.stats["sloppy_writes"] += 1
+            floor = self.handoff.dot_floor(txn, dkey)
+            if floor is not None:
+                stored = floor if stored is None else versions.sync(stored, floor)
         clock = versions.update(incoming, stored, self.id)
         txn.put(db, rkey, codec.encode_record(clock))
         return clock
@@ -352,6 +470,8 @@ class StorageNode:
     async def _apply(self, items: list) -> int:
         decoded = [(dkey, versions.from_wire(wire), hint) for dkey, wire, hint in items]
 
+        self.stats["hinted_writes"] += sum(1 for _, _, hint in decoded if hint is not None)
+
         def op(txn: Txn) -> int:
             for dkey, incoming, hint in decoded:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
@@ -391,7 +511,9 @@ class StorageNode:
             "ray_node": ray.get_runtime_context().get_node_id(),
             "path": self.path,
             "keys": self.store.count(DATA),
-            "hints": self.store.count(HINTS),
+            "hints": self.handoff.count(),
+            "hints_delivered": self.handoff.delivered,
+            "incarnation": self.membership.incarnation,
             "disk_bytes": self.store.disk_bytes(),
             "ring_version": self.ring.version if self.ring else None,
             "stats": dict(self.stats),

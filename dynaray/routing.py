@@ -55,6 +55,13 @@ class Routing:
         self._refreshed = 0.0
         self._refreshing: asyncio.Task | None = None
         self._down_until: dict[str, float] = {}
+        self._status: dict[str, str] = {}
+
+    def set_node(self, node: str, handle: Any) -> None:
+        """A node restarted: use its new actor handle."""
+        if node in self.transport.peers:
+            self.transport.peers[node] = handle
+            self._down_until.pop(node, None)
 
     @property
     def nodes(self) -> list[str]:
@@ -68,6 +75,8 @@ class Routing:
         if self.ring is None or ring.version >= self.ring.version:
             self.ring = ring
             self.config = dict(description.get("config") or {})
+        # The answering node's gossip view: whom it believes down.
+        self._status = dict(description.get("status") or {})
         self._refreshed = time.monotonic()
 
     async def refresh(self) -> None:
@@ -100,7 +109,9 @@ class Routing:
 
     def is_up(self, node: str) -> bool:
         until = self._down_until.get(node)
-        return until is None or time.monotonic() >= until
+        if until is not None and time.monotonic() < until:
+            return False
+        return self._status.get(node) != "down"
 
     def _mark_down(self, node: str) -> None:
         self._down_until[node] = time.monotonic() + RETRY_AFTER
@@ -110,7 +121,7 @@ class Routing:
         n = self.config.get("n", 3)
         r = self.config.get("r", 2) if r is None else r
         w = self.config.get("w", 2) if w is None else w
-        quorum.check_quorum(n, r, w, len(self.nodes))
+        quorum.check_quorum(n, r, w, len(self.ring.nodes()) if self.ring else len(self.nodes))
         return n, r, w
 
     async def coordinators(self, bucket: bytes, key: bytes, n: int) -> list[str]:
@@ -121,7 +132,11 @@ class Routing:
         if self.path == "any":
             nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
             return [self.rng.choice(nodes)]
-        preference = ring.preference_list(ring.partition_of(codec.hash_input(bucket, key)))
+        preference = [
+            p
+            for p in ring.preference_list(ring.partition_of(codec.hash_input(bucket, key)))
+            if p in self.transport.peers
+        ]
         healthy = [p for p in preference if self.is_up(p)]
         return healthy + [p for p in preference if p not in healthy]
 

@@ -29,6 +29,7 @@ DATA = b"data"
 HINTS = b"hints"
 META = b"meta"
 MERKLE = b"merkle"
+DOTS = b"dots"
 _STAMP = b"node_id"
 _INITIAL_MAP_SIZE = 64 << 20
 _MAX_BATCH = 2048
@@ -74,7 +75,7 @@ class Store:
                 f"node {node_id} cannot open its data directory {path!r}: {exc}; check that the "
                 "path exists, is writable by the Ray worker and is not used by another process"
             ) from exc
-        self.dbs = {name: self.env.open_db(name) for name in (DATA, HINTS, META, MERKLE)}
+        self.dbs = {name: self.env.open_db(name) for name in (DATA, HINTS, META, MERKLE, DOTS)}
         self._check_stamp()
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
@@ -106,6 +107,19 @@ class Store:
     def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
         with self._resize, self.env.begin(db=self.dbs[db]) as txn:
             return [txn.get(key) for key in keys]
+
+    def seek(self, db: bytes, key: bytes) -> bytes | None:
+        """The first key at or after `key`, or None."""
+        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+            cursor = txn.cursor()
+            return cursor.key() if cursor.set_range(key) else None
+
+    def increment(self, db: bytes, key: bytes) -> int:
+        """Add one to a counter at once, in its own transaction (used at start-up)."""
+        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
+            value = int(txn.get(key) or b"0") + 1
+            txn.put(key, str(value).encode())
+        return value
 
     def scan(
         self, db: bytes, prefix: bytes = b"", start: bytes | None = None, limit: int = 1000

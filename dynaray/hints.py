@@ -1,0 +1,121 @@
+"""Hinted handoff: writes a fallback node keeps for a primary that was down, and their delivery.
+
+A hint is the fallback's copy of a key, stored durably under the intended owner's name (one
+contiguous LMDB range per owner). When the owner is up again, the holder sends its hints in
+throttled batches; the owner merges them (DVVSet sync, so delivering twice changes nothing)
+and each hint is deleted only after the owner committed it, and only if no newer write
+reached the hint meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from dynaray import codec, versions
+from dynaray.storage import DOTS, HINTS, Store, Txn
+
+
+def hint_key(owner: str, dkey: bytes) -> bytes:
+    """Hints are stored by intended owner, so one owner's hints are one contiguous range."""
+    raw = owner.encode()
+    return bytes([len(raw)]) + raw + dkey
+
+
+def owner_prefix(owner: str) -> bytes:
+    raw = owner.encode()
+    return bytes([len(raw)]) + raw
+
+
+def _split(hkey: bytes) -> tuple[str, bytes]:
+    length = hkey[0]
+    return hkey[1 : 1 + length].decode(), hkey[1 + length :]
+
+
+def _after(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with prefix."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else prefix + b"\xff"
+
+
+class HintedHandoff:
+    """The hints one node holds, and their delivery to owners that are back."""
+
+    def __init__(
+        self,
+        store: Store,
+        me: str,
+        send: Callable[[str, list], Awaitable[object]],
+        *,
+        batch: int = 128,
+        pause: float = 0.02,
+    ) -> None:
+        self.store = store
+        self.me = me
+        self._send = send
+        self.batch = batch
+        self.pause = pause
+        self.delivered = 0
+        self._busy: set[str] = set()
+
+    def owners(self) -> list[str]:
+        """The owners we hold hints for, found by jumping from one owner's range to the next."""
+        owners: list[str] = []
+        key = b""
+        while (found := self.store.seek(HINTS, key)) is not None:
+            owner, _ = _split(found)
+            owners.append(owner)
+            key = _after(owner_prefix(owner))
+        return owners
+
+    def count(self) -> int:
+        return self.store.count(HINTS)
+
+    async def deliver(self, owner: str) -> int:
+        """Send every hint held for owner, batch by batch; returns how many were delivered.
+
+        Stops at the first batch the owner does not acknowledge (PeerUnavailable propagates
+        to the caller, who retries later).
+        """
+        if owner in self._busy:
+            return 0  # one delivery per owner at a time, so a returning node is not flooded
+        self._busy.add(owner)
+        try:
+            total = 0
+            prefix = owner_prefix(owner)
+            while True:
+                items = self.store.scan(HINTS, prefix, limit=self.batch)
+                if not items:
+                    return total
+                wires = [
+                    (_split(hkey)[1], versions.to_wire(codec.decode_record(raw)), None)
+                    for hkey, raw in items
+                ]
+                await self._send(owner, wires)
+                await self.store.write(lambda txn, items=items: self._forget(txn, items))
+                total += len(items)
+                self.delivered += len(items)
+                await asyncio.sleep(self.pause)
+        finally:
+            self._busy.discard(owner)
+
+    def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> None:
+        """Delete delivered hints unless a newer write changed them since they were read."""
+        for hkey, raw in items:
+            if txn.get(HINTS, hkey) != raw:
+                continue
+            clock = codec.decode_record(raw)
+            mine = next((e for e in clock[0] if e[0] == self.me), None)
+            if mine is not None:
+                # We coordinated writes to this key as a fallback: remember our counter so a
+                # later stand-in never reissues a dot the owner already holds.
+                dkey = _split(hkey)[1]
+                old = txn.get(DOTS, dkey)
+                if old is None or int(old) < mine[1]:
+                    txn.put(DOTS, dkey, str(mine[1]).encode())
+            txn.delete(HINTS, hkey)
+
+    def dot_floor(self, txn: Txn, dkey: bytes) -> versions.Clock | None:
+        """The counter we last used for dkey as a fallback coordinator, as an empty clock."""
+        raw = txn.get(DOTS, dkey)
+        return None if raw is None else (((self.me, int(raw), ()),), ())
