@@ -1,0 +1,69 @@
+"""Machine loss: a whole Ray node (raylet and every process on it) removed under the store.
+
+Several raylets on one machine through ray.cluster_utils.Cluster, each carrying the `kvnode`
+resource, so the store puts exactly one storage node on each, as on a real cluster.
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster as RayCluster
+
+import dynaray
+from tests.conftest import FAST, wait_for
+from tests.test_failures import keys_owned_by, owners
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def machines():
+    if ray.is_initialized():
+        ray.shutdown()
+    rc = RayCluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"kvnode": 1}, "include_dashboard": False},
+    )
+    workers = [rc.add_node(num_cpus=0, resources={"kvnode": 1}) for _ in range(3)]
+    rc.wait_for_nodes()
+    ray.init(address=rc.address, namespace="dynaray", log_to_driver=False)
+    yield rc, workers
+    ray.shutdown()
+    rc.shutdown()
+
+
+def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
+    rc, workers = machines
+    cluster = dynaray.start(nodes=4, n=3, r=2, w=2, node_options=FAST, partitions=64)
+    try:
+        info = cluster.info()
+        homes = {node: i["ray_node"] for node, i in info.items()}
+        assert len(set(homes.values())) == 4  # exactly one store node per machine
+
+        worker_ids = {w.node_id: w for w in workers}
+        victim = next(n for n, ray_node in homes.items() if ray_node in worker_ids)
+        client = cluster.client()
+        keys = keys_owned_by(client, [victim], 6, "machine")
+        for key in keys:
+            client.put(key, None, f"before-{key}")
+
+        rc.remove_node(worker_ids[homes[victim]], allow_graceful=False)
+        wait_for(lambda: cluster.status()[victim] == "down", timeout=60, what="victim down")
+        for key in keys:
+            res = client.get(key)
+            assert res.values == [f"before-{key}"]
+            client.put(key, res.context, f"after-{key}")  # W=2 through the survivors
+        for key in keys:
+            assert client.get(key).value == f"after-{key}"
+            survivors = set(owners(client, key)[:3]) - {victim}
+            wait_for(
+                lambda key=key, s=survivors: set(cluster.replica_state(key)) >= s,
+                what=f"{key} on surviving owners",
+            )
+        # The only spare machine holds hints for the lost one; they wait for its return.
+        wait_for(lambda: sum(cluster.hints().values()) >= len(keys), what="hints kept")
+        with pytest.raises(dynaray.DynarayError, match="is gone"):
+            cluster.restart(victim)
+    finally:
+        cluster.shutdown()
