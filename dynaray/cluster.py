@@ -352,6 +352,16 @@ class Cluster:
             if values is not None
         }
 
+    def preference_list(self, key: str | bytes, bucket: str = codec.DEFAULT_BUCKET) -> list[str]:
+        """The key's preference list: its N owners first, then its fallbacks in order."""
+        b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
+        answers = self._ask("describe", timeout=5.0)
+        if not answers:
+            raise DynarayError("no storage node answered; is the store running?")
+        newest = max(answers.values(), key=lambda d: d["ring"]["version"])
+        ring = Ring.from_wire(newest["ring"])
+        return list(ring.preference_list(ring.partition_of(codec.hash_input(b, k))))
+
     def info(self) -> dict[str, dict]:
         """Per live node: its process, Ray node, keys, hints, disk and request counters."""
         return self._ask("info")

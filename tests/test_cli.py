@@ -28,6 +28,9 @@ def test_demo_walks_through_siblings_and_merge(tmp_path):
     out = _dynaray(["demo"], str(tmp_path)).stdout
     assert "2 siblings" in out
     assert "['book', 'lamp', 'mug', 'pen']" in out
+    assert "killed --" in out and "Hints held" in out
+    assert "'down'" in out  # gossip saw the killed node down
+    assert "nothing was lost" in out
     assert "Store stopped" in out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import dynaray
-from dynaray import codec
 from tests.conftest import FAST, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -18,22 +17,17 @@ def cluster(ray_session):
     c.shutdown()
 
 
-def owners(client: dynaray.Client, key: str) -> list[str]:
+def owners(cluster: dynaray.Cluster, key: str) -> list[str]:
     """The key's preference list, its N owners first."""
-    routing = client.routing
-    if routing.ring is None:
-        client.get(key)
-    ring = routing.ring
-    hashed = codec.hash_input(codec.bucket_bytes(codec.DEFAULT_BUCKET), key.encode())
-    return list(ring.preference_list(ring.partition_of(hashed)))
+    return cluster.preference_list(key)
 
 
-def keys_owned_by(client, nodes: list[str], count: int, prefix: str) -> list[str]:
+def keys_owned_by(cluster, nodes: list[str], count: int, prefix: str) -> list[str]:
     """`count` keys whose N=3 owners include every node in `nodes`."""
     found, i = [], 0
     while len(found) < count:
         key = f"{prefix}-{i}"
-        if set(nodes) <= set(owners(client, key)[:3]):
+        if set(nodes) <= set(owners(cluster, key)[:3]):
             found.append(key)
         i += 1
     return found
@@ -42,7 +36,7 @@ def keys_owned_by(client, nodes: list[str], count: int, prefix: str) -> list[str
 def on_owners(cluster, client, key, value) -> bool:
     """The key sits on exactly its three owners, each holding exactly `value`."""
     state = cluster.replica_state(key)
-    return set(state) == set(owners(client, key)[:3]) and all(v == [value] for v in state.values())
+    return set(state) == set(owners(cluster, key)[:3]) and all(v == [value] for v in state.values())
 
 
 def no_hints(cluster) -> bool:
@@ -52,8 +46,8 @@ def no_hints(cluster) -> bool:
 
 def test_one_owner_down_writes_succeed_then_hints_drain(cluster):
     client = cluster.client()
-    victim = owners(client, "probe")[0]
-    keys = keys_owned_by(client, [victim], 10, "one")
+    victim = owners(cluster, "probe")[0]
+    keys = keys_owned_by(cluster, [victim], 10, "one")
     cluster.kill(victim)
     for key in keys:
         client.put(key, None, f"value-{key}")  # raises if W=2 is not met
@@ -72,9 +66,9 @@ def test_one_owner_down_writes_succeed_then_hints_drain(cluster):
 
 def test_two_of_three_owners_down_sloppy_quorum(cluster):
     client = cluster.client()
-    first = owners(client, "probe")
+    first = owners(cluster, "probe")
     victims = first[1:3]
-    keys = keys_owned_by(client, victims, 8, "two")
+    keys = keys_owned_by(cluster, victims, 8, "two")
     for victim in victims:
         cluster.kill(victim)
     for key in keys:
@@ -125,7 +119,7 @@ def test_partitioned_messages_are_never_delivered_late(cluster):
     import time
 
     client = cluster.client()
-    isolated = owners(client, "late")[2]
+    isolated = owners(cluster, "late")[2]
     others = [n for n in cluster.nodes() if n != isolated]
     # The write to `isolated` is held up on its link; the partition starts while it waits.
     cluster.set_link(None, isolated, delay=1.5)
@@ -141,8 +135,8 @@ def test_partitioned_messages_are_never_delivered_late(cluster):
 
 def test_hint_holder_killed_and_restarted_still_delivers(cluster):
     client = cluster.client()
-    victim = owners(client, "probe")[0]
-    keys = keys_owned_by(client, [victim], 10, "holder")
+    victim = owners(cluster, "probe")[0]
+    keys = keys_owned_by(cluster, [victim], 10, "holder")
     cluster.kill(victim)
     for key in keys:
         client.put(key, None, f"h-{key}")

@@ -44,7 +44,7 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
         worker_ids = {w.node_id: w for w in workers}
         victim = next(n for n, ray_node in homes.items() if ray_node in worker_ids)
         client = cluster.client()
-        keys = keys_owned_by(client, [victim], 6, "machine")
+        keys = keys_owned_by(cluster, [victim], 6, "machine")
         for key in keys:
             client.put(key, None, f"before-{key}")
 
@@ -56,7 +56,7 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
             client.put(key, res.context, f"after-{key}")  # W=2 through the survivors
         for key in keys:
             assert client.get(key).value == f"after-{key}"
-            survivors = set(owners(client, key)[:3]) - {victim}
+            survivors = set(owners(cluster, key)[:3]) - {victim}
             wait_for(
                 lambda key=key, s=survivors: set(cluster.replica_state(key)) >= s,
                 what=f"{key} on surviving owners",
