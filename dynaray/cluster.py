@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import ray
@@ -18,6 +19,7 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dynaray import codec, faults, quorum
+from dynaray.anti_entropy import Figures
 from dynaray.client import Client
 from dynaray.errors import DynarayError, QuorumError
 from dynaray.ring import DEFAULT_PARTITIONS, Ring
@@ -278,6 +280,7 @@ class Cluster:
         self._resources = dict(resources or {})
         self._clients: list[Client] = []
         self._faults = faults.Faults()
+        self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
         self._homes = {
             node: (info["ray_node"], info["path"]) for node, info in self._ask("info").items()
@@ -318,7 +321,8 @@ class Cluster:
         handles = self._handles
         if nodes is not None:
             handles = {node: self._handles[self._known(node)] for node in nodes}
-        client = Client(Routing(handles, path=path, router=self._router, **kw))
+        routing = Routing(handles, path=path, router=self._router, partial=nodes is not None, **kw)
+        client = Client(routing)
         self._clients.append(client)
         return client
 
@@ -355,11 +359,7 @@ class Cluster:
     def preference_list(self, key: str | bytes, bucket: str = codec.DEFAULT_BUCKET) -> list[str]:
         """The key's preference list: its N owners first, then its fallbacks in order."""
         b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
-        answers = self._ask("describe", timeout=5.0)
-        if not answers:
-            raise DynarayError("no storage node answered; is the store running?")
-        newest = max(answers.values(), key=lambda d: d["ring"]["version"])
-        ring = Ring.from_wire(newest["ring"])
+        ring, _ = self._ring()
         return list(ring.preference_list(ring.partition_of(codec.hash_input(b, k))))
 
     def info(self) -> dict[str, dict]:
@@ -396,10 +396,7 @@ class Cluster:
         ray.get(handle.set_peers.remote(self._handles), timeout=_CALL_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
         self._ask("update_peer", node, handle, nodes=list(live))
-        if self._router is not None:
-            ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
-        for client in self._clients:
-            client.routing.set_node(node, handle)
+        self._tell_routers(node, handle)
 
     def partition(self, groups: list[list[str]]) -> None:
         """Cut node-to-node messages between the groups, both ways (clients reach all)."""
@@ -450,6 +447,113 @@ class Cluster:
     def hints(self) -> dict[str, int]:
         """{node: hints it holds for other nodes}, for the live nodes."""
         return self._ask("hint_count")
+
+    # -- permanent failures and scaling ------------------------------------------------------
+
+    def anti_entropy(self) -> dict[str, int]:
+        """Run one full anti-entropy round now and wait for it; returns what it did.
+
+        Nodes take their turn one after another, so one round leaves every pair of replicas
+        of every range compared with every change seen by the pairs before it.
+        """
+        totals = Figures()
+        for node in self.nodes():
+            answer = self._ask("anti_entropy_round", nodes=[node], timeout=600.0)
+            if node in answer:
+                totals.add(Figures(**answer[node]))
+        return totals.as_dict()
+
+    def merkle_roots(self) -> dict[str, dict[int, str]]:
+        """{node: {range: root hash}} for the ranges each live node replicates."""
+        return self._ask("merkle_roots")
+
+    def _ring(self) -> tuple[Ring, dict]:
+        answers = self._ask("describe", timeout=10.0)
+        if not answers:
+            raise DynarayError("no storage node answered; is the store running?")
+        newest = max(answers.values(), key=lambda d: d["ring"]["version"])
+        return Ring.from_wire(newest["ring"]), newest["config"]
+
+    def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
+        """Give every node the new ring, wait until each has received the ranges it gained,
+        then let each drop the ranges it lost."""
+        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
+        received = 0
+        deadline = time.monotonic() + 3600
+        while True:
+            status = self._ask("handoff_status", nodes=list(ring.nodes()))
+            pending = sum(s["pending"] for s in status.values())
+            received = sum(s["keys_received"] for s in status.values())
+            if progress is not None:
+                progress(pending, received)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise DynarayError("ownership handoff did not finish within an hour")
+            time.sleep(0.2)
+        dropped = sum(self._ask("drop_foreign", nodes=list(ring.nodes()), timeout=600).values())
+        return {"keys_received": received, "keys_dropped": dropped}
+
+    def add_node(self, progress=None) -> str:
+        """A new node joins: it takes its share of the ring and receives its data."""
+        old, config = self._ring()
+        number = max(int(n[1:]) for n in self._handles if n[1:].isdigit()) + 1
+        node = f"n{number}"
+        path = os.path.join(os.path.dirname(next(iter(self._homes.values()))[1]), node)
+        if self._resources:
+            _placement(len(self._handles) + 1)
+        handle = _create_node(self.store, node, path, self._options, self._resources)
+        self._handles[node] = handle
+        ray.get(handle.set_peers.remote(self._handles), timeout=_STARTUP_TIMEOUT)
+        ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
+        self._ask("update_peer", node, handle, nodes=[n for n in self._handles if n != node])
+        self._homes[node] = (self._ask("info", nodes=[node])[node]["ray_node"], path)
+        self._tell_routers(node, handle)
+        self.last_change = self._reshape(old.with_node(node), config, old, progress)
+        return node
+
+    def remove_node(self, node: str, progress=None) -> None:
+        """Graceful leave: the node hands its ranges to their new owners, then stops."""
+        old, config = self._check_leave(node)
+        if not self._ask("ping", nodes=[node], timeout=5.0):
+            raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
+        self.last_change = self._reshape(old.without_node(node), config, old, progress)
+        self._ask("stop", nodes=[node], timeout=30.0)
+        self._drop(node)
+
+    def forget_node(self, node: str, progress=None) -> None:
+        """The node is gone for good (disk lost): the others restore N copies of its keys."""
+        old, config = self._check_leave(node)
+        if self._ask("ping", nodes=[node], timeout=5.0):
+            raise ValueError(
+                f"node {node!r} is still running; use remove_node() for a graceful leave"
+            )
+        self.last_change = self._reshape(old.without_node(node), config, old, progress)
+        self._drop(node)
+
+    def _check_leave(self, node: str) -> tuple[Ring, dict]:
+        self._known(node)
+        ring, config = self._ring()
+        if len(ring.nodes()) - 1 < config.get("n", 3):
+            raise ValueError(
+                f"removing {node!r} would leave {len(ring.nodes()) - 1} nodes, fewer than "
+                f"n={config.get('n', 3)} replicas; add a node first"
+            )
+        return ring, config
+
+    def _drop(self, node: str) -> None:
+        handle = self._handles.pop(node)
+        ray.kill(handle, no_restart=True)
+        self._homes.pop(node, None)
+        self._ask("set_peers", self._handles)
+        self._tell_routers(node, None)
+
+    def _tell_routers(self, node: str, handle: Any) -> None:
+        """Point the Router and this handle's clients at a new, restarted or removed node."""
+        if self._router is not None:
+            ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+        for client in self._clients:
+            client.routing.set_node(node, handle)
 
     # -- stopping ---------------------------------------------------------------------------
 

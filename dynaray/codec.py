@@ -26,6 +26,8 @@ _PICKLED = b"\x01"
 
 RECORD_FORMAT = 1
 _PARTITION = struct.Struct(">I")
+_SEGMENT = struct.Struct(">H")
+_PREFIX = _PARTITION.size + _SEGMENT.size
 
 
 def pack(obj: Any) -> bytes:
@@ -79,7 +81,7 @@ def bucket_bytes(bucket: str) -> bytes:
 
 def max_key_length(bucket: bytes) -> int:
     """The longest user key that fits LMDB's key limit after the partition and bucket prefix."""
-    return MAX_KEY_SIZE - _PARTITION.size - 1 - len(bucket)
+    return MAX_KEY_SIZE - _PREFIX - 1 - len(bucket)
 
 
 def hash_input(bucket: bytes, key: bytes) -> bytes:
@@ -97,23 +99,34 @@ def check_key(bucket: bytes, key: bytes) -> None:
         )
 
 
-def data_key(partition: int, bucket: bytes, key: bytes) -> bytes:
-    """LMDB key: partition id first (big-endian) so one partition is one contiguous range."""
-    return _PARTITION.pack(partition) + hash_input(bucket, key)
+def data_key(partition: int, segment: int, bucket: bytes, key: bytes) -> bytes:
+    """LMDB key: partition, then Merkle segment, both big-endian, so one partition and one
+    segment of it are each one contiguous range of the data database."""
+    return _PARTITION.pack(partition) + _SEGMENT.pack(segment) + hash_input(bucket, key)
 
 
 def partition_prefix(partition: int) -> bytes:
     return _PARTITION.pack(partition)
 
 
-def split_data_key(dkey: bytes) -> tuple[int, bytes, bytes]:
-    """The inverse of data_key: (partition, bucket, key)."""
-    if len(dkey) < _PARTITION.size + 1:
+def segment_prefix(partition: int, segment: int) -> bytes:
+    return _PARTITION.pack(partition) + _SEGMENT.pack(segment)
+
+
+def split_data_key(dkey: bytes) -> tuple[int, int, bytes, bytes]:
+    """The inverse of data_key: (partition, segment, bucket, key)."""
+    if len(dkey) < _PREFIX + 1:
         raise ValueError("data key is too short")
     (partition,) = _PARTITION.unpack_from(dkey)
-    blen = dkey[_PARTITION.size]
-    start = _PARTITION.size + 1
-    return partition, dkey[start : start + blen], dkey[start + blen :]
+    (segment,) = _SEGMENT.unpack_from(dkey, _PARTITION.size)
+    blen = dkey[_PREFIX]
+    start = _PREFIX + 1
+    return partition, segment, dkey[start : start + blen], dkey[start + blen :]
+
+
+def location(dkey: bytes) -> tuple[int, int]:
+    """(partition, segment) of a data key."""
+    return _PARTITION.unpack_from(dkey)[0], _SEGMENT.unpack_from(dkey, _PARTITION.size)[0]
 
 
 def encode_record(clock: versions.Clock) -> bytes:

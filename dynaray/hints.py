@@ -71,7 +71,9 @@ class HintedHandoff:
     def count(self) -> int:
         return self.store.count(HINTS)
 
-    async def deliver(self, owner: str) -> int:
+    async def deliver(
+        self, owner: str, send: Callable[[str, list], Awaitable[object]] | None = None
+    ) -> int:
         """Send every hint held for owner, batch by batch; returns how many were delivered.
 
         Stops at the first batch the owner does not acknowledge (PeerUnavailable propagates
@@ -91,7 +93,7 @@ class HintedHandoff:
                     (_split(hkey)[1], versions.to_wire(codec.decode_record(raw)), None)
                     for hkey, raw in items
                 ]
-                await self._send(owner, wires)
+                await (send or self._send)(owner, wires)
                 await self.store.write(lambda txn, items=items: self._forget(txn, items))
                 total += len(items)
                 self.delivered += len(items)

@@ -21,10 +21,12 @@ from typing import Any
 import ray
 
 from dynaray import codec, quorum, versions
+from dynaray.anti_entropy import Exchange, Figures
 from dynaray.errors import NodeError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.membership import Membership
+from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, Store, Txn
 from dynaray.transport import PeerUnavailable, Refused, Transport
@@ -41,6 +43,8 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
+# A replica's answer for a range it is still receiving in an ownership handoff.
+_ARRIVING = "range still arriving"
 
 
 @dataclass
@@ -57,6 +61,9 @@ class NodeOptions:
     down_after: float = 6.0
     handoff_interval: float = 1.0
     handoff_batch: int = 128
+    # Seconds between background anti-entropy rounds; None switches them off.
+    anti_entropy_interval: float | None = 60.0
+    transfer_batch: int = 500
 
 
 class StorageNode:
@@ -94,6 +101,12 @@ class StorageNode:
         self.handoff = HintedHandoff(
             self.store, node_id, self._send_hints, batch=self.options.handoff_batch
         )
+        self.ranges = KeyRanges(self.store)
+        # Ranges this node gained in a ring change and is still receiving (ownership
+        # handoff): it does not answer reads for them until it has them.
+        self.pending: set[int] = set()
+        self.transfer = {"ranges_received": 0, "keys_received": 0, "ranges_dropped": 0}
+        self.last_exchange: float | None = None
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
@@ -126,12 +139,31 @@ class StorageNode:
         self.ring = ring
         for node in ring.nodes():
             self.membership.add(node)
+        for node in list(self.membership.peers):
+            if node not in ring.nodes():
+                self.membership.remove(node)
 
-    async def configure(self, ring_wire: dict, config: dict) -> bool:
-        """Adopt a ring (if newer than ours) and the store's defaults, durably."""
+    @property
+    def n(self) -> int:
+        return int(self.config.get("n", 3))
+
+    async def configure(self, ring_wire: dict, config: dict, previous: dict | None = None) -> bool:
+        """Adopt a ring (if newer than ours) and the store's defaults, durably.
+
+        Ranges the new ring gives us are pulled from their previous replicas (ownership
+        handoff); `previous` is the ring before the change, for a node that had none.
+        """
         ring = Ring.from_wire(ring_wire)
         if self.ring is not None and ring.version < self.ring.version:
             return False
+        old = self.ring or (Ring.from_wire(previous) if previous else None)
+        gained: list[int] = []
+        if old is not None and old.version < ring.version:
+            n = int(config.get("n", 3))
+            gained = sorted(
+                set(ring.replicated_partitions(self.id, n))
+                - set(old.replicated_partitions(self.id, n))
+            )
 
         def op(txn: Txn) -> None:
             txn.put(META, _RING, codec.pack(ring.to_wire()))
@@ -140,7 +172,123 @@ class StorageNode:
         await self.store.write(op)
         self._adopt(ring)
         self.config = dict(config)
+        if gained:
+            self.pending.update(gained)
+            self._spawn(self._take_over(old, gained))
         return True
+
+    # -- ownership handoff ------------------------------------------------------------------
+
+    async def _take_over(self, old: Ring, gained: list[int]) -> None:
+        """Pull each gained range from its previous replicas, batch by batch."""
+        for partition in gained:
+            sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
+            for _attempt in range(30):
+                if any([await self._pull(source, partition) for source in sources]):
+                    break
+                await asyncio.sleep(1.0)
+            else:
+                log.warning(
+                    "no previous replica of range %d answered; anti-entropy will fill it", partition
+                )
+            self.pending.discard(partition)
+            self.transfer["ranges_received"] += 1
+
+    async def _pull(self, source: str, partition: int) -> bool:
+        """Copy one range from one source; False if the source could not be reached."""
+        after = None
+        try:
+            while True:
+                items = await self._call(
+                    source, "range_items", partition, after, self.options.transfer_batch
+                )
+                if not items:
+                    return True
+                await self._apply([(k, w, None) for k, w in items])
+                self.transfer["keys_received"] += len(items)
+                after = items[-1][0]
+        except PeerUnavailable:
+            return False
+
+    @ray.method(enable_task_events=False)
+    async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
+        """One batch of a range for a node taking it over: [(data key, clock wire)]."""
+        self._check_sender(sender)
+        return [
+            (k, versions.to_wire(codec.decode_record(raw)))
+            for k, raw in self.ranges.scan(partition, after, limit)
+        ]
+
+    async def handoff_status(self) -> dict:
+        return {"pending": len(self.pending), **self.transfer}
+
+    async def drop_foreign(self) -> int:
+        """Delete ranges this node no longer replicates (after the new owners have them)."""
+        if self.ring is None:
+            return 0
+        mine = set(self.ring.replicated_partitions(self.id, self.n))
+        dropped = 0
+        for partition in self.ranges.held():
+            if partition not in mine and partition not in self.pending:
+                dropped += await self.ranges.drop(partition)
+                self.transfer["ranges_dropped"] += 1
+        return dropped
+
+    # -- anti-entropy -----------------------------------------------------------------------
+
+    @ray.method(enable_task_events=False)
+    async def anti_entropy_call(self, sender: str, method: str, partition: int, *args: Any):
+        """The peer side of an Exchange: answer about our copy of a range, or apply repairs."""
+        self._check_sender(sender)
+        if method == "apply":
+            return await self._apply(args[0])
+        if method in ("merkle_hashes", "segment_items", "read_clocks"):
+            return getattr(self.ranges, method)(partition, *args)
+        raise ValueError(f"unknown anti-entropy call {method!r}")
+
+    async def anti_entropy_round(self) -> dict:
+        """Compare every range we replicate with its other replicas (we start the exchange
+        with peers whose id sorts after ours, so each pair meets once a round)."""
+        figures = Figures()
+        if self.ring is None:
+            return figures.as_dict()
+        for partition in self.ring.replicated_partitions(self.id, self.n):
+            if partition in self.pending:
+                continue
+            replicas = self.ring.preference_list(partition)[: self.n]
+            for peer in replicas:
+                if peer <= self.id or not self.is_up(peer):
+                    continue
+                exchange = Exchange(
+                    partition, self._exchange_caller(peer), self.ranges, self._apply
+                )
+                try:
+                    figures.add(await exchange.run())
+                except PeerUnavailable:
+                    continue
+        self.last_exchange = time.time()
+        return figures.as_dict()
+
+    def _exchange_caller(self, peer: str) -> Callable:
+        async def call(method: str, partition: int, *args: Any) -> Any:
+            return await self._call(peer, "anti_entropy_call", method, partition, *args)
+
+        return call
+
+    async def _anti_entropy_loop_round(self) -> None:
+        figures = await self.anti_entropy_round()
+        if figures["keys_repaired"]:
+            log.info("anti-entropy repaired %d keys", figures["keys_repaired"])
+
+    async def merkle_roots(self) -> dict[int, str]:
+        """{range: root hash} for the ranges this node replicates and holds."""
+        if self.ring is None:
+            return {}
+        return {
+            p: f"{self.ranges.tree(p).root:016x}"
+            for p in self.ring.replicated_partitions(self.id, self.n)
+            if p not in self.pending
+        }
 
     async def set_peers(self, peers: dict[str, Any]) -> None:
         """Take the peers' actor handles (resolved once, cached) and start background work."""
@@ -149,6 +297,10 @@ class StorageNode:
             self._loops_started = True
             self._spawn(self._every(self.options.gossip_interval, self._gossip_round))
             self._spawn(self._every(self.options.handoff_interval, self._handoff_round))
+            if self.options.anti_entropy_interval:
+                self._spawn(
+                    self._every(self.options.anti_entropy_interval, self._anti_entropy_loop_round)
+                )
 
     async def update_peer(self, node: str, handle: Any) -> None:
         """A peer restarted: use its new actor handle."""
@@ -245,8 +397,37 @@ class StorageNode:
 
     async def _handoff_round(self) -> None:
         for owner in self.handoff.owners():
-            if self.is_up(owner) and owner in self.transport.peers:
+            if self.ring is not None and owner not in self.ring.nodes():
+                await self._rehome(owner)
+            elif self.is_up(owner) and owner in self.transport.peers:
                 await self._deliver_to(owner)
+
+    async def _rehome(self, owner: str) -> None:
+        """Hints for a node that left the ring go to the keys' current owners instead."""
+
+        async def send(_: str, items: list) -> None:
+            by_target: dict[str, list] = {}
+            for dkey, wire, _hint in items:
+                partition = codec.location(dkey)[0]
+                for target in self.ring.preference_list(partition)[: self.n]:
+                    by_target.setdefault(target, []).append((dkey, wire, None))
+            acked = 0
+            for target, batch in by_target.items():
+                try:
+                    if target == self.id:
+                        await self._apply(batch)
+                    else:
+                        await self._call(target, "replica_put", batch)
+                    acked += 1
+                except PeerUnavailable:
+                    continue
+            if not acked:
+                raise PeerUnavailable(owner, "no current owner reachable")
+
+        try:
+            await self.handoff.deliver(owner, send)
+        except PeerUnavailable:
+            return
 
     async def _deliver_to(self, owner: str) -> None:
         try:
@@ -265,10 +446,13 @@ class StorageNode:
     def _route(self, bucket: bytes, key: bytes, n: int) -> tuple[bytes, list[str], list]:
         if self.ring is None:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
-        partition = self.ring.partition_of(codec.hash_input(bucket, key))
-        dkey = codec.data_key(partition, bucket, key)
+        partition, dkey = self._locate(bucket, key)
         preference = list(self.ring.preference_list(partition))
         return dkey, preference, quorum.select(preference, n, self.is_up)
+
+    def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
+        partition, segment = self.ring.locate(codec.hash_input(bucket, key))
+        return partition, codec.data_key(partition, segment, bucket, key)
 
     async def _call(self, peer: str, method: str, *args: Any) -> Any:
         try:
@@ -402,9 +586,13 @@ class StorageNode:
         async def ask(target: quorum.Target) -> None:
             try:
                 if target.node == self.id:
+                    if target.hint is None and self._arriving(dkey):
+                        raise PeerUnavailable(self.id, _ARRIVING)
                     clock = self._read_local(dkey, target.hint)
                 else:
                     (wire,) = await self._call(target.node, "replica_get", [(dkey, target.hint)])
+                    if wire == _ARRIVING:
+                        raise PeerUnavailable(target.node, _ARRIVING)
                     clock = versions.from_wire(wire) if wire is not None else None
                 replies[target.node] = (target, clock)
                 tally.answered(target.node)
@@ -426,12 +614,16 @@ class StorageNode:
         return ("ok", versions.to_wire(merged) if merged is not None else None)
 
     def _read_local(self, dkey: bytes, hint: str | None) -> versions.Clock | None:
-        raw = (
-            self.store.get(DATA, dkey)
-            if hint is None
-            else self.store.get(HINTS, hint_key(hint, dkey))
-        )
-        return codec.decode_record(raw) if raw is not None else None
+        """Our own copy; as a fallback for `hint`, the hint merged with any copy we hold
+        from an earlier ownership of the range."""
+        own = self.store.get(DATA, dkey)
+        clock = codec.decode_record(own) if own is not None else None
+        if hint is not None:
+            raw = self.store.get(HINTS, hint_key(hint, dkey))
+            if raw is not None:
+                hinted = codec.decode_record(raw)
+                clock = hinted if clock is None else versions.sync(clock, hinted)
+        return clock
 
     async def _read_repair(
         self,
@@ -488,11 +680,17 @@ class StorageNode:
     async def replica_get(self, sender: str, items: list) -> list:
         """The stored versions of each (data key, hint owner) asked for, or None."""
         self._check_sender(sender)
-        out = []
+        out: list = []
         for dkey, hint in items:
+            if hint is None and self._arriving(dkey):
+                out.append(_ARRIVING)  # not ours to answer yet: the coordinator asks a spare
+                continue
             clock = self._read_local(dkey, hint)
             out.append(versions.to_wire(clock) if clock is not None else None)
         return out
+
+    def _arriving(self, dkey: bytes) -> bool:
+        return bool(self.pending) and codec.location(dkey)[0] in self.pending
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -500,8 +698,7 @@ class StorageNode:
         """This node's own copy of a key (not hints): the sibling values, or None if absent."""
         if self.ring is None:
             return None
-        partition = self.ring.partition_of(codec.hash_input(bucket, key))
-        clock = self._read_local(codec.data_key(partition, bucket, key), None)
+        clock = self._read_local(self._locate(bucket, key)[1], None)
         return None if clock is None else versions.values(clock)
 
     async def info(self) -> dict:

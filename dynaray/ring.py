@@ -20,6 +20,13 @@ _SPACING = 3
 _WIRE_KEYS = frozenset({"v", "partitions", "owners", "version"})
 
 
+# Each partition is cut into 2**SEGMENT_BITS segments by the hash bits below the partition
+# bits: the leaves of the partition's Merkle tree, and contiguous ranges in LMDB.
+SEGMENT_BITS = 10
+SEGMENTS = 1 << SEGMENT_BITS
+MAX_PARTITIONS = 1 << (_HASH_BITS - SEGMENT_BITS)
+
+
 def key_hash(data: bytes) -> int:
     """The key's position on the ring: its unsigned 32-bit mmh3 hash."""
     return mmh3.hash(data, signed=False)
@@ -32,11 +39,11 @@ def _check_partitions(partitions: object) -> int:
         not isinstance(partitions, int)
         or isinstance(partitions, bool)
         or partitions < 8
-        or partitions > 2**_HASH_BITS
+        or partitions > MAX_PARTITIONS
         or partitions & (partitions - 1)
     ):
         raise ValueError(
-            f"partitions must be a power of two between 8 and 2**32, got {partitions!r}"
+            f"partitions must be a power of two between 8 and {MAX_PARTITIONS}, got {partitions!r}"
         )
     return partitions
 
@@ -140,6 +147,11 @@ class Ring:
         """The partition holding key ``data``: key_hash(data) * Q >> 32."""
         # Q is a power of two, so the multiply-and-shift is a single shift.
         return mmh3.hash(data, signed=False) >> self._shift
+
+    def locate(self, data: bytes) -> tuple[int, int]:
+        """(partition, segment) of key ``data``: the segment is the next SEGMENT_BITS bits."""
+        h = mmh3.hash(data, signed=False)
+        return h >> self._shift, (h >> (self._shift - SEGMENT_BITS)) & (SEGMENTS - 1)
 
     def preference_list(self, partition: int) -> tuple[str, ...]:
         """Every node once, in ring order from ``partition``: the first N are its replicas and the

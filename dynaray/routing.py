@@ -37,6 +37,7 @@ class Routing:
         request_timeout: float = REQUEST_TIMEOUT,
         ring_refresh: float = RING_REFRESH,
         rng: random.Random | None = None,
+        partial: bool = False,
     ) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -45,6 +46,7 @@ class Routing:
         self.path = path
         self.transport = Transport(f"client-{uuid.uuid4().hex[:8]}", rng=rng)
         self.transport.set_peers(nodes)
+        self.partial = partial
         if router is not None:
             self.transport.peers["router"] = router
         self.rng = rng or random.Random()
@@ -58,10 +60,13 @@ class Routing:
         self._status: dict[str, str] = {}
 
     def set_node(self, node: str, handle: Any) -> None:
-        """A node restarted: use its new actor handle."""
-        if node in self.transport.peers:
+        """A node restarted or joined (use its new handle) or left (handle None)."""
+        if handle is None:
+            self.transport.peers.pop(node, None)
+        elif node in self.transport.peers or not self.partial:
             self.transport.peers[node] = handle
-            self._down_until.pop(node, None)
+        self._down_until.pop(node, None)
+        self._refreshed = 0.0  # learn the new ring at the next request
 
     @property
     def nodes(self) -> list[str]:

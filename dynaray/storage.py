@@ -42,15 +42,25 @@ class Txn:
     def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
         self._store = store
         self.raw = txn
+        # (db, key, old, new) of observed databases, reported only once the commit held.
+        self.changes: list[tuple[bytes, bytes, bytes | None, bytes | None]] = []
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
         return self.raw.get(key, db=self._store.dbs[db])
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
-        self.raw.put(key, value, db=self._store.dbs[db])
+        handle = self._store.dbs[db]
+        if db in self._store.observers:
+            self.changes.append((db, key, self.raw.get(key, db=handle), value))
+        self.raw.put(key, value, db=handle)
 
     def delete(self, db: bytes, key: bytes) -> bool:
-        return self.raw.delete(key, db=self._store.dbs[db])
+        handle = self._store.dbs[db]
+        if db in self._store.observers:
+            old = self.raw.get(key, db=handle)
+            if old is not None:
+                self.changes.append((db, key, old, None))
+        return self.raw.delete(key, db=handle)
 
 
 class Store:
@@ -76,6 +86,9 @@ class Store:
                 "path exists, is writable by the Ray worker and is not used by another process"
             ) from exc
         self.dbs = {name: self.env.open_db(name) for name in (DATA, HINTS, META, MERKLE, DOTS)}
+        # Called with (key, old value, new value) for every change to a database, after the
+        # change committed: how Merkle trees stay current on every write.
+        self.observers: dict[bytes, Callable[[bytes, bytes | None, bytes | None], None]] = {}
         self._check_stamp()
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
@@ -202,6 +215,7 @@ class Store:
                             raise
                         except Exception as exc:  # one bad op must not fail the batch
                             results.append((False, exc))
+                self._notify(txn.changes)
                 break
             except lmdb.MapFullError:
                 self._grow()
@@ -210,6 +224,13 @@ class Store:
                 break
         for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_resolve, future, ok, value)
+
+    def _notify(self, changes: list) -> None:
+        for db, key, old, new in changes:
+            try:
+                self.observers[db](key, old, new)
+            except Exception:  # an observer's bug must never stop the writer thread
+                log.exception("node %s: observer of %s failed", self.node_id, db.decode())
 
     def _grow(self) -> None:
         with self._resize:

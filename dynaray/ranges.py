@@ -1,0 +1,82 @@
+"""A node's key ranges (partitions) on disk, each with its Merkle tree kept current.
+
+The data database is laid out partition, then segment, then key, so a range and each
+segment of it are contiguous LMDB ranges: anti-entropy reads one segment, ownership handoff
+streams one partition, and dropping a range deletes one span of keys.
+"""
+
+from __future__ import annotations
+
+from dynaray import codec, merkle, versions
+from dynaray.storage import DATA, Store, Txn
+
+
+class KeyRanges:
+    """The Merkle trees of every range in a node's data, and range-wide reads and deletes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.trees: dict[int, merkle.MerkleTree] = {}
+        self._rebuild()
+        store.observers[DATA] = self._changed
+
+    def _rebuild(self) -> None:
+        """Trees are not persisted: one pass over the data at start rebuilds them all."""
+        for dkey, record in self.store.iterate(DATA, batch=10_000):
+            partition, segment = codec.location(dkey)
+            self.tree(partition).toggle(segment, merkle.item_hash(dkey, record))
+
+    def _changed(self, dkey: bytes, old: bytes | None, new: bytes | None) -> None:
+        partition, segment = codec.location(dkey)
+        self.tree(partition).change(
+            segment,
+            merkle.item_hash(dkey, old) if old is not None else None,
+            merkle.item_hash(dkey, new) if new is not None else None,
+        )
+
+    def tree(self, partition: int) -> merkle.MerkleTree:
+        tree = self.trees.get(partition)
+        if tree is None:
+            tree = self.trees[partition] = merkle.MerkleTree()
+        return tree
+
+    def held(self) -> list[int]:
+        """Partitions with any data here."""
+        return sorted(p for p, tree in self.trees.items() if not tree.empty)
+
+    def merkle_hashes(self, partition: int, level: int, indices: list[int]) -> list[int]:
+        return self.tree(partition).hashes(level, indices)
+
+    def segment_items(self, partition: int, segments: list[int]) -> list[tuple[bytes, int]]:
+        """(data key, version hash) of every key in the given segments of a range."""
+        items = []
+        for segment in segments:
+            for dkey, record in self.store.iterate(DATA, codec.segment_prefix(partition, segment)):
+                items.append((dkey, merkle.item_hash(dkey, record)))
+        return items
+
+    def read_clocks(self, partition: int, keys: list[bytes]) -> list[list | None]:
+        """The stored clocks (wire form) of data keys of one range; None where absent."""
+        raws = self.store.get_many(DATA, keys)
+        return [None if raw is None else versions.to_wire(codec.decode_record(raw)) for raw in raws]
+
+    def scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (data key, record) of a range, after key `after`."""
+        return self.store.scan(DATA, codec.partition_prefix(partition), after, limit)
+
+    async def drop(self, partition: int, batch: int = 1000) -> int:
+        """Delete a range this node no longer replicates, in short transactions."""
+        dropped = 0
+        while True:
+            keys = [k for k, _ in self.scan(partition, None, batch)]
+            if not keys:
+                break
+
+            def op(txn: Txn, keys: list[bytes] = keys) -> None:
+                for key in keys:
+                    txn.delete(DATA, key)
+
+            await self.store.write(op)
+            dropped += len(keys)
+        self.trees.pop(partition, None)
+        return dropped
