@@ -26,6 +26,7 @@ class Figures:
     keys_repaired: int = 0
     hashes_exchanged: int = 0
     bytes_sent: int = 0
+    peers_unreachable: int = 0  # peers that did not answer: their ranges wait a round
 
     def add(self, other: Figures) -> None:
         for name, value in asdict(other).items():

@@ -56,6 +56,8 @@ class NodeOptions:
     read_repair_wait: float = READ_REPAIR_WAIT
     retry_after: float = RETRY_AFTER
     read_repair: bool = True
+    # Off: a strict quorum of the first N nodes only, no stand-ins and no hints.
+    sloppy_quorum: bool = True
     gossip_interval: float = 1.0
     suspect_after: float = 3.0
     down_after: float = 6.0
@@ -250,6 +252,7 @@ class StorageNode:
         """Compare every range we replicate with its other replicas (we start the exchange
         with peers whose id sorts after ours, so each pair meets once a round)."""
         figures = Figures()
+        skipped: set[str] = set()
         if self.ring is None:
             return figures.as_dict()
         for partition in self.ring.replicated_partitions(self.id, self.n):
@@ -257,7 +260,9 @@ class StorageNode:
                 continue
             replicas = self.ring.preference_list(partition)[: self.n]
             for peer in replicas:
-                if peer <= self.id or not self.is_up(peer):
+                # A peer gossip calls down is still tried: the call's deadline bounds the cost,
+                # and a round that silently skipped a replica would not be a full round.
+                if peer <= self.id or peer in skipped:
                     continue
                 exchange = Exchange(
                     partition, self._exchange_caller(peer), self.ranges, self._apply
@@ -265,7 +270,8 @@ class StorageNode:
                 try:
                     figures.add(await exchange.run())
                 except PeerUnavailable:
-                    continue
+                    skipped.add(peer)
+        figures.peers_unreachable = len(skipped)
         self.last_exchange = time.time()
         return figures.as_dict()
 
@@ -448,6 +454,8 @@ class StorageNode:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
         partition, dkey = self._locate(bucket, key)
         preference = list(self.ring.preference_list(partition))
+        if not self.options.sloppy_quorum:
+            preference = preference[:n]
         return dkey, preference, quorum.select(preference, n, self.is_up)
 
     def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:

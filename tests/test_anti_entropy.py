@@ -1,0 +1,200 @@
+"""Permanent failures on real actors: anti-entropy alone, joins and leaves under load, loss."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import dynaray
+from tests.conftest import FAST, wait_for
+from tests.test_failures import owners
+
+pytestmark = pytest.mark.timeout(300)
+
+# Only anti-entropy may repair: no read repair, no hints, no background rounds.
+ALONE = {**FAST, "read_repair": False, "sloppy_quorum": False, "anti_entropy_interval": None}
+
+
+def replicas_agree(cluster, key) -> dict:
+    state = cluster.replica_state(key)
+    expected = set(owners(cluster, key)[:3])
+    assert set(state) == expected, (key, state)
+    values = [sorted(map(repr, v)) for v in state.values()]
+    assert all(v == values[0] for v in values), (key, state)
+    return state
+
+
+def roots_agree(cluster) -> bool:
+    by_range: dict[int, set] = {}
+    for roots in cluster.merkle_roots().values():
+        for partition, root in roots.items():
+            by_range.setdefault(partition, set()).add(root)
+    return all(len(r) == 1 for r in by_range.values())
+
+
+def test_anti_entropy_alone_converges_diverged_replicas(ray_session):
+    cluster = dynaray.start(nodes=5, node_options=ALONE, partitions=32)
+    try:
+        client = cluster.client()
+        for i in range(60):
+            client.put(f"k{i}", None, f"v{i}-0", w=3)
+        assert roots_agree(cluster)
+
+        cluster.kill("n3")
+        for i in range(0, 60, 2):  # n3 misses these updates: no hints, no read repair
+            res = client.get(f"k{i}")
+            client.put(f"k{i}", res.context, f"v{i}-1")
+        for i in range(60, 80):
+            client.put(f"k{i}", None, f"v{i}-new")
+        cluster.restart("n3")
+
+        # Concurrent writes to one key on the two sides of a partition.
+        cluster.partition([["n1", "n2"], ["n3", "n4", "n5"]])
+        cluster.client(nodes=["n1", "n2"]).put("both", None, "left", w=1)
+        cluster.client(nodes=["n3", "n4", "n5"]).put("both", None, "right", w=1)
+        cluster.heal()
+        wait_for(lambda: all(s == "up" for s in cluster.status().values()), what="all up")
+        assert not roots_agree(cluster)
+
+        figures = cluster.anti_entropy()
+        assert figures["keys_repaired"] > 0
+        assert figures["ranges_compared"] > figures["ranges_in_sync"]
+        assert sum(cluster.hints().values()) == 0  # nothing came through hints
+        assert roots_agree(cluster)
+        for i in range(80):
+            state = replicas_agree(cluster, f"k{i}")
+            expected = f"v{i}-1" if i < 60 and i % 2 == 0 else f"v{i}-0"
+            expected = f"v{i}-new" if i >= 60 else expected
+            assert all(v == [expected] for v in state.values()), (i, state)
+        state = replicas_agree(cluster, "both")
+        assert all(sorted(v) == ["left", "right"] for v in state.values())
+        assert sorted(client.get("both").values) == ["left", "right"]
+
+        again = cluster.anti_entropy()  # a second round finds nothing to do
+        assert again["keys_repaired"] == 0
+        assert again["ranges_in_sync"] == again["ranges_compared"]
+    finally:
+        cluster.shutdown()
+
+
+class Load:
+    """A writer and a reader running against the store while the ring changes."""
+
+    def __init__(self, client: dynaray.Client) -> None:
+        self.client = client
+        self.written: dict[str, str] = {}
+        self.missing: list[str] = []
+        self.errors: list[BaseException] = []
+        self.reads = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=f) for f in (self._write, self._read)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _write(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"load-{i}"
+            try:
+                self.client.put(key, None, f"value-{i}")
+                self.written[key] = f"value-{i}"
+            except dynaray.DynarayError as exc:
+                self.errors.append(exc)
+            i += 1
+
+    def _read(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            keys = list(self.written)
+            if not keys:
+                continue
+            key = keys[i % len(keys)]
+            try:
+                if self.client.get(key).values != [self.written[key]]:
+                    self.missing.append(key)
+                self.reads += 1
+            except dynaray.DynarayError as exc:
+                self.errors.append(exc)
+            i += 1
+
+
+@pytest.fixture
+def loaded(ray_session):
+    cluster = dynaray.start(nodes=5, node_options=FAST, partitions=32)
+    client = cluster.client()
+    for i in range(100):
+        client.put(f"pre-{i}", None, i)
+    yield cluster, client
+    cluster.shutdown()
+
+
+def _all_on_owners(cluster, client, keys: dict) -> None:
+    for key, value in keys.items():
+        state = cluster.replica_state(key)
+        assert set(state) == set(owners(cluster, key)[:3]), (key, state)
+        assert all(v == [value] for v in state.values()), (key, state)
+
+
+def test_join_under_load(loaded):
+    cluster, client = loaded
+    progress = []
+    with Load(client) as load:
+        wait_for(lambda: len(load.written) > 20, what="writes before the join")
+        new = cluster.add_node(progress=lambda pending, moved: progress.append((pending, moved)))
+        wait_for(lambda: len(load.written) > len(progress) + 20, what="writes after the join")
+    assert new == "n6" and "n6" in cluster.nodes()
+    assert not load.errors, load.errors[:3]
+    assert not load.missing, load.missing[:5]
+    assert load.reads > 0
+    assert progress and progress[-1][0] == 0 and cluster.last_change["keys_received"] > 0
+    _all_on_owners(cluster, client, {f"pre-{i}": i for i in range(100)})
+    wait_for(lambda: _settled(cluster, client, load.written), what="load keys on owners")
+
+
+def test_leave_under_load(loaded):
+    cluster, client = loaded
+    with Load(client) as load:
+        wait_for(lambda: len(load.written) > 20, what="writes before the leave")
+        cluster.remove_node("n2")
+        wait_for(lambda: len(load.written) > 60, what="writes after the leave")
+    assert "n2" not in cluster.nodes()
+    assert not load.errors, load.errors[:3]
+    assert not load.missing, load.missing[:5]
+    _all_on_owners(cluster, client, {f"pre-{i}": i for i in range(100)})
+    wait_for(lambda: _settled(cluster, client, load.written), what="load keys on owners")
+
+
+def test_forget_a_lost_node_restores_n_copies(loaded):
+    cluster, client = loaded
+    cluster.kill("n4")
+    with pytest.raises(ValueError, match="still running"):
+        cluster.forget_node("n3")
+    cluster.forget_node("n4")
+    assert "n4" not in cluster.nodes()
+    _all_on_owners(cluster, client, {f"pre-{i}": i for i in range(100)})
+
+
+def test_membership_changes_check_their_input(loaded):
+    cluster, _ = loaded
+    with pytest.raises(ValueError, match="unknown node"):
+        cluster.remove_node("n42")
+    with pytest.raises(ValueError, match="not running"):
+        cluster.kill("n5")
+        cluster.remove_node("n5")
+
+
+def _settled(cluster, client, written: dict) -> bool:
+    try:
+        _all_on_owners(cluster, client, written)
+        return True
+    except AssertionError:
+        return False
