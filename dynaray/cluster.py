@@ -477,13 +477,15 @@ class Cluster:
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
         """Give every node the new ring, wait until each has received the ranges it gained,
         then let each drop the ranges it lost."""
+        before = self._ask("handoff_status", nodes=list(ring.nodes()))
+        already = sum(s["keys_received"] for s in before.values())
         self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
         received = 0
         deadline = time.monotonic() + 3600
         while True:
             status = self._ask("handoff_status", nodes=list(ring.nodes()))
             pending = sum(s["pending"] for s in status.values())
-            received = sum(s["keys_received"] for s in status.values())
+            received = sum(s["keys_received"] for s in status.values()) - already
             if progress is not None:
                 progress(pending, received)
             if not pending:

@@ -125,8 +125,13 @@ class StorageNode:
         """Background work owned by the node: cancelled by stop(), never left dangling."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     async def describe(self, sender: str | None = None) -> dict:
         """What a client needs to route: ring, quorum defaults, and who this is."""
@@ -182,19 +187,36 @@ class StorageNode:
     # -- ownership handoff ------------------------------------------------------------------
 
     async def _take_over(self, old: Ring, gained: list[int]) -> None:
-        """Pull each gained range from its previous replicas, batch by batch."""
+        """Copy each gained range from one previous replica, then compare it with the
+        others by Merkle exchange: a write only some of them got arrives too, without
+        moving the whole range once per replica."""
         for partition in gained:
-            sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
-            for _attempt in range(30):
-                if any([await self._pull(source, partition) for source in sources]):
+            try:
+                await self._take_range(old, partition)
+            finally:
+                self.pending.discard(partition)
+                self.transfer["ranges_received"] += 1
+
+    async def _take_range(self, old: Ring, partition: int) -> None:
+        sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
+        copied = None
+        for _attempt in range(30):
+            for source in sources:
+                if await self._pull(source, partition):
+                    copied = source
                     break
-                await asyncio.sleep(1.0)
-            else:
-                log.warning(
-                    "no previous replica of range %d answered; anti-entropy will fill it", partition
+            if copied is not None:
+                break
+            await asyncio.sleep(1.0)
+        else:
+            log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
+        for source in sources:
+            if source != copied:
+                exchange = Exchange(
+                    partition, self._exchange_caller(source), self.ranges, self._apply
                 )
-            self.pending.discard(partition)
-            self.transfer["ranges_received"] += 1
+                with contextlib.suppress(PeerUnavailable):
+                    await exchange.run()
 
     async def _pull(self, source: str, partition: int) -> bool:
         """Copy one range from one source; False if the source could not be reached."""
