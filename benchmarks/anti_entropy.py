@@ -15,7 +15,7 @@ import random
 import tempfile
 import time
 
-from dynaray import codec, versions
+from dynaray import codec, records
 from dynaray.anti_entropy import Exchange
 from dynaray.ranges import KeyRanges
 from dynaray.ring import SEGMENTS
@@ -24,8 +24,9 @@ from dynaray.storage import DATA, Store
 PARTITION = 7
 
 
-def _clock(value: bytes, node: str = "n1") -> versions.Clock:
-    return versions.update(versions.new((), value), None, node)
+def _record(value: bytes, node: str = "n1", stored: records.Record | None = None) -> records.Record:
+    """A write of value by node, following `stored` (what its writer read)."""
+    return records.update(stored, ["siblings", records.context_of(stored), value], node, 1)
 
 
 class Replica:
@@ -35,10 +36,10 @@ class Replica:
         self.store = Store(path, node, sync=False)
         self.ranges = KeyRanges(self.store)
 
-    async def load(self, items: dict[bytes, versions.Clock]) -> None:
-        records = [(k, codec.encode_record(c)) for k, c in items.items()]
-        for start in range(0, len(records), 10_000):
-            chunk = records[start : start + 10_000]
+    async def load(self, items: dict[bytes, records.Record]) -> None:
+        encoded = [(k, records.encode(rec)) for k, rec in items.items()]
+        for start in range(0, len(encoded), 10_000):
+            chunk = encoded[start : start + 10_000]
 
             def op(txn, chunk=chunk) -> None:
                 for key, record in chunk:
@@ -49,12 +50,10 @@ class Replica:
     async def apply(self, items: list) -> int:
         def op(txn) -> int:
             for dkey, wire, _ in items:
-                incoming = versions.from_wire(wire)
                 raw = txn.get(DATA, dkey)
-                clock = (
-                    incoming if raw is None else versions.sync(codec.decode_record(raw), incoming)
-                )
-                txn.put(DATA, dkey, codec.encode_record(clock))
+                stored = records.decode(raw) if raw is not None else None
+                merged = records.merge(stored, records.from_wire(wire))
+                txn.put(DATA, dkey, records.encode(merged))
             return len(items)
 
         return await self.store.write(op)
@@ -72,7 +71,7 @@ async def _run(keys: int, differing: int, seed: int) -> dict:
         items = {}
         for i in range(keys):
             dkey = codec.data_key(PARTITION, rng.randrange(SEGMENTS), b"default", b"key-%d" % i)
-            items[dkey] = _clock(b"value-%d" % i)
+            items[dkey] = _record(b"value-%d" % i)
         await a.load(items)
         changed = rng.sample(sorted(items), differing)
         # On b: half the differing keys have a newer version, half are missing.
@@ -81,9 +80,7 @@ async def _run(keys: int, differing: int, seed: int) -> dict:
             if n % 2:
                 del b_items[dkey]
             else:
-                b_items[dkey] = versions.update(
-                    versions.new(versions.join(items[dkey]), b"new"), items[dkey], "n2"
-                )
+                b_items[dkey] = _record(b"new", "n2", items[dkey])
         await b.load(b_items)
         before = a.ranges.tree(PARTITION).root != b.ranges.tree(PARTITION).root
         started = time.perf_counter()

@@ -7,6 +7,7 @@ ctx = client.put("cart:1", None, ["book"])
 res = client.get("cart:1")          # res.values, res.context, res.value
 """
 
+from dynaray.buckets import Bucket
 from dynaray.client import Client, GetResult
 from dynaray.cluster import Cluster, connect, start
 from dynaray.context import Context
@@ -14,13 +15,16 @@ from dynaray.errors import (
     ConflictError,
     DynarayError,
     InvalidContext,
+    InvalidRequest,
     NodeError,
     QuorumError,
     RequestTimeout,
+    SiblingLimitError,
     Unavailable,
 )
 
 __all__ = [
+    "Bucket",
     "Client",
     "Cluster",
     "ConflictError",
@@ -28,9 +32,11 @@ __all__ = [
     "DynarayError",
     "GetResult",
     "InvalidContext",
+    "InvalidRequest",
     "NodeError",
     "QuorumError",
     "RequestTimeout",
+    "SiblingLimitError",
     "Unavailable",
     "connect",
     "start",

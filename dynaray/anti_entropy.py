@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dynaray import codec, merkle, versions
+from dynaray import codec, merkle, records
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -26,6 +26,7 @@ class Figures:
     keys_repaired: int = 0
     hashes_exchanged: int = 0
     bytes_sent: int = 0
+    tombstones_reaped: int = 0
     peers_unreachable: int = 0  # peers that did not answer: their ranges wait a round
 
     def add(self, other: Figures) -> None:
@@ -79,19 +80,19 @@ class Exchange:
         return self.figures
 
     async def _repair(self, keys: list[bytes]) -> None:
-        theirs = await self._ask("read_clocks", keys)
-        mine = self.local.read_clocks(self.partition, keys)
+        theirs = await self._ask("read_records", keys)
+        mine = self.local.read_records(self.partition, keys)
         to_me, to_them = [], []
         for key, my_wire, their_wire in zip(keys, mine, theirs, strict=True):
-            my_clock = versions.from_wire(my_wire) if my_wire is not None else None
-            their_clock = versions.from_wire(their_wire) if their_wire is not None else None
-            if my_clock is None and their_clock is None:
+            my_record = records.from_wire(my_wire) if my_wire is not None else None
+            their_record = records.from_wire(their_wire) if their_wire is not None else None
+            merged = records.merge(my_record, their_record)
+            if merged is None:
                 continue
-            merged = versions.sync(my_clock or versions.EMPTY, their_clock or versions.EMPTY)
-            wire = versions.to_wire(merged)
-            if my_clock is None or not versions.equal(my_clock, merged):
+            wire = records.to_wire(merged)
+            if not records.equal(my_record, merged):
                 to_me.append((key, wire, None))
-            if their_clock is None or not versions.equal(their_clock, merged):
+            if not records.equal(their_record, merged):
                 to_them.append((key, wire, None))
         if to_me:
             await self._apply(to_me)

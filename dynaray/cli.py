@@ -1,4 +1,5 @@
-"""The `dynaray` command: demo, up, down, get and put."""
+"""The `dynaray` command: demo, up, down, get, put, status, ring, join, leave, forget, repair,
+bench."""
 
 from __future__ import annotations
 
@@ -123,6 +124,140 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace):
+    import dynaray
+
+    return dynaray.Cluster.attach(args.store, address=args.address or "auto")
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    cluster = _cluster(args)
+    states = cluster.status()
+    info = cluster.info()
+    rows = []
+    for node in cluster.nodes():
+        i = info.get(node, {})
+        last = i.get("last_exchange")
+        rows.append(
+            {
+                "node": node,
+                "state": states.get(node, "down"),
+                "ray node": (i.get("ray_node") or "?")[:12],
+                "ranges": i.get("ranges", "?"),
+                "keys": i.get("keys", "?"),
+                "hints": i.get("hints", "?"),
+                "last anti-entropy": f"{time.time() - last:.0f}s ago" if last else "never",
+                "disk": f"{i['disk_bytes'] / 2**20:.1f} MiB" if "disk_bytes" in i else "?",
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, list(rows[0]) if rows else ["node"])
+    return 0
+
+
+def cmd_ring(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    cluster = _cluster(args)
+    ring, config = cluster._ring()
+    n = config.get("n", 3)
+    owned = Counter(ring.owners)
+    rows = [
+        {
+            "node": node,
+            "partitions": owned[node],
+            "share": f"{owned[node] / ring.partitions:.1%}",
+            "replica share": f"{len(ring.replicated_partitions(node, n)) / ring.partitions:.1%}",
+        }
+        for node in ring.nodes()
+    ]
+    if args.json:
+        print(json.dumps({"partitions": ring.partitions, "version": ring.version, "nodes": rows}))
+    else:
+        print(f"ring version {ring.version}: {ring.partitions} partitions, N={n}")
+        _print_table(rows, ["node", "partitions", "share", "replica share"])
+    if args.png:
+        _draw_ring(ring, args.png)
+    return 0
+
+
+def _draw_ring(ring, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no PNG: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return
+    nodes = list(ring.nodes())
+    colours = {node: plt.cm.tab20(i % 20) for i, node in enumerate(nodes)}
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.pie(
+        [1] * ring.partitions,
+        colors=[colours[o] for o in ring.owners],
+        startangle=90,
+        counterclock=False,
+        wedgeprops={"width": 0.3, "linewidth": 0},
+    )
+    ax.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=colours[n]) for n in nodes],
+        labels=nodes,
+        loc="center",
+    )
+    ax.set_title(f"dynaray ring: {ring.partitions} partitions, version {ring.version}")
+    fig.savefig(path, dpi=100)
+    print(f"ring picture written to {path}")
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    node = _cluster(args).add_node(progress=_progress("join"))
+    print(f"\nnode {node} joined and received its ranges")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    _cluster(args).remove_node(args.node, progress=_progress("leave"))
+    print(f"\nnode {args.node} handed its ranges over and stopped")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    _cluster(args).forget_node(args.node, progress=_progress("forget"))
+    print(f"\nnode {args.node} forgotten; its keys are back to N copies")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    figures = _cluster(args).anti_entropy()
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for name, value in figures.items():
+            print(f"{name.replace('_', ' '):>20}: {value:,}")
+    return 0
+
+
+def _progress(what: str):
+    def show(pending: int, received: int) -> None:
+        print(f"\r{what}: {pending} ranges still arriving, {received:,} keys received", end="")
+        sys.stdout.flush()
+
+    return show
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynaray", description="A Dynamo-style key-value store inside a Ray cluster."
@@ -163,10 +298,37 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("key")
     put.add_argument("value")
     put.set_defaults(func=cmd_put)
+    for name, func, text in (
+        ("status", cmd_status, "per node: state, ranges, keys, hints, last anti-entropy, disk"),
+        ("ring", cmd_ring, "ownership shares (and --png FILE for a picture of the ring)"),
+        ("join", cmd_join, "add a node: it takes its share of the ring and its data"),
+        ("repair", cmd_repair, "run one anti-entropy round now"),
+    ):
+        p = sub.add_parser(name, help=text)
+        store_args(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "ring":
+            p.add_argument("--png", default=None, help="write a picture of the ring here")
+        p.set_defaults(func=func)
+    for name, func, text in (
+        ("leave", cmd_leave, "a node hands its ranges to the others and stops"),
+        ("forget", cmd_forget, "a lost node is taken out; the others restore N copies"),
+    ):
+        p = sub.add_parser(name, help=text)
+        store_args(p)
+        p.add_argument("node")
+        p.set_defaults(func=func)
+    # `dynaray bench ...` hands its arguments to the benchmark harness (see main()).
+    sub.add_parser("bench", help="measure dynaray beside a one-actor dict, Redis and etcd")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from benchmarks import bench
+
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     # Ray announces at every connect that token authentication is on; that is the safe
     # default (see docs/operations.md), not news to act on.

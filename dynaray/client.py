@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from dynaray import codec, versions
+from dynaray import codec, crdt, records, versions
 from dynaray.context import Context, check_context, key_tag
 from dynaray.errors import ConflictError
 from dynaray.routing import Routing, key_repr
+
+if TYPE_CHECKING:
+    from dynaray.buckets import Bucket
 
 T = TypeVar("T")
 
@@ -44,19 +47,41 @@ class GetResult:
         return len(self.values)
 
 
-def result_from_clock(key: bytes, hashed: bytes, wire: list | None) -> GetResult:
-    """Decode a coordinator's merged clock: tombstones hidden, identical siblings shown once."""
-    if wire is None:
-        return GetResult(key_repr(key), [], Context((), key_tag(hashed)))
-    clock = versions.from_wire(wire)
-    seen: set[bytes] = set()
-    values = []
-    for raw in versions.values(clock):
-        if raw is None or raw in seen:
-            continue
-        seen.add(raw)
-        values.append(codec.decode_value(raw))
-    return GetResult(key_repr(key), values, Context(versions.join(clock), key_tag(hashed)))
+def decode_values(record: records.Record | None) -> list:
+    """The values a client sees in a record: tombstones hidden, identical siblings once."""
+    if record is None:
+        return []
+    if record.kind == "siblings":
+        seen: set[bytes] = set()
+        values = []
+        for raw in versions.values(record.state):
+            if raw is None or raw in seen:
+                continue
+            seen.add(raw)
+            values.append(codec.decode_value(raw))
+        return values
+    if record.kind == "lww":
+        raw = record.state[2]
+        return [] if raw == records.LWW_DELETED else [codec.decode_value(raw)]
+    return [_decode_crdt(crdt.value(record.kind, record.state))]
+
+
+def _decode_crdt(value: object) -> object:
+    """CRDT values hold client-encoded bytes (set elements, registers): decode them all."""
+    if isinstance(value, bytes):
+        return codec.decode_value(value)
+    if isinstance(value, frozenset | set):
+        return {_decode_crdt(v) for v in value}
+    if isinstance(value, dict):
+        return {k: _decode_crdt(v) for k, v in value.items()}
+    return value
+
+
+def decode_result(key: bytes, hashed: bytes, wire: list | None) -> GetResult:
+    """A coordinator's merged record as the user sees it."""
+    record = records.from_wire(wire) if wire is not None else None
+    context = Context(versions.vv_from_wire(records.context_of(record)), key_tag(hashed))
+    return GetResult(key_repr(key), decode_values(record), context)
 
 
 class _LoopThread:
@@ -107,93 +132,138 @@ class Client:
             self._loop.close()
             self._loop = None
 
-    # -- async API --------------------------------------------------------------------------
+    # -- the one read path and the one write path ------------------------------------------
 
-    async def aget(
-        self, key: str | bytes, *, r: int | None = None, bucket: str = codec.DEFAULT_BUCKET
-    ) -> GetResult:
-        """Read a key: all sibling values and their context. `r` overrides the read quorum."""
-        b, k, hashed = _address(bucket, key)
+    async def _read(self, bucket: str, key: str | bytes, r: int | None) -> GetResult:
+        b, k, hashed = address(bucket, key)
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
-        wire = await self._routing.get(b, k, r, n)
-        return result_from_clock(k, hashed, wire)
+        return decode_result(k, hashed, await self._routing.get(b, k, r, n))
 
-    async def aput(
-        self,
-        key: str | bytes,
-        context: Context | bytes | None,
-        value: Any,
-        *,
-        w: int | None = None,
-        bucket: str = codec.DEFAULT_BUCKET,
-    ) -> Context:
-        """Write a value with the context of the get it follows (None for a first write)."""
-        b, k, hashed = _address(bucket, key)
-        vv = check_context(context, hashed)
-        return await self._write(b, k, hashed, vv, codec.encode_value(value), w)
-
-    async def adelete(
-        self,
-        key: str | bytes,
-        context: Context | bytes | None = None,
-        *,
-        w: int | None = None,
-        bucket: str = codec.DEFAULT_BUCKET,
-    ) -> Context:
-        """Delete what the context saw (a tombstone). With no context, read first."""
-        b, k, hashed = _address(bucket, key)
-        if context is None:
-            context = (await self.aget(key, bucket=bucket)).context
-        vv = check_context(context, hashed)
-        return await self._write(b, k, hashed, vv, None, w)
-
-    async def _write(
-        self, b: bytes, k: bytes, hashed: bytes, vv: versions.VersionVector, raw, w
-    ) -> Context:
+    async def _write(self, bucket: str, key: str | bytes, op: Any, w: int | None) -> Context:
+        """Send one operation; `op` is a records.update operation, or a function of the key's
+        hashed address that builds one (so a context can be checked against the key)."""
+        b, k, hashed = address(bucket, key)
+        if callable(op):
+            op = op(hashed)
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
-        new_vv = await self._routing.put(b, k, versions.vv_to_wire(vv), raw, w, n)
-        return Context(versions.vv_from_wire(new_vv), key_tag(hashed))
+        context = await self._routing.put(b, k, op, w, n)
+        return Context(versions.vv_from_wire(context), key_tag(hashed))
+
+    # -- async API --------------------------------------------------------------------------
+
+    async def aget(self, key: str | bytes, *, r: int | None = None) -> GetResult:
+        """Read a key: all sibling values and their context. `r` overrides the read quorum."""
+        return await self._read(codec.DEFAULT_BUCKET, key, r)
+
+    async def aput(
+        self, key: str | bytes, context: Context | bytes | None, value: Any, *, w: int | None = None
+    ) -> Context:
+        """Write a value with the context of the get it follows (None for a first write)."""
+        raw = codec.encode_value(value)
+        return await self._write(codec.DEFAULT_BUCKET, key, siblings_op(context, raw), w)
+
+    async def adelete(
+        self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
+    ) -> Context:
+        """Delete what the context saw (a tombstone). With no context, read first."""
+        if context is None:
+            context = (await self.aget(key)).context
+        return await self._write(codec.DEFAULT_BUCKET, key, siblings_op(context, None), w)
+
+    async def aget_many(self, keys: list, *, r: int | None = None) -> dict:
+        """Read many keys at once: {key: GetResult, or the exception that key's read raised}.
+
+        Requests to one coordinator travel together, so a batch costs a few actor calls,
+        not one per key; each key keeps its own quorum outcome.
+        """
+        answers = await asyncio.gather(*(self.aget(k, r=r) for k in keys), return_exceptions=True)
+        return dict(zip(keys, answers, strict=True))
+
+    async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
+        """Write many keys at once: items is {key: (context, value)}; returns
+        {key: new Context, or the exception that key's write raised}."""
+        for key, pair in items.items():
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ValueError(
+                    f"put_many takes {{key: (context, value)}}; {key!r} maps to {pair!r}"
+                )
+        answers = await asyncio.gather(
+            *(self.aput(k, ctx, value, w=w) for k, (ctx, value) in items.items()),
+            return_exceptions=True,
+        )
+        return dict(zip(items, answers, strict=True))
+
+    def bucket(
+        self,
+        name: str,
+        *,
+        policy: str | None = None,
+        resolver: Callable[[list], Any] | None = None,
+        r: int | None = None,
+        w: int | None = None,
+    ) -> Bucket:
+        """The bucket `name`, created with `policy` if new (default "siblings").
+
+        Its properties live in the store, so every client agrees; asking for an existing
+        bucket with a different policy, r or w is an error.
+        """
+        from dynaray.buckets import open_bucket
+
+        return self._run(open_bucket(self, name, policy, resolver, r, w))
+
+    async def abucket(
+        self,
+        name: str,
+        *,
+        policy: str | None = None,
+        resolver: Callable[[list], Any] | None = None,
+        r: int | None = None,
+        w: int | None = None,
+    ) -> Bucket:
+        from dynaray.buckets import open_bucket
+
+        return await open_bucket(self, name, policy, resolver, r, w)
 
     # -- sync API ---------------------------------------------------------------------------
 
-    def get(
-        self, key: str | bytes, *, r: int | None = None, bucket: str = codec.DEFAULT_BUCKET
-    ) -> GetResult:
+    def get(self, key: str | bytes, *, r: int | None = None) -> GetResult:
         """Read a key: all sibling values and their context. `r` overrides the read quorum."""
-        return self._run(self.aget(key, r=r, bucket=bucket))
+        return self._run(self.aget(key, r=r))
 
     def put(
-        self,
-        key: str | bytes,
-        context: Context | bytes | None,
-        value: Any,
-        *,
-        w: int | None = None,
-        bucket: str = codec.DEFAULT_BUCKET,
+        self, key: str | bytes, context: Context | bytes | None, value: Any, *, w: int | None = None
     ) -> Context:
         """Write a value with the context of the get it follows (None for a first write)."""
-        return self._run(self.aput(key, context, value, w=w, bucket=bucket))
+        return self._run(self.aput(key, context, value, w=w))
 
     def delete(
-        self,
-        key: str | bytes,
-        context: Context | bytes | None = None,
-        *,
-        w: int | None = None,
-        bucket: str = codec.DEFAULT_BUCKET,
+        self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
     ) -> Context:
         """Delete what the context saw (a tombstone). With no context, read first."""
-        return self._run(self.adelete(key, context, w=w, bucket=bucket))
+        return self._run(self.adelete(key, context, w=w))
+
+    def get_many(self, keys: list, *, r: int | None = None) -> dict:
+        """Read many keys at once: {key: GetResult, or the exception that key's read raised}."""
+        return self._run(self.aget_many(keys, r=r))
+
+    def put_many(self, items: dict, *, w: int | None = None) -> dict:
+        """Write {key: (context, value)} at once: {key: Context, or that key's exception}."""
+        return self._run(self.aput_many(items, w=w))
 
     def nodes(self) -> list[str]:
         return self._routing.nodes
 
 
-def _address(bucket: str, key: object) -> tuple[bytes, bytes, bytes]:
+def address(bucket: str, key: object) -> tuple[bytes, bytes, bytes]:
     """Validate bucket and key before anything is sent: (bucket, key, bytes hashed on the ring)."""
     b = codec.bucket_bytes(bucket)
     k = codec.key_bytes(key)
     codec.check_key(b, k)
     return b, k, codec.hash_input(b, k)
+
+
+def siblings_op(context: Context | bytes | None, raw: bytes | None) -> Callable[[bytes], list]:
+    """A write to a siblings bucket: the value (None deletes) with the context it follows."""
+    return lambda hashed: ["siblings", versions.vv_to_wire(check_context(context, hashed)), raw]

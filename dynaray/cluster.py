@@ -18,9 +18,9 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from dynaray import codec, faults, quorum
+from dynaray import codec, faults, quorum, records
 from dynaray.anti_entropy import Figures
-from dynaray.client import Client
+from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
 from dynaray.ring import DEFAULT_PARTITIONS, Ring
 from dynaray.routing import Routing
@@ -56,10 +56,10 @@ class Router:
         self.routing.set_node(node, handle)
 
     async def coordinate_put(
-        self, sender: str, bucket: bytes, key: bytes, vv: list, value, w: int, n: int
+        self, sender: str, bucket: bytes, key: bytes, op: list, w: int, n: int
     ) -> tuple:
         try:
-            return ("ok", await self.routing.put(bucket, key, vv, value, w, n))
+            return ("ok", await self.routing.put(bucket, key, op, w, n))
         except QuorumError as exc:
             return ("quorum", exc.answered, exc.needed, exc.asked)
 
@@ -307,7 +307,8 @@ class Cluster:
             router = ray.get_actor(router_name(store), namespace=NAMESPACE)
         except ValueError:
             router = None
-        return cls(store, handles, router, None, False)
+        resources = {KVNODE: 1} if ray.cluster_resources().get(KVNODE) else {}
+        return cls(store, handles, router, None, False, resources=resources)
 
     def nodes(self) -> list[str]:
         """The ids of the store's nodes."""
@@ -347,13 +348,14 @@ class Cluster:
         return answers
 
     def replica_state(self, key: str | bytes, bucket: str = codec.DEFAULT_BUCKET) -> dict:
-        """{node_id: [values]} for every live node whose own data holds the key (not hints)."""
+        """{node_id: [values]} for every live node whose own data holds the key (not hints);
+        a deleted key shows as []."""
         b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
         codec.check_key(b, k)
         return {
-            node: [codec.decode_value(v) for v in values if v is not None]
-            for node, values in self._ask("held", b, k).items()
-            if values is not None
+            node: decode_values(records.from_wire(wire))
+            for node, wire in self._ask("held", b, k).items()
+            if wire is not None
         }
 
     def preference_list(self, key: str | bytes, bucket: str = codec.DEFAULT_BUCKET) -> list[str]:

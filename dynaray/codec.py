@@ -1,8 +1,7 @@
-"""How keys, values and on-disk records become bytes, and how they are checked on the way back.
+"""How keys and values become bytes, and how they are checked on the way back.
 
 Values are serialized in the client only (bytes stay bytes, anything else goes through
-cloudpickle); storage nodes handle opaque bytes and never unpickle. Records are versioned
-msgpack, validated on decode so a corrupt or foreign record is an error, not a crash.
+cloudpickle); storage nodes handle opaque bytes and never unpickle.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from typing import Any
 import cloudpickle
 import msgpack
 
-from dynaray import versions
-
 # LMDB's compiled-in key limit (lmdb.Environment.max_key_size()); checked in the client so a
 # bad key fails before anything is sent.
 MAX_KEY_SIZE = 511
@@ -24,7 +21,6 @@ DEFAULT_BUCKET = "default"
 _RAW = b"\x00"
 _PICKLED = b"\x01"
 
-RECORD_FORMAT = 1
 _PARTITION = struct.Struct(">I")
 _SEGMENT = struct.Struct(">H")
 _PREFIX = _PARTITION.size + _SEGMENT.size
@@ -127,17 +123,3 @@ def split_data_key(dkey: bytes) -> tuple[int, int, bytes, bytes]:
 def location(dkey: bytes) -> tuple[int, int]:
     """(partition, segment) of a data key."""
     return _PARTITION.unpack_from(dkey)[0], _SEGMENT.unpack_from(dkey, _PARTITION.size)[0]
-
-
-def encode_record(clock: versions.Clock) -> bytes:
-    return pack([RECORD_FORMAT, versions.to_wire(clock)])
-
-
-def decode_record(data: bytes) -> versions.Clock:
-    try:
-        obj = unpack(data)
-    except Exception as exc:
-        raise ValueError(f"record is not valid msgpack: {exc}") from exc
-    if not isinstance(obj, list) or len(obj) != 2 or obj[0] != RECORD_FORMAT:
-        raise ValueError(f"record has an unknown format (expected format {RECORD_FORMAT})")
-    return versions.from_wire(obj[1])

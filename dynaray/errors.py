@@ -61,6 +61,14 @@ class InvalidContext(DynarayError, ValueError):
     """A context that is malformed, truncated, tampered with or from another format."""
 
 
+class InvalidRequest(DynarayError, ValueError):
+    """A storage node refused a request that cannot apply to the key (nothing was written)."""
+
+
+class SiblingLimitError(InvalidRequest):
+    """A write would leave more siblings than the limit: resolve them first."""
+
+
 class Unavailable(DynarayError):
     """No storage node could be reached to serve the request."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dynaray import codec, versions
+from dynaray import records
 from dynaray.storage import DOTS, HINTS, Store, Txn
 
 
@@ -90,7 +90,7 @@ class HintedHandoff:
                 if not items:
                     return total
                 wires = [
-                    (_split(hkey)[1], versions.to_wire(codec.decode_record(raw)), None)
+                    (_split(hkey)[1], records.to_wire(records.decode(raw)), None)
                     for hkey, raw in items
                 ]
                 await (send or self._send)(owner, wires)
@@ -106,8 +106,10 @@ class HintedHandoff:
         for hkey, raw in items:
             if txn.get(HINTS, hkey) != raw:
                 continue
-            clock = codec.decode_record(raw)
-            mine = next((e for e in clock[0] if e[0] == self.me), None)
+            record = records.decode(raw)
+            mine = None
+            if record.kind == "siblings":
+                mine = next((e for e in record.state[0] if e[0] == self.me), None)
             if mine is not None:
                 # We coordinated writes to this key as a fallback: remember our counter so a
                 # later stand-in never reissues a dot the owner already holds.
@@ -117,7 +119,9 @@ class HintedHandoff:
                     txn.put(DOTS, dkey, str(mine[1]).encode())
             txn.delete(HINTS, hkey)
 
-    def dot_floor(self, txn: Txn, dkey: bytes) -> versions.Clock | None:
-        """The counter we last used for dkey as a fallback coordinator, as an empty clock."""
+    def dot_floor(self, txn: Txn, dkey: bytes) -> records.Record | None:
+        """The counter we last used for dkey as a fallback coordinator, as an empty record."""
         raw = txn.get(DOTS, dkey)
-        return None if raw is None else (((self.me, int(raw), ()),), ())
+        if raw is None:
+            return None
+        return records.Record("siblings", (((self.me, int(raw), ()),), ()), 0)

@@ -25,7 +25,8 @@ _MASK = (1 << 64) - 1
 
 def item_hash(dkey: bytes, record: bytes) -> int:
     """64-bit hash of one key's version data (its stored record)."""
-    return mmh3.hash128(dkey + b"\x00" + record, signed=False) & _MASK
+    # The key's length goes first, so no (key, record) pair can pose as another.
+    return mmh3.hash128(len(dkey).to_bytes(2, "big") + dkey + record, signed=False) & _MASK
 
 
 class MerkleTree:

@@ -20,11 +20,12 @@ from typing import Any
 
 import ray
 
-from dynaray import codec, quorum, versions
+from dynaray import codec, hlc, quorum, records, versions
 from dynaray.anti_entropy import Exchange, Figures
-from dynaray.errors import NodeError
+from dynaray.errors import DynarayError, NodeError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
+from dynaray.hlc import HybridClock
 from dynaray.membership import Membership
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
@@ -43,6 +44,8 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
+# Past this many siblings a write is logged: the application is not resolving its conflicts.
+SIBLING_WARNING = 25
 # A replica's answer for a range it is still receiving in an ownership handoff.
 _ARRIVING = "range still arriving"
 
@@ -66,6 +69,10 @@ class NodeOptions:
     # Seconds between background anti-entropy rounds; None switches them off.
     anti_entropy_interval: float | None = 60.0
     transfer_batch: int = 500
+    sibling_limit: int = 100
+    # A deleted key's tombstone is removed only when every replica holds it and it is at
+    # least this old, so that no hint or late replica can bring the key back.
+    tombstone_grace: float = 3600.0
 
 
 class StorageNode:
@@ -80,6 +87,7 @@ class StorageNode:
         self.path = path
         self.store = Store(path, node_id, sync=self.options.sync)
         self.transport = Transport(node_id)
+        self.hlc = HybridClock()
         self.ring: Ring | None = None
         self.config: dict = {}
         self._down_until: dict[str, float] = {}
@@ -236,10 +244,10 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
-        """One batch of a range for a node taking it over: [(data key, clock wire)]."""
+        """One batch of a range for a node taking it over: [(data key, record wire)]."""
         self._check_sender(sender)
         return [
-            (k, versions.to_wire(codec.decode_record(raw)))
+            (k, records.to_wire(records.decode(raw)))
             for k, raw in self.ranges.scan(partition, after, limit)
         ]
 
@@ -266,7 +274,9 @@ class StorageNode:
         self._check_sender(sender)
         if method == "apply":
             return await self._apply(args[0])
-        if method in ("merkle_hashes", "segment_items", "read_clocks"):
+        if method == "reap":
+            return await self._reap_local(args[0])
+        if method in ("merkle_hashes", "segment_items", "read_records"):
             return getattr(self.ranges, method)(partition, *args)
         raise ValueError(f"unknown anti-entropy call {method!r}")
 
@@ -294,8 +304,65 @@ class StorageNode:
                 except PeerUnavailable:
                     skipped.add(peer)
         figures.peers_unreachable = len(skipped)
+        for partition in self.ring.replicated_partitions(self.id, self.n):
+            if self.ring.preference_list(partition)[0] == self.id and partition not in self.pending:
+                figures.tombstones_reaped += await self._reap(partition)
         self.last_exchange = time.time()
         return figures.as_dict()
+
+    async def _reap(self, partition: int) -> int:
+        """Remove tombstones past their grace period that every replica holds alike.
+
+        Run by the range's first owner only. Each replica deletes a tombstone only if its
+        copy is still exactly the one compared, so a write that raced the reaper survives.
+        """
+        cutoff = (time.time() - self.options.tombstone_grace) * 1000
+        candidates = [
+            (dkey, raw)
+            for dkey, raw in self.store.iterate(DATA, codec.partition_prefix(partition))
+            if (rec := records.decode(raw)) is not None
+            and records.is_tombstone(rec)
+            and hlc.millis(rec.stamp) < cutoff
+        ]
+        if not candidates:
+            return 0
+        keys = [dkey for dkey, _ in candidates]
+        mine = [records.decode(raw) for _, raw in candidates]
+        peers = [p for p in self.ring.preference_list(partition)[: self.n] if p != self.id]
+        agreed = set(keys)
+        for peer in peers:
+            try:
+                theirs = await self._call(
+                    peer, "anti_entropy_call", "read_records", partition, keys
+                )
+            except PeerUnavailable:
+                return 0  # every replica must hold the tombstone: try again next round
+            for key, own, wire in zip(keys, mine, theirs, strict=True):
+                if wire is None or not records.equal(own, records.from_wire(wire)):
+                    agreed.discard(key)
+        doomed = [(dkey, raw) for dkey, raw in candidates if dkey in agreed]
+        for peer in peers:
+            try:
+                await self._call(peer, "anti_entropy_call", "reap", partition, doomed)
+            except PeerUnavailable:
+                continue  # its copy stays; the next round reaps it
+        return await self._reap_local(doomed)
+
+    async def _reap_local(self, doomed: list) -> int:
+        """Delete each (data key, record) whose stored record is still exactly that."""
+
+        def op(txn: Txn) -> int:
+            count = 0
+            for dkey, raw in doomed:
+                current = txn.get(DATA, dkey)
+                if current is not None and records.equal(
+                    records.decode(current), records.decode(raw)
+                ):
+                    txn.delete(DATA, dkey)
+                    count += 1
+            return count
+
+        return await self.store.write(op)
 
     def _exchange_caller(self, peer: str) -> Callable:
         async def call(method: str, partition: int, *args: Any) -> Any:
@@ -359,6 +426,7 @@ class StorageNode:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        self.transport.close()
         self.store.close()
 
     async def destroy(self) -> None:
@@ -484,6 +552,15 @@ class StorageNode:
         partition, segment = self.ring.locate(codec.hash_input(bucket, key))
         return partition, codec.data_key(partition, segment, bucket, key)
 
+    async def _call_batched(self, peer: str, method: str, item: Any) -> Any:
+        try:
+            return await self.transport.call_batched(
+                peer, method, item, timeout=self.options.replica_timeout
+            )
+        except PeerUnavailable:
+            self._mark_down(peer)
+            raise
+
     async def _call(self, peer: str, method: str, *args: Any) -> Any:
         try:
             return await self.transport.call(
@@ -497,6 +574,28 @@ class StorageNode:
         if not self.transport.accepts(sender):
             raise Refused(f"{sender} is partitioned from {self.id}")
 
+    # -- coordinator: batches from clients ---------------------------------------------------
+
+    @ray.method(enable_task_events=False)
+    async def coordinate_batch(self, sender: str, requests: list) -> list:
+        """Coordinate many client requests at once (the client's calls, coalesced).
+
+        Each request is ["put", bucket, key, op, w, n] or ["get", bucket, key, r, n]; each
+        answer is what coordinate_put / coordinate_get return, or ("error", exception) for
+        a request this node refused, so one bad request never fails its neighbours.
+        """
+        self._check_sender(sender)
+        return await asyncio.gather(*(self._coordinate(sender, req) for req in requests))
+
+    async def _coordinate(self, sender: str, request: list) -> tuple:
+        kind, *args = request
+        try:
+            if kind == "put":
+                return await self.coordinate_put(sender, *args)
+            return await self.coordinate_get(sender, *args)
+        except DynarayError as exc:
+            return ("error", exc)
+
     # -- coordinator: put -------------------------------------------------------------------
 
     @ray.method(enable_task_events=False)
@@ -505,51 +604,50 @@ class StorageNode:
         sender: str,
         bucket: bytes,
         key: bytes,
-        vv_wire: list,
-        value: bytes | None,
+        op: list,
         w: int,
         n: int,
         forwarded: bool = False,
     ) -> tuple:
-        """Coordinate one write: version it here, replicate to N, answer after W acks.
+        """Coordinate one write: apply op here, replicate to N, answer after W acks.
 
-        Returns ("ok", context_vv) or ("quorum", answered, needed, asked).
+        op is a records.update operation. Returns ("ok", context wire) or
+        ("quorum", answered, needed, asked).
         """
         self._check_sender(sender)
         dkey, preference, targets = self._route(bucket, key, n)
         mine = next((t for t in targets if t.node == self.id), None)
         if mine is None:
             if not forwarded:
-                answer = await self._forward(
-                    targets, "coordinate_put", bucket, key, vv_wire, value, w, n, True
-                )
+                answer = await self._forward(targets, "coordinate_put", bucket, key, op, w, n, True)
                 if answer is not None:
                     return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         self.stats["puts"] += 1
-        incoming = versions.new(versions.vv_from_wire(vv_wire), value)
-        clock = await self.store.write(lambda txn: self._update(txn, dkey, mine, incoming))
+        stamp = self.hlc.now()
+        record = await self.store.write(lambda txn: self._update(txn, dkey, mine, op, stamp))
         others = [t for t in targets if t.node != self.id]
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up)
         tally.answered(self.id)
-        wire = versions.to_wire(clock)
-        await self._replicate(tally, others, dkey, wire)
+        await self._replicate(tally, others, dkey, records.to_wire(record))
         if tally.reached:
-            return ("ok", versions.vv_to_wire(versions.join(clock)))
+            return ("ok", records.context_of(record))
         return ("quorum", len(tally.ok), w, tally.asked)
 
-    def _update(self, txn: Txn, dkey: bytes, me: quorum.Target, incoming: versions.Clock):
+    def _update(self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int):
+        """Inside the writer's transaction: read, apply the operation, write."""
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
-        stored = codec.decode_record(raw) if raw is not None else None
+        stored = records.decode(raw) if raw is not None else None
         if me.hint is not None:
             self.stats["sloppy_writes"] += 1
-            floor = self.handoff.dot_floor(txn, dkey)
-            if floor is not None:
-                stored = floor if stored is None else versions.sync(stored, floor)
-        clock = versions.update(incoming, stored, self.id)
-        txn.put(db, rkey, codec.encode_record(clock))
-        return clock
+            if op[0] == "siblings":
+                stored = records.merge(stored, self.handoff.dot_floor(txn, dkey))
+        record = records.update(stored, op, self.id, stamp, self.options.sibling_limit)
+        if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
+            log.warning("key %r has %d siblings", dkey, versions.size(record.state))
+        txn.put(db, rkey, records.encode(record))
+        return record
 
     async def _forward(self, targets: list[quorum.Target], method: str, *args: Any) -> Any:
         """The "any node" path: hand the request to a primary that will coordinate it."""
@@ -570,7 +668,7 @@ class StorageNode:
 
         async def send(target: quorum.Target) -> None:
             try:
-                await self._call(target.node, "replica_put", [(dkey, wire, target.hint)])
+                await self._call_batched(target.node, "replica_put", (dkey, wire, target.hint))
                 tally.answered(target.node)
             except PeerUnavailable:
                 replacement = tally.failure(target)
@@ -599,7 +697,7 @@ class StorageNode:
     ) -> tuple:
         """Coordinate one read: ask N replicas, answer after R with every sibling.
 
-        Returns ("ok", clock_wire | None) or ("quorum", answered, needed, asked).
+        Returns ("ok", record wire | None) or ("quorum", answered, needed, asked).
         """
         self._check_sender(sender)
         dkey, preference, targets = self._route(bucket, key, n)
@@ -609,7 +707,7 @@ class StorageNode:
                 return answer
         self.stats["gets"] += 1
         tally = quorum.Tally(preference, targets, r, self.is_up)
-        replies: dict[str, tuple[quorum.Target, versions.Clock | None]] = {}
+        replies: dict[str, tuple[quorum.Target, records.Record | None]] = {}
         done = asyncio.Event()
         pending: set[asyncio.Task] = set()
 
@@ -618,13 +716,13 @@ class StorageNode:
                 if target.node == self.id:
                     if target.hint is None and self._arriving(dkey):
                         raise PeerUnavailable(self.id, _ARRIVING)
-                    clock = self._read_local(dkey, target.hint)
+                    record = self._read_local(dkey, target.hint)
                 else:
-                    (wire,) = await self._call(target.node, "replica_get", [(dkey, target.hint)])
+                    wire = await self._call_batched(target.node, "replica_get", (dkey, target.hint))
                     if wire == _ARRIVING:
                         raise PeerUnavailable(target.node, _ARRIVING)
-                    clock = versions.from_wire(wire) if wire is not None else None
-                replies[target.node] = (target, clock)
+                    record = records.from_wire(wire) if wire is not None else None
+                replies[target.node] = (target, record)
                 tally.answered(target.node)
             except PeerUnavailable:
                 replacement = tally.failure(target)
@@ -638,39 +736,37 @@ class StorageNode:
         await self._decided(done)
         if not tally.reached:
             return ("quorum", len(tally.ok), r, tally.asked)
-        merged = _merge([c for _, c in replies.values()])
+        merged = records.merge_all([rec for _, rec in replies.values()])
         if self.options.read_repair:
-            self._spawn(self._read_repair(dkey, replies, pending, merged))
-        return ("ok", versions.to_wire(merged) if merged is not None else None)
+            self._spawn(self._read_repair(dkey, replies, pending))
+        return ("ok", records.to_wire(merged) if merged is not None else None)
 
-    def _read_local(self, dkey: bytes, hint: str | None) -> versions.Clock | None:
+    def _read_local(self, dkey: bytes, hint: str | None) -> records.Record | None:
         """Our own copy; as a fallback for `hint`, the hint merged with any copy we hold
         from an earlier ownership of the range."""
         own = self.store.get(DATA, dkey)
-        clock = codec.decode_record(own) if own is not None else None
+        record = records.decode(own) if own is not None else None
         if hint is not None:
             raw = self.store.get(HINTS, hint_key(hint, dkey))
             if raw is not None:
-                hinted = codec.decode_record(raw)
-                clock = hinted if clock is None else versions.sync(clock, hinted)
-        return clock
+                record = records.merge(record, records.decode(raw))
+        return record
 
     async def _read_repair(
         self,
         dkey: bytes,
-        replies: dict[str, tuple[quorum.Target, versions.Clock | None]],
+        replies: dict[str, tuple[quorum.Target, records.Record | None]],
         pending: set[asyncio.Task],
-        merged: versions.Clock | None,
     ) -> None:
         """After answering, wait briefly for the other replicas and fix the stale ones."""
         if pending:
             await asyncio.wait(pending, timeout=self.options.read_repair_wait)
-        merged = _merge([c for _, c in replies.values()])
+        merged = records.merge_all([rec for _, rec in replies.values()])
         if merged is None:
             return
-        wire = versions.to_wire(merged)
-        for node, (target, clock) in list(replies.items()):
-            if clock is not None and versions.equal(clock, merged):
+        wire = records.to_wire(merged)
+        for node, (target, record) in list(replies.items()):
+            if records.equal(record, merged):
                 continue
             self.stats["read_repairs"] += 1
             try:
@@ -684,13 +780,17 @@ class StorageNode:
     # -- replica ---------------------------------------------------------------------------
 
     @ray.method(enable_task_events=False)
-    async def replica_put(self, sender: str, items: list) -> int:
-        """Merge incoming versions (DVVSet sync) and acknowledge after the commit."""
+    async def replica_put(self, sender: str, items: list) -> list[bool]:
+        """Merge incoming records and acknowledge each, after the commit."""
         self._check_sender(sender)
-        return await self._apply(items)
+        await self._apply(items)
+        return [True] * len(items)
 
     async def _apply(self, items: list) -> int:
-        decoded = [(dkey, versions.from_wire(wire), hint) for dkey, wire, hint in items]
+        """Merge (data key, record wire, hint owner) items into our data or hints."""
+        decoded = [(dkey, records.from_wire(wire), hint) for dkey, wire, hint in items]
+        for _, record, _ in decoded:
+            self.hlc.observe(record.stamp)
 
         self.stats["hinted_writes"] += sum(1 for _, _, hint in decoded if hint is not None)
 
@@ -698,25 +798,25 @@ class StorageNode:
             for dkey, incoming, hint in decoded:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
                 raw = txn.get(db, rkey)
-                clock = incoming
-                if raw is not None:
-                    clock = versions.sync(codec.decode_record(raw), incoming)
-                txn.put(db, rkey, codec.encode_record(clock))
+                merged = records.merge(records.decode(raw) if raw is not None else None, incoming)
+                new = records.encode(merged)
+                if new != raw:  # an unchanged record costs no write (and no Merkle update)
+                    txn.put(db, rkey, new)
             return len(decoded)
 
         return await self.store.write(op)
 
     @ray.method(enable_task_events=False)
     async def replica_get(self, sender: str, items: list) -> list:
-        """The stored versions of each (data key, hint owner) asked for, or None."""
+        """The stored record of each (data key, hint owner) asked for, or None."""
         self._check_sender(sender)
         out: list = []
         for dkey, hint in items:
             if hint is None and self._arriving(dkey):
                 out.append(_ARRIVING)  # not ours to answer yet: the coordinator asks a spare
                 continue
-            clock = self._read_local(dkey, hint)
-            out.append(versions.to_wire(clock) if clock is not None else None)
+            record = self._read_local(dkey, hint)
+            out.append(records.to_wire(record) if record is not None else None)
         return out
 
     def _arriving(self, dkey: bytes) -> bool:
@@ -725,11 +825,11 @@ class StorageNode:
     # -- inspection -------------------------------------------------------------------------
 
     async def held(self, bucket: bytes, key: bytes) -> list | None:
-        """This node's own copy of a key (not hints): the sibling values, or None if absent."""
+        """This node's own copy of a key (not hints) as a record wire, or None if absent."""
         if self.ring is None:
             return None
-        clock = self._read_local(self._locate(bucket, key)[1], None)
-        return None if clock is None else versions.values(clock)
+        record = self._read_local(self._locate(bucket, key)[1], None)
+        return None if record is None else records.to_wire(record)
 
     async def info(self) -> dict:
         return {
@@ -739,6 +839,9 @@ class StorageNode:
             "path": self.path,
             "keys": self.store.count(DATA),
             "hints": self.handoff.count(),
+            "ranges": len(self.ring.replicated_partitions(self.id, self.n)) if self.ring else 0,
+            "ranges_arriving": len(self.pending),
+            "last_exchange": self.last_exchange,
             "hints_delivered": self.handoff.delivered,
             "incarnation": self.membership.incarnation,
             "disk_bytes": self.store.disk_bytes(),
@@ -758,13 +861,3 @@ def _stand_in(
     mine = quorum.Target(me, hint=primary)
     rest = [t for t in targets if (t.hint or t.node) != primary][: n - 1]
     return mine, [mine, *rest]
-
-
-def _merge(clocks: list[versions.Clock | None]) -> versions.Clock | None:
-    present = [c for c in clocks if c is not None]
-    if not present:
-        return None
-    merged = present[0]
-    for clock in present[1:]:
-        merged = versions.sync(merged, clock)
-    return merged

@@ -63,9 +63,7 @@ class Tally:
         self.needed = needed
         self.targets = list(targets)
         used = {t.node for t in targets}
-        n = len(targets)
         self._spares = [p for p in preference if p not in used and is_up(p)]
-        self._primaries = set(preference[:n]) if n else set()
         self.ok: list[str] = []
         self.failed: list[str] = []
 
@@ -81,7 +79,9 @@ class Tally:
         self.failed.append(target.node)
         if not self._spares:
             return None
-        primary = target.hint or (target.node if target.node in self._primaries else None)
+        # A target without a hint is a primary (select() and failure() hint every stand-in),
+        # so a stand-in for it, or for the primary it stood in for, carries that primary.
+        primary = target.hint or target.node
         replacement = Target(self._spares.pop(0), hint=primary)
         self.targets.append(replacement)
         return replacement

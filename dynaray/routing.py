@@ -145,18 +145,16 @@ class Routing:
         healthy = [p for p in preference if self.is_up(p)]
         return healthy + [p for p in preference if p not in healthy]
 
-    async def put(
-        self, bucket: bytes, key: bytes, vv_wire: list, value: bytes | None, w: int, n: int
-    ) -> list:
-        """Store a value; returns the new context's version vector or raises."""
-        op = "put" if value is not None else "delete"
-        reply = await self._send(op, "coordinate_put", bucket, key, vv_wire, value, w, n)
+    async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
+        """Apply a write operation; returns the new context (wire) or raises."""
+        name = "delete" if op[-1] is None or op[-1] == b"" else "put"
+        reply = await self._send(name, "coordinate_put", bucket, key, op, w, n)
         if reply[0] == "ok":
             return reply[1]
-        raise QuorumError(op, key_repr(key), *reply[1:])
+        raise QuorumError(name, key_repr(key), *reply[1:])
 
     async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> list | None:
-        """The key's clock in wire form (None when absent) or raises."""
+        """The key's merged record in wire form (None when absent) or raises."""
         reply = await self._send("get", "coordinate_get", bucket, key, r, n)
         if reply[0] == "ok":
             return reply[1]
@@ -168,9 +166,21 @@ class Routing:
         last: PeerUnavailable | None = None
         for node in candidates[:3]:
             try:
-                return await self.transport.call(
-                    node, method, bucket, key, *rest, timeout=self.request_timeout
+                if node == "router":
+                    return await self.transport.call(
+                        node, method, bucket, key, *rest, timeout=self.request_timeout
+                    )
+                # Concurrent requests to one coordinator travel together in one actor call.
+                kind = "put" if method == "coordinate_put" else "get"
+                reply = await self.transport.call_batched(
+                    node,
+                    "coordinate_batch",
+                    [kind, bucket, key, *rest],
+                    timeout=self.request_timeout,
                 )
+                if reply[0] == "error":
+                    raise reply[1]
+                return reply
             except PeerUnavailable as exc:
                 self._mark_down(node)
                 if "no answer" in exc.reason:

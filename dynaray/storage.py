@@ -183,6 +183,13 @@ class Store:
         return await future
 
     def _write_loop(self) -> None:
+        try:
+            self._write_batches()
+        except Exception:  # never die silently: every later write would hang
+            log.exception("node %s: the LMDB writer thread failed", self.node_id)
+            self._closed = True
+
+    def _write_batches(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -223,7 +230,10 @@ class Store:
                 results = [(False, NodeError(f"LMDB write failed: {exc}"))] * len(batch)
                 break
         for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, ok, value)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, ok, value)
+            except RuntimeError:
+                continue  # the waiter's event loop is closed: nobody is listening
 
     def _notify(self, changes: list) -> None:
         for db, key, old, new in changes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def test_store_survives_down_and_up(tmp_path):
         assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
         absent = _dynaray(["get", "nothing-here"], home, check=False)
         assert absent.returncode == 1 and "(absent)" in absent.stdout
+        status = _dynaray(["status"], home).stdout
+        assert "n1" in status and "up" in status and "last anti-entropy" in status
+        rows = json.loads(_dynaray(["status", "--json"], home).stdout)
+        assert [r["node"] for r in rows] == ["n1", "n2", "n3"]
+        assert sum(r["keys"] for r in rows) == 3  # one key on N=3 nodes
+        ring = json.loads(_dynaray(["ring", "--json"], home).stdout)
+        assert sum(r["partitions"] for r in ring["nodes"]) == ring["partitions"]
+        repair = json.loads(_dynaray(["repair", "--json"], home).stdout)
+        assert repair["keys_repaired"] == 0 and repair["ranges_compared"] > 0
     finally:
         _dynaray(["down"], home, check=False)
         subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)

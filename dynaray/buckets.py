@@ -1,0 +1,316 @@
+"""Buckets: named key spaces, each with a conflict policy stored in the cluster itself.
+
+A bucket's properties (policy, r, w) are a key of the system bucket "_buckets", read and
+written with quorums like any other key, so every client and every node sees the same
+ones. The policies, and what each may lose:
+
+- "siblings" (default): concurrent writes are all kept and returned; the application
+  merges them, or a resolver given to the bucket does it on every read. Loses nothing.
+- "lww": the write with the highest hybrid timestamp wins, decided on the nodes. Loses
+  concurrent writes by design.
+- "counter", "set", "map": CRDTs merged on the nodes; operations from both sides of a
+  partition all count. Lose nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from dynaray import codec, records, versions
+from dynaray.client import Client, GetResult, siblings_op
+from dynaray.context import Context, check_context
+from dynaray.errors import DynarayError
+
+T = TypeVar("T")
+
+SYSTEM_BUCKET = "_buckets"
+
+
+@dataclass(frozen=True)
+class BucketProps:
+    policy: str = "siblings"
+    r: int | None = None
+    w: int | None = None
+
+    def encode(self) -> bytes:
+        return codec.pack(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> BucketProps:
+        obj = codec.unpack(data)
+        return cls(obj["policy"], obj.get("r"), obj.get("w"))
+
+
+async def open_bucket(
+    client: Client,
+    name: str,
+    policy: str | None,
+    resolver: Callable[[list], Any] | None,
+    r: int | None,
+    w: int | None,
+) -> Bucket:
+    """Find the bucket's stored properties, or store them if the bucket is new."""
+    codec.bucket_bytes(name)
+    if name.startswith("_"):
+        raise ValueError(f"bucket names starting with '_' are reserved; got {name!r}")
+    if policy is not None and policy not in records.POLICIES:
+        raise ValueError(f"policy must be one of {records.POLICIES}, got {policy!r}")
+    if resolver is not None and not callable(resolver):
+        raise ValueError("resolver must be a function taking the list of sibling values")
+    wanted = BucketProps(policy or "siblings", r, w)
+    if name == codec.DEFAULT_BUCKET:
+        if wanted.policy != "siblings":
+            raise ValueError("the default bucket's policy is 'siblings'; name another bucket")
+        return Bucket(client, name, wanted, resolver)
+    stored = await client._read(SYSTEM_BUCKET, name, None)
+    if len(stored.values) > 1:
+        raise DynarayError(
+            f"bucket {name!r} was created twice at once with different properties "
+            f"{[BucketProps.decode(v) for v in stored.values]}; use another bucket name"
+        )
+    if stored.values:
+        props = BucketProps.decode(stored.values[0])
+        for field in ("policy", "r", "w"):
+            asked = getattr(wanted, field) if field != "policy" else policy
+            if asked is not None and asked != getattr(props, field):
+                raise ValueError(
+                    f"bucket {name!r} exists with {field}={getattr(props, field)!r}, not "
+                    f"{asked!r}; a bucket's properties do not change: use another bucket name"
+                )
+        return Bucket(client, name, props, resolver)
+    if policy is None and r is None and w is None:
+        # Nothing to record: a bucket without stored properties is a "siblings" bucket.
+        return Bucket(client, name, wanted, resolver)
+    raw = codec.encode_value(wanted.encode())
+    await client._write(SYSTEM_BUCKET, name, siblings_op(stored.context, raw), None)
+    return await open_bucket(client, name, policy, resolver, r, w)
+
+
+class Bucket:
+    """Keys of one bucket, with the calls its policy allows. Sync calls wrap async twins."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        props: BucketProps,
+        resolver: Callable[[list], Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.props = props
+        self.resolver = resolver
+
+    @property
+    def policy(self) -> str:
+        return self.props.policy
+
+    def __repr__(self) -> str:
+        return f"<dynaray.Bucket {self.name!r} policy={self.policy}>"
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.client._run(coro)
+
+    def _need(self, *policies: str, call: str) -> None:
+        if self.policy not in policies:
+            raise ValueError(
+                f"{call}() needs a bucket with policy {' or '.join(policies)}; "
+                f"bucket {self.name!r} has policy {self.policy!r}"
+            )
+
+    def _w(self, w: int | None) -> int | None:
+        return self.props.w if w is None else w
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def aget(
+        self,
+        key: str | bytes,
+        *,
+        r: int | None = None,
+        resolver: Callable[[list], Any] | None = None,
+    ) -> GetResult:
+        """Read a key. With a resolver (here or on the bucket), siblings are merged by it and
+        the merge is written back with the read's context, so one value is returned."""
+        result = await self.client._read(self.name, key, self.props.r if r is None else r)
+        if self.policy in records.CRDT_KINDS and not result.values:
+            empty = {"counter": 0, "set": set(), "map": {}}[self.policy]
+            return GetResult(result.key, [empty], result.context)
+        resolver = resolver or self.resolver
+        if resolver is None or len(result.values) < 2:
+            return result
+        merged = resolver(list(result.values))
+        context = await self.aput(key, result.context, merged)
+        return GetResult(result.key, [merged], context)
+
+    def get(
+        self,
+        key: str | bytes,
+        *,
+        r: int | None = None,
+        resolver: Callable[[list], Any] | None = None,
+    ) -> GetResult:
+        return self._run(self.aget(key, r=r, resolver=resolver))
+
+    # -- siblings and lww -------------------------------------------------------------------
+
+    async def aput(
+        self, key: str | bytes, context: Context | bytes | None, value: Any, *, w: int | None = None
+    ) -> Context:
+        """Write a value (siblings: with the context of the read it follows; lww: the context
+        is accepted and ignored, the newest timestamp wins)."""
+        self._need("siblings", "lww", call="put")
+        raw = codec.encode_value(value)
+        if self.policy == "lww":
+            _check_optional_context(context, self.name, key)
+            return await self.client._write(self.name, key, ["lww", raw], self._w(w))
+        return await self.client._write(self.name, key, siblings_op(context, raw), self._w(w))
+
+    def put(
+        self, key: str | bytes, context: Context | bytes | None, value: Any, *, w: int | None = None
+    ) -> Context:
+        return self._run(self.aput(key, context, value, w=w))
+
+    async def adelete(
+        self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
+    ) -> Context:
+        """Delete (a tombstone). Siblings: only what the context saw; with no context, what a
+        read sees now. LWW: a newer timestamp than every write so far hides the key."""
+        self._need("siblings", "lww", call="delete")
+        if self.policy == "lww":
+            op = ["lww", records.LWW_DELETED]
+            return await self.client._write(self.name, key, op, self._w(w))
+        if context is None:
+            context = (await self.client._read(self.name, key, self.props.r)).context
+        return await self.client._write(self.name, key, siblings_op(context, None), self._w(w))
+
+    def delete(
+        self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
+    ) -> Context:
+        return self._run(self.adelete(key, context, w=w))
+
+    # -- counter ----------------------------------------------------------------------------
+
+    async def aincrement(self, key: str | bytes, delta: int = 1, *, w: int | None = None) -> None:
+        """Add delta (negative to decrement); concurrent increments all count."""
+        self._need("counter", call="increment")
+        _check_delta(delta)
+        await self.client._write(self.name, key, ["counter", ["increment", delta]], self._w(w))
+
+    def increment(self, key: str | bytes, delta: int = 1, *, w: int | None = None) -> None:
+        return self._run(self.aincrement(key, delta, w=w))
+
+    # -- set --------------------------------------------------------------------------------
+
+    async def aadd(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
+        """Add elements; an add concurrent with a remove of the same element wins."""
+        self._need("set", call="add")
+        op = ["set", ["add", [codec.encode_value(e) for e in elements]]]
+        await self.client._write(self.name, key, op, self._w(w))
+
+    def add(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
+        return self._run(self.aadd(key, *elements, w=w))
+
+    async def aremove(
+        self,
+        key: str | bytes,
+        *elements: Any,
+        context: Context | bytes | None = None,
+        w: int | None = None,
+    ) -> None:
+        """Remove the additions of elements that the context saw (or, with no context, that
+        the coordinating node has seen); a concurrent add survives."""
+        self._need("set", call="remove")
+        encoded = [codec.encode_value(e) for e in elements]
+
+        def op(hashed: bytes) -> list:
+            seen = None if context is None else versions.vv_to_wire(check_context(context, hashed))
+            return ["set", ["remove", encoded, seen]]
+
+        await self.client._write(self.name, key, op, self._w(w))
+
+    def remove(
+        self,
+        key: str | bytes,
+        *elements: Any,
+        context: Context | bytes | None = None,
+        w: int | None = None,
+    ) -> None:
+        return self._run(self.aremove(key, *elements, context=context, w=w))
+
+    # -- map --------------------------------------------------------------------------------
+
+    async def aupdate(
+        self,
+        key: str | bytes,
+        *,
+        increment: dict[str, int] | None = None,
+        add: dict[str, list] | None = None,
+        remove: dict[str, list] | None = None,
+        assign: dict[str, Any] | None = None,
+        enable: list[str] | None = None,
+        disable: list[str] | None = None,
+        context: Context | bytes | None = None,
+        w: int | None = None,
+    ) -> None:
+        """Update several fields of a map in one write:
+
+        increment={"visits": 1} (counter fields), add={"tags": ["a"]} and
+        remove={"tags": ["b"]} (set fields), assign={"name": "Ann"} (last-write-wins
+        register fields), enable=["vip"] / disable=["vip"] (flag fields).
+        """
+        self._need("map", call="update")
+
+        def op(hashed: bytes) -> list:
+            seen = None if context is None else versions.vv_to_wire(check_context(context, hashed))
+            return [
+                "map",
+                ["update", map_ops(increment, add, remove, assign, enable, disable, seen)],
+            ]
+
+        await self.client._write(self.name, key, op, self._w(w))
+
+    def update(self, key: str | bytes, **fields: Any) -> None:
+        return self._run(self.aupdate(key, **fields))
+
+
+def map_ops(increment, add, remove, assign, enable, disable, seen) -> list:
+    """Field operations of one map update, checked before anything is sent."""
+    ops: list = []
+    for name, delta in (increment or {}).items():
+        _check_delta(delta)
+        ops.append([_field(name), "counter", ["increment", delta]])
+    for name, elements in (add or {}).items():
+        ops.append([_field(name), "set", ["add", [codec.encode_value(e) for e in elements]]])
+    for name, elements in (remove or {}).items():
+        encoded = [codec.encode_value(e) for e in elements]
+        ops.append([_field(name), "set", ["remove", encoded, seen]])
+    for name, value in (assign or {}).items():
+        # The coordinating node stamps the register with its hybrid clock (records.update).
+        ops.append([_field(name), "register", ["assign", 0, codec.encode_value(value)]])
+    for name in enable or ():
+        ops.append([_field(name), "flag", ["enable"]])
+    for name in disable or ():
+        ops.append([_field(name), "flag", ["disable", seen]])
+    if not ops:
+        raise ValueError("update() needs at least one of increment, add, remove, assign, enable")
+    return ops
+
+
+def _field(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"map field names are non-empty str, got {name!r}")
+    return name
+
+
+def _check_delta(delta: object) -> None:
+    if not isinstance(delta, int) or isinstance(delta, bool):
+        raise ValueError(f"a counter changes by an int, got {delta!r}")
+
+
+def _check_optional_context(context: object, bucket: str, key: object) -> None:
+    if context is not None:
+        b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
+        check_context(context, codec.hash_input(b, k))

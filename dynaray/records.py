@@ -1,0 +1,183 @@
+"""A key's stored record: what kind of data it holds, its state, and how two replicas merge.
+
+The kind is the bucket's policy: "siblings" (a DVVSet of concurrent versions, resolved by the
+client), "lww" (last write wins by hybrid timestamp, decided on the nodes), or a CRDT
+("counter", "set", "map") merged on the nodes. Every replica-side merge (replication, read
+repair, hinted handoff, anti-entropy) goes through merge() here, so each kind is merged the
+same way everywhere. Records are versioned msgpack, validated on decode.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from dynaray import codec, crdt, versions
+from dynaray.errors import InvalidRequest, SiblingLimitError
+
+FORMAT = 2
+POLICIES = ("siblings", "lww", "counter", "set", "map")
+CRDT_KINDS = ("counter", "set", "map")
+# An LWW tombstone: no encoded client value is empty (they all carry a tag byte).
+LWW_DELETED = b""
+
+
+class Record(NamedTuple):
+    kind: str
+    state: object  # a DVVSet clock, an LWW [stamp, node, value], or a CRDT state
+    stamp: int  # hybrid timestamp of the newest write merged in
+
+
+def encode(record: Record) -> bytes:
+    return codec.pack([FORMAT, record.kind, _state_wire(record), record.stamp])
+
+
+def _state_wire(record: Record) -> object:
+    return versions.to_wire(record.state) if record.kind == "siblings" else record.state
+
+
+def to_wire(record: Record) -> list:
+    return [record.kind, _state_wire(record), record.stamp]
+
+
+def from_wire(obj: object) -> Record:
+    if not isinstance(obj, list | tuple) or len(obj) != 3:
+        raise ValueError("record must be [kind, state, stamp]")
+    kind, state, stamp = obj
+    if kind not in POLICIES:
+        raise ValueError(f"unknown record kind {kind!r}")
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+        raise ValueError("record stamp must be a non-negative integer")
+    if kind == "siblings":
+        return Record(kind, versions.from_wire(state), stamp)
+    if kind == "lww":
+        return Record(kind, _check_lww(state), stamp)
+    return Record(kind, crdt.check(kind, state), stamp)
+
+
+def _check_lww(state: object) -> list:
+    if (
+        not isinstance(state, list | tuple)
+        or len(state) != 3
+        or not isinstance(state[0], int)
+        or not isinstance(state[1], str)
+        or not isinstance(state[2], bytes)
+    ):
+        raise ValueError("lww state must be [stamp, node, value bytes]")
+    return list(state)
+
+
+def decode(data: bytes) -> Record:
+    try:
+        obj = codec.unpack(data)
+    except Exception as exc:
+        raise ValueError(f"record is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != FORMAT:
+        raise ValueError(f"record has an unknown format (expected format {FORMAT})")
+    return from_wire(obj[1:])
+
+
+def merge(a: Record | None, b: Record | None) -> Record | None:
+    """Join two replicas' records of one key: never loses a concurrent version or update."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a.kind != b.kind:
+        raise ValueError(f"cannot merge a {a.kind} record with a {b.kind} record of one key")
+    stamp = max(a.stamp, b.stamp)
+    if a.kind == "siblings":
+        return Record(a.kind, versions.sync(a.state, b.state), stamp)
+    if a.kind == "lww":
+        return Record(a.kind, max(list(a.state), list(b.state)), stamp)
+    return Record(a.kind, crdt.merge(a.kind, a.state, b.state), stamp)
+
+
+def merge_all(records: list[Record | None]) -> Record | None:
+    merged = None
+    for record in records:
+        merged = merge(merged, record)
+    return merged
+
+
+def equal(a: Record | None, b: Record | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a.kind == "siblings" == b.kind:
+        return versions.equal(a.state, b.state)
+    return encode(a) == encode(b)
+
+
+def is_tombstone(record: Record) -> bool:
+    """Nothing left but deletions: what may eventually be reaped."""
+    if record.kind == "siblings":
+        return all(v is None for v in versions.values(record.state))
+    if record.kind == "lww":
+        return record.state[2] == LWW_DELETED
+    return False
+
+
+def update(
+    stored: Record | None, op: list, node: str, stamp: int, sibling_limit: int = 100
+) -> Record:
+    """The coordinator applies one client operation as `node` at hybrid time `stamp`.
+
+    op is ["siblings", context_vv, value | None], ["lww", value | LWW_DELETED], or
+    [crdt_kind, crdt_op].
+    """
+    kind = op[0] if op else None
+    if kind not in POLICIES:
+        raise InvalidRequest(f"unknown operation kind {kind!r}")
+    if stored is not None and stored.kind != kind:
+        raise InvalidRequest(
+            f"the key holds {stored.kind} data, but the request is for a {kind} bucket; "
+            "a key's bucket policy cannot change"
+        )
+    if kind == "siblings":
+        incoming = versions.new(versions.vv_from_wire(op[1]), op[2])
+        clock = versions.update(incoming, stored.state if stored else None, node)
+        if versions.size(clock) > sibling_limit:
+            raise SiblingLimitError(
+                f"this write would leave {versions.size(clock)} siblings, over the limit of "
+                f"{sibling_limit}: read the key, merge its values and write the merge back "
+                "with the read's context"
+            )
+        return Record(kind, clock, max(stamp, stored.stamp if stored else 0))
+    if kind == "lww":
+        if not isinstance(op[1], bytes):
+            raise InvalidRequest("an lww write carries encoded value bytes")
+        mine = Record(kind, [stamp, node, op[1]], stamp)
+        return merge(stored, mine)
+    if kind == "map":
+        op = ["map", _stamp_registers(op[1], stamp)]
+    try:
+        state = crdt.apply(kind, stored.state if stored else None, op[1], node)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    return Record(kind, state, max(stamp, stored.stamp if stored else 0))
+
+
+def _stamp_registers(op: list, stamp: int) -> list:
+    """Registers inside maps are last-writer-wins by the coordinator's hybrid clock, like lww
+    buckets: the client's stamp is replaced, so clients' clocks never decide."""
+    if not isinstance(op, list) or len(op) != 2 or op[0] != "update" or not isinstance(op[1], list):
+        return op
+    fields = []
+    for field in op[1]:
+        if isinstance(field, list) and len(field) == 3 and isinstance(field[2], list):
+            name, kind, field_op = field
+            if kind == "register" and len(field_op) == 3 and field_op[0] == "assign":
+                field_op = ["assign", stamp, field_op[2]]
+            elif kind == "map":
+                field_op = _stamp_registers(field_op, stamp)
+            field = [name, kind, field_op]
+        fields.append(field)
+    return ["update", fields]
+
+
+def context_of(record: Record | None) -> list:
+    """The causal context a client gets with a read, in wire form."""
+    if record is None:
+        return []
+    if record.kind == "siblings":
+        return versions.vv_to_wire(versions.join(record.state))
+    if record.kind == "lww":
+        return []
+    return crdt.context(record.kind, record.state)

@@ -1,0 +1,146 @@
+"""faults: the simulated network's partition, drop and delay table (no Ray)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynaray import codec
+from dynaray.faults import Faults, partition_table
+
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+
+
+def test_empty_table_cuts_nothing():
+    faults = Faults()
+    assert faults.empty
+    rng = random.Random(0)
+    for src in NODES:
+        for dst in NODES:
+            assert not faults.partitioned(src, dst)
+            assert not faults.dropped(src, dst, rng)
+            assert faults.delay_of(src, dst) == 0.0
+
+
+def test_partitioned_is_symmetric_and_groups_are_connected():
+    faults = Faults(groups=partition_table([["n1", "n2"], ["n3"]], NODES))
+    assert not faults.empty
+    assert faults.partitioned("n1", "n3") and faults.partitioned("n3", "n1")
+    assert faults.partitioned("n2", "n4") and faults.partitioned("n4", "n2")
+    assert not faults.partitioned("n1", "n2") and not faults.partitioned("n2", "n1")
+    assert not faults.partitioned("n4", "n5")  # the left-out nodes' own group
+    assert not faults.partitioned("n3", "n3")
+
+
+def test_unknown_nodes_are_never_partitioned():
+    faults = Faults(groups=partition_table([["n1"], ["n2"]], ["n1", "n2"]))
+    for node in ("n1", "n2"):
+        assert not faults.partitioned("client-1", node)
+        assert not faults.partitioned(node, "client-1")
+    assert not faults.partitioned("client-1", "client-2")
+
+
+@given(st.lists(st.integers(0, 3), min_size=len(NODES), max_size=len(NODES)))
+def test_partitioned_iff_different_groups(assignment):
+    groups = [[n for n, g in zip(NODES, assignment, strict=True) if g == i] for i in range(4)]
+    faults = Faults(groups=partition_table([g for g in groups if g], NODES))
+    group_of = dict(zip(NODES, assignment, strict=True))
+    for src in NODES + ["client"]:
+        for dst in NODES + ["client"]:
+            cut = faults.partitioned(src, dst)
+            assert cut == faults.partitioned(dst, src)
+            if "client" in (src, dst):
+                assert not cut
+            else:
+                assert cut == (group_of[src] != group_of[dst])
+
+
+def test_partition_table_left_out_nodes_form_one_group():
+    table = partition_table([["n1", "n2"], ["n3"]], NODES)
+    assert table == (frozenset({"n1", "n2"}), frozenset({"n3"}), frozenset({"n4", "n5"}))
+    # everyone named: no extra group
+    assert partition_table([["n1", "n2", "n3"], ["n4", "n5"]], NODES) == (
+        frozenset({"n1", "n2", "n3"}),
+        frozenset({"n4", "n5"}),
+    )
+    # isolate one node: it versus the rest
+    assert partition_table([["n3"]], NODES) == (
+        frozenset({"n3"}),
+        frozenset({"n1", "n2", "n4", "n5"}),
+    )
+
+
+def test_partition_table_validation():
+    with pytest.raises(ValueError, match="cannot be empty"):
+        partition_table([["n1"], []], NODES)
+    with pytest.raises(ValueError, match="unknown node 'x9'") as info:
+        partition_table([["n1"], ["x9"]], NODES)
+    assert "n5" in str(info.value)  # lists the known nodes
+    with pytest.raises(ValueError, match="'n2' appears in two partition groups"):
+        partition_table([["n1", "n2"], ["n2", "n3"]], NODES)
+    with pytest.raises(ValueError, match="'n1'"):
+        partition_table([["n1", "n1"]], NODES)
+
+
+def test_drop_rate_is_roughly_p_with_seeded_rng():
+    faults = Faults(drop={"n1>n2": 0.3})
+    rng = random.Random(1234)
+    trials = 20_000
+    dropped = sum(faults.dropped("n1", "n2", rng) for _ in range(trials))
+    assert abs(dropped / trials - 0.3) < 0.02
+    # other links are untouched
+    assert not any(faults.dropped("n2", "n1", rng) for _ in range(1000))
+    # the same seed gives the same decisions
+    a, b = random.Random(7), random.Random(7)
+    assert [faults.dropped("n1", "n2", a) for _ in range(200)] == [
+        faults.dropped("n1", "n2", b) for _ in range(200)
+    ]
+
+
+def test_drop_zero_and_one_are_exact():
+    rng = random.Random(99)
+    never = Faults(drop={"n1>n2": 0.0})
+    always = Faults(drop={"n1>n2": 1.0})
+    assert not any(never.dropped("n1", "n2", rng) for _ in range(5000))
+    assert all(always.dropped("n1", "n2", rng) for _ in range(5000))
+
+
+def test_drop_uses_the_same_link_precedence():
+    faults = Faults(drop={"n1>n2": 0.0, ">n2": 1.0, "n1>": 1.0})
+    rng = random.Random(0)
+    assert not faults.dropped("n1", "n2", rng)  # the exact link wins
+    assert faults.dropped("n3", "n2", rng)
+    assert faults.dropped("n1", "n3", rng)
+    assert not faults.dropped("n3", "n4", rng)
+
+
+def test_delay_lookup_precedence():
+    faults = Faults(delay={"n1>n2": 1.0, ">n2": 2.0, "n1>": 3.0})
+    assert faults.delay_of("n1", "n2") == 1.0
+    assert faults.delay_of("n3", "n2") == 2.0
+    assert faults.delay_of("n1", "n3") == 3.0
+    assert faults.delay_of("n3", "n4") == 0.0
+    assert faults.delay_of("n2", "n1") == 0.0
+    # without the exact link, ">dst" wins over "src>"
+    assert Faults(delay={">n2": 2.0, "n1>": 3.0}).delay_of("n1", "n2") == 2.0
+
+
+def test_wire_round_trip():
+    faults = Faults(
+        groups=partition_table([["n1", "n2"], ["n3"]], NODES),
+        drop={"n1>n2": 0.25, ">n3": 1.0},
+        delay={"n4>": 0.5},
+    )
+    wire = faults.to_wire()
+    assert Faults.from_wire(wire) == faults
+    # the wire form survives msgpack (lists, str keys, floats)
+    back = Faults.from_wire(codec.unpack(codec.pack(wire)))
+    assert back == faults
+    assert back.partitioned("n1", "n3") and not back.partitioned("n1", "n2")
+    assert Faults.from_wire(Faults().to_wire()) == Faults()
+    assert Faults.from_wire({}).empty
+    # integer rates from a user's table become floats
+    assert Faults.from_wire({"drop": {"a>b": 1}}).drop == {"a>b": 1.0}

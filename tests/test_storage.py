@@ -1,0 +1,448 @@
+"""storage: one node's LMDB store and its group-committing writer thread (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+
+import lmdb
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynaray import storage
+from dynaray.errors import NodeError
+from dynaray.storage import DATA, DOTS, HINTS, MERKLE, META, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "n1"), "n1")
+    yield s
+    s.close()
+
+
+def put(db, key, value):
+    def op(txn):
+        txn.put(db, key, value)
+        return key
+
+    return op
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _blocked_batch(store, ops):
+    """Queue ops while the writer is held inside a transaction, so they form one batch."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def hold(txn):
+        entered.set()
+        gate.wait(10)
+
+    holder = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(entered.wait, 10)
+    tasks = [asyncio.ensure_future(store.write(op)) for op in ops]
+    await asyncio.sleep(0)  # every task runs up to its queue.put
+    gate.set()
+    await holder
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- writes and reads --------------------------------------------------------------------
+
+
+def test_write_and_read_sub_databases(store):
+    async def main():
+        for db in (DATA, HINTS, META, MERKLE, DOTS):
+            assert await store.write(put(db, b"k", db + b"-value")) == b"k"
+
+    run(main())
+    for db in (DATA, HINTS, META, MERKLE, DOTS):
+        assert store.get(db, b"k") == db + b"-value"
+    assert store.get(DATA, b"missing") is None
+    assert store.get_many(DATA, [b"k", b"missing"]) == [b"data-value", None]
+    # sub-databases are separate key spaces
+    assert store.count(DATA) == 1 and store.count(HINTS) == 1
+
+
+def test_op_result_and_in_transaction_reads(store):
+    async def main():
+        await store.write(put(DATA, b"a", b"1"))
+
+        def read_modify_write(txn):
+            old = txn.get(DATA, b"a")
+            txn.put(DATA, b"a", old + b"2")
+            deleted = txn.delete(DATA, b"a")
+            missing = txn.delete(DATA, b"nope")
+            txn.put(DATA, b"a", b"final")
+            return old, deleted, missing, txn.get(DATA, b"a")
+
+        return await store.write(read_modify_write)
+
+    assert run(main()) == (b"1", True, False, b"final")
+    assert store.get(DATA, b"a") == b"final"
+
+
+def test_future_resolves_only_after_commit(store):
+    """A write's future resolves only once its whole batch is durable."""
+
+    async def main():
+        release = threading.Event()
+        inside = threading.Event()
+
+        def slow(txn):
+            txn.put(DATA, b"slow", b"2")
+            inside.set()
+            release.wait(10)
+            return "slow"
+
+        results = await _ready_batch(store, [put(DATA, b"fast", b"1"), slow], inside)
+        fast, slow_task = results
+        # fast's op has run, but its transaction (shared with slow) has not committed yet
+        assert not fast.done()
+        assert store.get(DATA, b"fast") is None
+        release.set()
+        assert await fast == b"fast"
+        assert store.get(DATA, b"fast") == b"1"  # visible as soon as the future resolved
+        assert await slow_task == "slow"
+        assert store.get(DATA, b"slow") == b"2"
+
+    run(main())
+
+
+async def _ready_batch(store, ops, inside):
+    """Queue ops as one batch, and return their tasks once `inside` is set by one of them."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def hold(txn):
+        entered.set()
+        gate.wait(10)
+
+    holder = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(entered.wait, 10)
+    tasks = [asyncio.ensure_future(store.write(op)) for op in ops]
+    await asyncio.sleep(0)
+    gate.set()
+    await holder
+    await asyncio.to_thread(inside.wait, 10)
+    await asyncio.sleep(0.05)  # give a wrongly early resolution time to show
+    return tasks
+
+
+def test_concurrent_writes_are_group_committed(store):
+    txns = []
+
+    def op(i):
+        def write(txn):
+            txns.append(txn)  # ops of one batch share one transaction
+            txn.put(DATA, b"k%04d" % i, b"v%d" % i)
+            return i
+
+        return write
+
+    results = run(_blocked_batch(store, [op(i) for i in range(300)]))
+    assert results == list(range(300))
+    assert len({id(t) for t in txns}) == 1  # one transaction, one commit
+    assert store.count(DATA) == 300
+    assert store.get(DATA, b"k0123") == b"v123"
+
+
+def test_many_concurrent_writes_all_land(store):
+    async def main():
+        return await asyncio.gather(
+            *(store.write(put(DATA, b"key-%05d" % i, b"x" * (i % 50))) for i in range(2000))
+        )
+
+    results = run(main())
+    assert results == [b"key-%05d" % i for i in range(2000)]
+    assert store.count(DATA) == 2000
+    assert store.get(DATA, b"key-01999") == b"x" * (1999 % 50)
+
+
+def test_failing_op_does_not_fail_its_batch(store):
+    def boom(txn):
+        raise KeyError("boom")
+
+    def too_long_key(txn):  # an LMDB-level refusal inside one op
+        txn.put(DATA, b"x" * 600, b"v")
+
+    ops = [put(DATA, b"a", b"1"), boom, put(DATA, b"b", b"2"), too_long_key, put(DATA, b"c", b"3")]
+    results = run(_blocked_batch(store, ops))
+    assert results[0] == b"a" and results[2] == b"b" and results[4] == b"c"
+    assert isinstance(results[1], KeyError)
+    assert isinstance(results[3], lmdb.Error)
+    assert [store.get(DATA, k) for k in (b"a", b"b", b"c")] == [b"1", b"2", b"3"]
+    assert store.count(DATA) == 3
+    # the writer thread is still alive
+    assert run(store.write(put(DATA, b"d", b"4"))) == b"d"
+
+
+def test_observers_see_committed_changes(store):
+    seen = []
+    store.observers[DATA] = lambda key, old, new: seen.append((key, old, new))
+
+    async def main():
+        await store.write(put(DATA, b"k", b"1"))
+        await store.write(put(DATA, b"k", b"2"))
+        await store.write(lambda txn: txn.delete(DATA, b"k"))
+        await store.write(lambda txn: txn.delete(DATA, b"k"))  # absent: no change
+        await store.write(put(HINTS, b"h", b"x"))  # not observed
+
+    run(main())
+    assert seen == [(b"k", None, b"1"), (b"k", b"1", b"2"), (b"k", b"2", None)]
+
+
+def test_observer_error_does_not_stop_writer(store):
+    def broken(key, old, new):
+        raise RuntimeError("observer bug")
+
+    store.observers[DATA] = broken
+    assert run(store.write(put(DATA, b"k", b"v"))) == b"k"
+    assert run(store.write(put(DATA, b"k2", b"v"))) == b"k2"
+    assert store.get(DATA, b"k2") == b"v"
+
+
+def test_write_abandoned_by_a_closed_loop_does_not_kill_the_writer(store):
+    release = threading.Event()
+
+    def slow(txn):
+        release.wait(10)
+        txn.put(DATA, b"slow", b"1")
+
+    async def abandon():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.write(slow), 0.05)
+
+    run(abandon())  # that loop is closed now, its write still in the writer's hands
+    release.set()
+
+    async def later():
+        return await asyncio.wait_for(store.write(put(DATA, b"k", b"v")), 3)
+
+    assert run(later()) == b"k"
+    assert store.get(DATA, b"slow") == b"1"
+    assert store._writer.is_alive()
+
+
+# -- map growth --------------------------------------------------------------------------
+
+
+def test_map_full_grows_transparently_small_map(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
+    s = Store(str(tmp_path / "small"), "n1", sync=False)
+    try:
+        start = s.env.info()["map_size"]
+        value = b"v" * (256 << 10)
+
+        async def main():
+            # one by one, then a burst whose single batch overflows and is retried whole
+            for i in range(8):
+                await s.write(put(DATA, b"one-%d" % i, value))
+            return await _blocked_batch(s, [put(DATA, b"burst-%d" % i, value) for i in range(24)])
+
+        results = run(main())
+        assert results == [b"burst-%d" % i for i in range(24)]
+        assert s.env.info()["map_size"] > start
+        assert s.count(DATA) == 32
+        assert all(s.get(DATA, b"one-%d" % i) == value for i in range(8))
+        assert all(s.get(DATA, b"burst-%d" % i) == value for i in range(24))
+    finally:
+        s.close()
+    reopened = Store(str(tmp_path / "small"), "n1")
+    try:
+        assert reopened.count(DATA) == 32
+        assert reopened.get(DATA, b"burst-23") == value
+    finally:
+        reopened.close()
+
+
+def test_map_full_grows_past_initial_64_mib(tmp_path):
+    s = Store(str(tmp_path / "big"), "n1", sync=False)
+    try:
+        assert s.env.info()["map_size"] == 64 << 20
+        value = b"\xab" * (1 << 20)
+
+        async def main():
+            await asyncio.gather(*(s.write(put(DATA, b"mb-%03d" % i, value)) for i in range(100)))
+
+        run(main())
+        assert s.env.info()["map_size"] >= 128 << 20
+        assert s.count(DATA) == 100
+        assert s.get(DATA, b"mb-000") == value and s.get(DATA, b"mb-099") == value
+        assert s.disk_bytes() > 100 << 20
+    finally:
+        s.close()
+
+
+def test_reads_during_growth(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
+    s = Store(str(tmp_path / "grow"), "n1", sync=False)
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                s.count(DATA)
+                s.get(DATA, b"k-0")
+                s.scan(DATA, b"k-", limit=5)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+
+        async def main():
+            for i in range(40):
+                await s.write(put(DATA, b"k-%d" % i, b"z" * (128 << 10)))
+
+        run(main())
+    finally:
+        stop.set()
+        thread.join(10)
+        s.close()
+    assert errors == []
+
+
+# -- scans -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(store):
+    keys = [b"a", b"a1", b"a2", b"a3", b"a30", b"b", b"b1", b"c"]
+
+    async def main():
+        await asyncio.gather(*(store.write(put(DATA, k, k.upper())) for k in keys))
+
+    run(main())
+    return store
+
+
+def test_scan_prefix_start_limit(filled):
+    s = filled
+    assert [k for k, _ in s.scan(DATA)] == [b"a", b"a1", b"a2", b"a3", b"a30", b"b", b"b1", b"c"]
+    assert s.scan(DATA, b"a3") == [(b"a3", b"A3"), (b"a30", b"A30")]
+    assert [k for k, _ in s.scan(DATA, b"a", start=b"a2")] == [b"a3", b"a30"]  # exclusive
+    assert [k for k, _ in s.scan(DATA, b"a", start=b"a25")] == [b"a3", b"a30"]  # absent start
+    assert [k for k, _ in s.scan(DATA, b"a", limit=2)] == [b"a", b"a1"]
+    assert s.scan(DATA, b"a", start=b"a30") == []
+    assert [k for k, _ in s.scan(DATA, b"b")] == [b"b", b"b1"]
+    assert s.scan(DATA, b"d") == []
+    assert s.scan(DATA, b"zz") == []
+    assert s.scan(HINTS) == []
+
+
+def test_iterate_crosses_batches(filled):
+    s = filled
+    for batch in (1, 2, 3, 4, 100):
+        assert [k for k, _ in s.iterate(DATA, b"a", batch=batch)] == [
+            b"a",
+            b"a1",
+            b"a2",
+            b"a3",
+            b"a30",
+        ]
+        assert len(list(s.iterate(DATA, batch=batch))) == 8
+    assert list(s.iterate(DATA, b"q", batch=2)) == []
+
+
+def test_count_seek_increment(filled):
+    s = filled
+    assert s.count(DATA) == 8
+    assert s.count(HINTS) == 0
+    assert s.seek(DATA, b"a25") == b"a3"
+    assert s.seek(DATA, b"b") == b"b"
+    assert s.seek(DATA, b"d") is None
+    assert s.increment(META, b"restarts") == 1
+    assert s.increment(META, b"restarts") == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sets(st.binary(min_size=1, max_size=4), max_size=40),
+    st.binary(max_size=2),
+    st.integers(1, 10),
+    st.data(),
+)
+def test_scan_matches_a_sorted_model(keys, prefix, limit, data):
+    with tempfile.TemporaryDirectory() as path:
+        s = Store(path, "n1", sync=False)
+        try:
+
+            async def main():
+                await asyncio.gather(*(s.write(put(DATA, k, k)) for k in keys))
+
+            run(main())
+            model = sorted(k for k in keys if k.startswith(prefix))
+            start = data.draw(st.none() | st.sampled_from(model)) if model else None
+            expected = [k for k in model if start is None or k > start][:limit]
+            assert [k for k, _ in s.scan(DATA, prefix, start, limit)] == expected
+            assert [k for k, _ in s.iterate(DATA, prefix, batch=limit)] == model
+        finally:
+            s.close()
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_close_then_reopen_keeps_data(tmp_path):
+    path = str(tmp_path / "n1")
+    s = Store(path, "n1")
+    run(s.write(put(DATA, b"k", b"v")))
+    s.increment(META, b"counter")
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(NodeError, match="closed"):
+        run(s.write(put(DATA, b"k2", b"v")))
+
+    s = Store(path, "n1")
+    try:
+        assert s.get(DATA, b"k") == b"v"
+        assert s.increment(META, b"counter") == 2
+        assert run(s.write(put(DATA, b"k2", b"v2"))) == b"k2"
+    finally:
+        s.close()
+
+
+def test_reopen_with_other_node_id_is_refused_and_keeps_data(tmp_path):
+    path = str(tmp_path / "n1")
+    s = Store(path, "node-1")
+    run(s.write(put(DATA, b"k", b"v")))
+    s.close()
+
+    with pytest.raises(NodeError) as info:
+        Store(path, "node-2")
+    message = str(info.value)
+    assert "'node-1'" in message  # the owner
+    assert "'node-2'" in message
+    assert path in message
+    assert "own directory" in message
+
+    s = Store(path, "node-1")
+    try:
+        assert s.get(DATA, b"k") == b"v"
+        assert s.get(META, b"node_id") == b"node-1"
+        assert s.count(DATA) == 1
+    finally:
+        s.close()
+
+
+def test_unwritable_path_raises_node_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a directory")
+    for path in (str(blocker / "data"), str(blocker)):
+        with pytest.raises(NodeError) as info:
+            Store(path, "n7")
+        message = str(info.value)
+        assert "node n7 cannot open its data directory" in message
+        assert repr(path) in message
+        assert "writable" in message
+        assert isinstance(info.value.__cause__, OSError | lmdb.Error)
