@@ -341,12 +341,15 @@ class StorageNode:
                 if wire is None or not records.equal(own, records.from_wire(wire)):
                     agreed.discard(key)
         doomed = [(dkey, raw) for dkey, raw in candidates if dkey in agreed]
+        if not doomed:
+            return 0
+        reaped = 0
         for peer in peers:
             try:
-                await self._call(peer, "anti_entropy_call", "reap", partition, doomed)
+                reaped += await self._call(peer, "anti_entropy_call", "reap", partition, doomed)
             except PeerUnavailable:
                 continue  # its copy stays; the next round reaps it
-        return await self._reap_local(doomed)
+        return reaped + await self._reap_local(doomed)
 
     async def _reap_local(self, doomed: list) -> int:
         """Delete each (data key, record) whose stored record is still exactly that."""

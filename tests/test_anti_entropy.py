@@ -202,3 +202,38 @@ def _settled(cluster, client, written: dict) -> bool:
         return True
     except AssertionError:
         return False
+
+
+def test_tombstones_are_reaped_only_when_every_replica_has_them_and_grace_passed(ray_session):
+    import time
+
+    options = {**ALONE, "tombstone_grace": 4.0}
+    cluster = dynaray.start(nodes=4, node_options=options, partitions=16, store="reaper")
+    try:
+        client = cluster.client()
+        ctx = client.put("doomed", None, "v", w=3)
+        client.delete("doomed", ctx, w=3)
+        client.put("alive", None, "v", w=3)
+        assert cluster.anti_entropy()["tombstones_reaped"] == 0  # still within its grace
+        assert len(cluster.replica_state("doomed")) == 3  # the tombstone is on all three
+        time.sleep(2.0)
+
+        # One owner misses the tombstone of a second key: it must not be reaped.
+        # (a key with an owner that does not replicate "doomed", so "doomed" stays reapable)
+        outsider = next(n for n in cluster.nodes() if n not in owners(cluster, "doomed")[:3])
+        key = next(f"half{i}" for i in range(1000) if outsider in owners(cluster, f"half{i}")[:3])
+        half = client.put(key, None, "v", w=3)
+        victim = outsider
+        cluster.kill(victim)
+        client.delete(key, half, w=2)
+        time.sleep(4.5)  # both tombstones are past their grace now
+        figures = cluster.anti_entropy()
+        assert figures["tombstones_reaped"] == 3  # "doomed" on its three owners, not "half"
+        assert cluster.replica_state("doomed") == {}
+        assert client.get("doomed").values == []
+        assert len(cluster.replica_state(key)) == 2  # the live owners keep it
+
+        cluster.restart(victim)
+        assert client.get("alive").value == "v"
+    finally:
+        cluster.shutdown()
