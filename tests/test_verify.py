@@ -1,0 +1,207 @@
+"""The Jepsen-style harness: short runs under faults must pass every check.
+
+The runs are short (seconds of load) and make no assertion about speed: only that no
+acknowledged write was lost and that the replicas converged once the faults were healed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+import ray
+
+from dynaray import verify
+from dynaray.errors import QuorumError, RequestTimeout, Unavailable
+from dynaray.history import History
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for the module, like conftest's ray_session, but always a fresh one of
+    our own (address="local"), never a cluster another process started on this machine."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local",
+        namespace="dynaray",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        num_cpus=2,
+    )
+    yield
+    ray.shutdown()
+
+
+def assert_passed(report: verify.Report) -> None:
+    failed = [name for name, ok in report.checks.items() if not ok]
+    assert not failed, f"{failed}\n{report.table()}\n{json.dumps(report.result)[:2000]}"
+    assert report.passed
+
+
+# -- runs on a real store ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_set_under_partitions_and_kills(ray_local):
+    report = verify.run(
+        duration=15, nemesis=("partition", "kill"), workload="set", seed=1, clients=6
+    )
+    assert_passed(report)
+    assert report.acknowledged_lost == 0
+    assert report.result["acknowledged"] > 0
+    assert report.convergence["ok"]
+    assert report.convergence_seconds is not None
+    assert sum(report.faults.values()) >= 1
+    assert report.max_siblings >= 1
+
+
+@pytest.mark.timeout(240)
+def test_counter_under_partitions(ray_local):
+    report = verify.run(duration=10, nemesis=("partition",), workload="counter", seed=2, clients=6)
+    assert_passed(report)
+    assert report.acknowledged_lost == 0
+    assert report.result["extra"] == 0
+    assert report.convergence["ok"]
+
+
+@pytest.mark.timeout(240)
+def test_register_under_partitions_reports_loss_without_failing(ray_local):
+    report = verify.run(duration=8, nemesis=("partition",), workload="register", seed=3, clients=6)
+    assert_passed(report)
+    assert report.lww_loss_rate is not None and 0.0 <= report.lww_loss_rate <= 1.0
+    assert "by design" in report.result["note"]
+    assert report.convergence["ok"]
+
+
+@pytest.mark.timeout(240)
+def test_cli_fails_when_an_acknowledged_add_goes_missing(ray_local, monkeypatch, tmp_path, capsys):
+    """The plumbing from checker to exit status: hide one acknowledged element from the
+    final read and the run must fail, with the loss in the table and the JSON."""
+    original = verify.SetWorkload.final_read
+
+    async def lossy(self, bucket, key, history):
+        ok, value = await original(self, bucket, key, history)
+        return ok, (value[1:] if ok and value else value)
+
+    monkeypatch.setattr(verify.SetWorkload, "final_read", lossy)
+    out = tmp_path / "report.json"
+    png = tmp_path / "timeline.png"
+    code = verify.main(
+        [
+            "--duration",
+            "3",
+            "--nemesis",
+            "none",
+            "--workload",
+            "set",
+            "--clients",
+            "2",
+            "--keys",
+            "2",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL  no acknowledged add lost" in printed
+    assert "verdict: FAIL" in printed
+    report = json.loads(out.read_text())
+    assert report["passed"] is False
+    assert report["acknowledged_lost"] >= 1
+    assert report["result"]["lost_count"] == report["acknowledged_lost"]
+    assert png.exists() or "matplotlib is not installed" in printed
+
+
+# -- pieces without Ray -----------------------------------------------------------------------
+
+
+def test_parse_nemesis():
+    assert verify.parse_nemesis("partition,kill,join,leave") == (
+        "partition",
+        "kill",
+        "join",
+        "leave",
+    )
+    assert verify.parse_nemesis("none") == ()
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        verify.parse_nemesis("partition,meteor")
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        verify.run(duration=1, nemesis=("meteor",))
+    assert verify.main(["--nemesis", "meteor"]) == 2
+
+
+def test_outcomes_of_failed_operations():
+    quorum = QuorumError("put", "k", 1, 2, 3)
+    assert verify._classify(quorum, write=True) == "info"
+    assert verify._classify(RequestTimeout("put", "k", 1.0), write=True) == "info"
+    assert verify._classify(TimeoutError(), write=True) == "info"
+    assert verify._classify(Unavailable("nobody"), write=True) == "fail"
+    assert verify._classify(ValueError("bad"), write=True) == "fail"
+    assert verify._classify(RuntimeError("?"), write=True) == "info"
+    assert verify._classify(QuorumError("get", "k", 1, 2, 3), write=False) == "fail"
+
+
+def test_bridge_cuts_leave_one_node_between_two_sides():
+    order = ["n3", "n1", "n5", "n2", "n4"]
+    cuts = verify._bridge_cuts(order)
+    left, right = {"n1", "n5"}, {"n2", "n4"}
+    assert cuts == {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
+    assert not any("n3" in link for link in cuts)  # the bridge reaches everyone
+
+
+@pytest.mark.parametrize("size", [5, 6, 7])
+def test_ring_cuts_give_every_node_its_own_majority(size):
+    order = [f"n{i}" for i in range(1, size + 1)]
+    cuts = verify._ring_cuts(order)
+    seen = {a: {b for b in order if (a, b) not in cuts} for a in order}
+    assert all(a in seen[a] for a in order)
+    assert all(len(view) > size // 2 for view in seen.values())  # a majority each
+    assert all(((a, b) in cuts) == ((b, a) in cuts) for a in order for b in order)
+    assert len({frozenset(v) for v in seen.values()}) == size  # no two agree
+
+
+class FakeCluster:
+    def __init__(self, nodes):
+        self._nodes = list(nodes)
+
+    def nodes(self):
+        return list(self._nodes)
+
+
+def test_nemesis_choices_respect_ring_size_limits():
+    history = History()
+    small = verify.Nemesis(
+        FakeCluster(["n1", "n2", "n3", "n4"]),
+        ("join", "leave"),
+        random.Random(0),
+        history,
+        min_nodes=4,
+        max_nodes=6,
+    )
+    assert {tuple(small._choose()) for _ in range(20)} == {("join",)}
+    full = verify.Nemesis(
+        FakeCluster([f"n{i}" for i in range(1, 7)]),
+        ("join", "leave"),
+        random.Random(0),
+        history,
+        min_nodes=4,
+        max_nodes=6,
+    )
+    assert {tuple(full._choose()) for _ in range(20)} == {("leave",)}
+    mixed = verify.Nemesis(
+        FakeCluster(["n1", "n2", "n3", "n4", "n5"]),
+        ("partition", "kill"),
+        random.Random(0),
+        history,
+        min_nodes=4,
+        max_nodes=6,
+    )
+    plans = {tuple(mixed._choose()) for _ in range(200)}
+    assert {("partition",), ("kill",), ("partition", "kill")} <= plans
