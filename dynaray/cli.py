@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     # `dynaray bench ...` hands its arguments to the benchmark harness (see main()).
     sub.add_parser("bench", help="measure dynaray beside a one-actor dict, Redis and etcd")
+    sub.add_parser("verify", help="Jepsen-style fault test with a history checker")
     return parser
 
 
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["verify"]:
+        from dynaray import verify
+
+        return verify.main(argv[1:])
     args = build_parser().parse_args(argv)
     # Ray announces at every connect that token authentication is on; that is the safe
     # default (see docs/operations.md), not news to act on.

@@ -48,10 +48,12 @@ class QuorumError(DynarayError):
 class RequestTimeout(DynarayError, TimeoutError):
     """The coordinator did not answer in time. For a write, the outcome is indeterminate."""
 
-    def __init__(self, op: str, key: object, seconds: float) -> None:
+    def __init__(self, op: str, key: object, seconds: float, reason: str | None = None) -> None:
         self.op = op
         self.key = key
-        message = f"{op} of {key!r}: no answer from the coordinator within {seconds:.1f}s"
+        message = f"{op} of {key!r}: " + (
+            reason or f"no answer from the coordinator within {seconds:.1f}s"
+        )
         if op in ("put", "delete"):
             message += "; the write may or may not have been stored: read the key to find out"
         super().__init__(message)

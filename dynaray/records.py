@@ -172,6 +172,28 @@ def _stamp_registers(op: list, stamp: int) -> list:
     return ["update", fields]
 
 
+def idempotent(op: list) -> bool:
+    """Whether applying op twice (a client retrying on another coordinator after the first
+    died mid-request) leaves the same value: true for every kind but counter increments."""
+    kind = op[0] if op else None
+    if kind == "counter":
+        return False
+    if kind == "map":
+        return _map_idempotent(op[1])
+    return True
+
+
+def _map_idempotent(op: object) -> bool:
+    if not isinstance(op, list) or len(op) != 2 or not isinstance(op[1], list):
+        return True
+    return not any(
+        isinstance(field, list)
+        and len(field) == 3
+        and (field[1] == "counter" or (field[1] == "map" and not _map_idempotent(field[2])))
+        for field in op[1]
+    )
+
+
 def context_of(record: Record | None) -> list:
     """The causal context a client gets with a read, in wire form."""
     if record is None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from dynaray import codec, quorum
+from dynaray import codec, quorum, records
 from dynaray.errors import QuorumError, RequestTimeout, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
@@ -148,7 +148,9 @@ class Routing:
     async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
         """Apply a write operation; returns the new context (wire) or raises."""
         name = "delete" if op[-1] is None or op[-1] == b"" else "put"
-        reply = await self._send(name, "coordinate_put", bucket, key, op, w, n)
+        reply = await self._send(
+            name, "coordinate_put", bucket, key, op, w, n, retry=records.idempotent(op)
+        )
         if reply[0] == "ok":
             return reply[1]
         raise QuorumError(name, key_repr(key), *reply[1:])
@@ -160,8 +162,14 @@ class Routing:
             return reply[1]
         raise QuorumError("get", key_repr(key), *reply[1:])
 
-    async def _send(self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any) -> tuple:
-        """Ask the best coordinator; on one that cannot be reached, the next (rest ends in n)."""
+    async def _send(
+        self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any, retry: bool = True
+    ) -> tuple:
+        """Ask the best coordinator; on one that cannot be reached, the next (rest ends in n).
+
+        A coordinator that died during the request may have done the work: the request goes
+        to the next one only if doing it twice is harmless (`retry`; reads always are).
+        """
         candidates = await self.coordinators(bucket, key, rest[-1])
         last: PeerUnavailable | None = None
         for node in candidates[:3]:
@@ -186,6 +194,15 @@ class Routing:
                 if "no answer" in exc.reason:
                     # A coordinator that timed out may have done the work: do not repeat it.
                     raise RequestTimeout(op, key_repr(key), self.request_timeout) from None
+                if not retry and exc.reason not in ("unknown peer", "partitioned"):
+                    raise RequestTimeout(
+                        op,
+                        key_repr(key),
+                        self.request_timeout,
+                        f"coordinator {node} failed during the request ({exc.reason}); "
+                        "the write may or may not have been applied, and repeating it "
+                        "could apply it twice: read the key to find out",
+                    ) from None
                 last = exc
         raise Unavailable(
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "

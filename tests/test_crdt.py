@@ -119,6 +119,51 @@ def test_msgpack_round_trip_then_check(kind, data):
         )
 
 
+@SETTINGS
+@given(data=st.data())
+def test_local_effects_of_ops(data):
+    """An op's effect shows at once on the coordinator: what a client reads after its write."""
+    seen = data.draw(histories("map"))
+    state = seen[-1]
+    before = crdt.value("map", state)
+    elems = data.draw(st.lists(st.sampled_from(ELEMS), min_size=1, max_size=2))
+    delta = data.draw(st.integers(-5, 5))
+    own_read = data.draw(st.booleans())
+    ctx = crdt.context("map", state) if own_read else None
+    # field names the history never uses, so each has one kind and keeps its plain key
+    after = crdt.apply(
+        "map",
+        state,
+        [
+            "update",
+            [
+                ["count", "counter", ["increment", delta]],
+                ["added", "set", ["add", elems[:1]]],
+                ["removed", "set", ["remove", elems, ctx]],
+                ["on", "flag", ["enable"]],
+                ["off", "flag", ["disable", ctx]],
+            ],
+        ],
+        "n1",
+    )
+    got = crdt.value("map", after)
+    assert got["count"] == before.get("count", 0) + delta
+    assert set(elems[:1]) <= got["added"]
+    assert not set(elems) & got["removed"]
+    assert got["on"] is True
+    assert got["off"] is False
+    # and again on top of the result, where these fields already exist
+    again = crdt.apply(
+        "map",
+        after,
+        ["update", [["count", "counter", ["increment", 1]], ["on", "flag", ["disable", ctx]]]],
+        "n1",
+    )
+    assert crdt.value("map", again)["count"] == got["count"] + 1
+    # a context read before the enable does not cover it (enable wins); None disables all
+    assert crdt.value("map", again)["on"] is (ctx is not None)
+
+
 def test_new_and_unknown_kind():
     assert crdt.value("counter", crdt.new("counter")) == 0
     assert crdt.value("set", crdt.new("set")) == frozenset()
