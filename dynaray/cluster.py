@@ -364,6 +364,12 @@ class Cluster:
         ring, _ = self._ring()
         return list(ring.preference_list(ring.partition_of(codec.hash_input(b, k))))
 
+    def stats(self) -> dict[str, dict]:
+        """Per live node: requests and latency by operation and outcome, quorum failures,
+        sloppy-quorum writes, hints held and delivered, read repairs, anti-entropy, handoff,
+        siblings per read, LMDB size: the figures exported to Ray's metrics."""
+        return self._ask("stats")
+
     def info(self) -> dict[str, dict]:
         """Per live node: its process, Ray node, keys, hints, disk and request counters."""
         return self._ask("info")

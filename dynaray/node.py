@@ -27,6 +27,7 @@ from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
 from dynaray.membership import Membership
+from dynaray.metrics import NodeMetrics
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, Store, Txn
@@ -44,6 +45,8 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
+# Seconds between pushes of a node's figures to Ray's metrics.
+METRICS_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
 # A replica's answer for a range it is still receiving in an ownership handoff.
@@ -75,13 +78,23 @@ class NodeOptions:
     tombstone_grace: float = 3600.0
 
 
+def _log_as(node_id: str) -> None:
+    """Every record of this process's dynaray loggers names the node (one node per process)."""
+    logger = logging.getLogger("dynaray")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s dynaray[{node_id}] %(name)s: %(message)s")
+    )
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 class StorageNode:
     """One store node. Created by dynaray.cluster as a detached, named async actor."""
 
     def __init__(self, node_id: str, path: str, options: dict | None = None) -> None:
-        logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s %(levelname)s [{node_id}] %(message)s"
-        )
+        _log_as(node_id)
         self.id = node_id
         self.options = NodeOptions(**(options or {}))
         self.path = path
@@ -93,14 +106,7 @@ class StorageNode:
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loops_started = False
-        self.stats: dict[str, int] = {
-            "read_repairs": 0,
-            "puts": 0,
-            "gets": 0,
-            "forwards": 0,
-            "sloppy_writes": 0,
-            "hinted_writes": 0,
-        }
+        self.metrics = NodeMetrics(node_id)
         # Every start is a new incarnation, so news of this life outranks the previous one's.
         self.membership = Membership(
             node_id,
@@ -308,6 +314,8 @@ class StorageNode:
             if self.ring.preference_list(partition)[0] == self.id and partition not in self.pending:
                 figures.tombstones_reaped += await self._reap(partition)
         self.last_exchange = time.time()
+        for name, value in figures.as_dict().items():
+            self.metrics.count(f"anti_entropy_{name}", value)
         return figures.as_dict()
 
     async def _reap(self, partition: int) -> int:
@@ -395,6 +403,7 @@ class StorageNode:
             self._loops_started = True
             self._spawn(self._every(self.options.gossip_interval, self._gossip_round))
             self._spawn(self._every(self.options.handoff_interval, self._handoff_round))
+            self._spawn(self._every(METRICS_INTERVAL, self._export_metrics))
             if self.options.anti_entropy_interval:
                 self._spawn(
                     self._every(self.options.anti_entropy_interval, self._anti_entropy_loop_round)
@@ -534,7 +543,27 @@ class StorageNode:
         except PeerUnavailable:
             return
         if delivered:
+            self.metrics.count("hints_delivered", delivered)
             log.info("delivered %d hints to %s", delivered, owner)
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.gauges.update(
+            keys=self.store.count(DATA),
+            hints_held=self.handoff.count(),
+            lmdb_bytes=self.store.disk_bytes(),
+            ranges_arriving=len(self.pending),
+            handoff_keys_received=self.transfer["keys_received"],
+            handoff_ranges_received=self.transfer["ranges_received"],
+        )
+
+    async def _export_metrics(self) -> None:
+        self._refresh_gauges()
+        self.metrics.export()
+
+    async def stats(self) -> dict:
+        """This node's figures, as exported to Ray's metrics."""
+        self._refresh_gauges()
+        return self.metrics.snapshot()
 
     async def hint_count(self) -> int:
         return self.handoff.count()
@@ -618,6 +647,20 @@ class StorageNode:
         ("quorum", answered, needed, asked).
         """
         self._check_sender(sender)
+        return await self._timed("put", self._put(bucket, key, op, w, n, forwarded))
+
+    async def _timed(self, op: str, work: Coroutine) -> tuple:
+        """Run one coordinated request, recording its latency and outcome."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await work
+            outcome = result[0]
+            return result
+        finally:
+            self.metrics.request(op, outcome, time.perf_counter() - started)
+
+    async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
         dkey, preference, targets = self._route(bucket, key, n)
         mine = next((t for t in targets if t.node == self.id), None)
         if mine is None:
@@ -626,7 +669,6 @@ class StorageNode:
                 if answer is not None:
                     return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
-        self.stats["puts"] += 1
         stamp = self.hlc.now()
         record = await self.store.write(lambda txn: self._update(txn, dkey, mine, op, stamp))
         others = [t for t in targets if t.node != self.id]
@@ -643,7 +685,7 @@ class StorageNode:
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
         if me.hint is not None:
-            self.stats["sloppy_writes"] += 1
+            self.metrics.count("sloppy_writes")
             if op[0] == "siblings":
                 stored = records.merge(stored, self.handoff.dot_floor(txn, dkey))
         record = records.update(stored, op, self.id, stamp, self.options.sibling_limit)
@@ -657,7 +699,7 @@ class StorageNode:
         for target in targets:
             if target.hint is None and target.node != self.id:
                 try:
-                    self.stats["forwards"] += 1
+                    self.metrics.count("forwards")
                     return await self._call(target.node, method, *args)
                 except PeerUnavailable:
                     continue
@@ -703,12 +745,14 @@ class StorageNode:
         Returns ("ok", record wire | None) or ("quorum", answered, needed, asked).
         """
         self._check_sender(sender)
+        return await self._timed("get", self._get(bucket, key, r, n, forwarded))
+
+    async def _get(self, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool) -> tuple:
         dkey, preference, targets = self._route(bucket, key, n)
         if not any(t.node == self.id for t in targets) and not forwarded:
             answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)
             if answer is not None:
                 return answer
-        self.stats["gets"] += 1
         tally = quorum.Tally(preference, targets, r, self.is_up)
         replies: dict[str, tuple[quorum.Target, records.Record | None]] = {}
         done = asyncio.Event()
@@ -740,6 +784,8 @@ class StorageNode:
         if not tally.reached:
             return ("quorum", len(tally.ok), r, tally.asked)
         merged = records.merge_all([rec for _, rec in replies.values()])
+        if merged is not None and merged.kind == "siblings":
+            self.metrics.siblings(versions.size(merged.state))
         if self.options.read_repair:
             self._spawn(self._read_repair(dkey, replies, pending))
         return ("ok", records.to_wire(merged) if merged is not None else None)
@@ -771,7 +817,7 @@ class StorageNode:
         for node, (target, record) in list(replies.items()):
             if records.equal(record, merged):
                 continue
-            self.stats["read_repairs"] += 1
+            self.metrics.count("read_repairs")
             try:
                 if node == self.id:
                     await self._apply([(dkey, wire, target.hint)])
@@ -795,7 +841,9 @@ class StorageNode:
         for _, record, _ in decoded:
             self.hlc.observe(record.stamp)
 
-        self.stats["hinted_writes"] += sum(1 for _, _, hint in decoded if hint is not None)
+        hinted = sum(1 for _, _, hint in decoded if hint is not None)
+        if hinted:
+            self.metrics.count("hinted_writes", hinted)
 
         def op(txn: Txn) -> int:
             for dkey, incoming, hint in decoded:
@@ -849,7 +897,7 @@ class StorageNode:
             "incarnation": self.membership.incarnation,
             "disk_bytes": self.store.disk_bytes(),
             "ring_version": self.ring.version if self.ring else None,
-            "stats": dict(self.stats),
+            "stats": self.metrics.snapshot(),
             "sent": dict(self.transport.sent),
             "failed": dict(self.transport.failed),
         }

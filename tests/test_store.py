@@ -237,3 +237,15 @@ def _settled(cluster, key, count, attempts=50):
         time.sleep(0.1)
         state = cluster.replica_state(key)
     return state
+
+
+def test_stats_report_requests_and_figures(cluster, client):
+    client.put("counted", None, "v")
+    client.get("counted")
+    stats = cluster.stats()
+    assert set(stats) == set(cluster.nodes())
+    puts = sum(s["requests"].get("put.ok", {}).get("count", 0) for s in stats.values())
+    gets = sum(s["requests"].get("get.ok", {}).get("count", 0) for s in stats.values())
+    assert puts >= 1 and gets >= 1
+    assert sum(s["keys"] for s in stats.values()) >= 3
+    assert all("lmdb_bytes" in s and "hints_held" in s for s in stats.values())
