@@ -250,6 +250,23 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_buckets(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    if args.create:
+        bucket = cluster.client().bucket(args.create, policy=args.policy, r=args.r, w=args.w)
+        print(f"bucket {bucket.name!r}: policy {bucket.policy}")
+        return 0
+    found = cluster.buckets()
+    if args.json:
+        print(json.dumps(found, default=str))
+    elif not found:
+        print("no buckets with stored properties (the default bucket is 'siblings')")
+    else:
+        rows = [{"bucket": name, **props} for name, props in found.items()]
+        _print_table(rows, ["bucket", "policy", "r", "w"])
+    return 0
+
+
 def _progress(what: str):
     def show(pending: int, received: int) -> None:
         print(f"\r{what}: {pending} ranges still arriving, {received:,} keys received", end="")
@@ -310,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ring":
             p.add_argument("--png", default=None, help="write a picture of the ring here")
         p.set_defaults(func=func)
+    buckets = sub.add_parser("buckets", help="list buckets, or create one with --create NAME")
+    store_args(buckets)
+    buckets.add_argument("--create", metavar="NAME", help="create this bucket")
+    buckets.add_argument("--policy", choices=["siblings", "lww", "counter", "set", "map"])
+    buckets.add_argument("-r", type=int, default=None, help="the bucket's read quorum")
+    buckets.add_argument("-w", type=int, default=None, help="the bucket's write quorum")
+    buckets.add_argument("--json", action="store_true")
+    buckets.set_defaults(func=cmd_buckets)
     for name, func, text in (
         ("leave", cmd_leave, "a node hands its ranges to the others and stops"),
         ("forget", cmd_forget, "a lost node is taken out; the others restore N copies"),

@@ -364,6 +364,22 @@ class Cluster:
         ring, _ = self._ring()
         return list(ring.preference_list(ring.partition_of(codec.hash_input(b, k))))
 
+    def buckets(self) -> dict[str, dict]:
+        """{bucket name: its stored properties} of every bucket created with properties."""
+        from dynaray.buckets import SYSTEM_BUCKET, BucketProps
+
+        names: set[bytes] = set()
+        for keys in self._ask("keys_in_bucket", SYSTEM_BUCKET.encode()).values():
+            names.update(keys)
+        client = self.client()
+        out = {}
+        for name in sorted(names):
+            result = client._run(client._read(SYSTEM_BUCKET, name, None))
+            props = [BucketProps.decode(v) for v in result.values]
+            if props:
+                out[name.decode()] = vars(props[0]) if len(props) == 1 else {"conflict": props}
+        return out
+
     def stats(self) -> dict[str, dict]:
         """Per live node: requests and latency by operation and outcome, quorum failures,
         sloppy-quorum writes, hints held and delivered, read repairs, anti-entropy, handoff,

@@ -882,6 +882,17 @@ class StorageNode:
         record = self._read_local(self._locate(bucket, key)[1], None)
         return None if record is None else records.to_wire(record)
 
+    async def keys_in_bucket(self, bucket: bytes, limit: int = 10_000) -> list[bytes]:
+        """Keys of one bucket held here, by a scan of the whole data database (admin use)."""
+        found = []
+        for dkey, _ in self.store.iterate(DATA):
+            _, _, b, key = codec.split_data_key(dkey)
+            if b == bucket:
+                found.append(key)
+                if len(found) >= limit:
+                    break
+        return found
+
     async def info(self) -> dict:
         return {
             "node": self.id,

@@ -59,6 +59,13 @@ def test_store_survives_down_and_up(tmp_path):
         assert sum(r["keys"] for r in rows) == 3  # one key on N=3 nodes
         ring = json.loads(_dynaray(["ring", "--json"], home).stdout)
         assert sum(r["partitions"] for r in ring["nodes"]) == ring["partitions"]
+        made = _dynaray(["buckets", "--create", "likes", "--policy", "counter"], home).stdout
+        assert "policy counter" in made
+        assert (
+            json.loads(_dynaray(["buckets", "--json"], home).stdout)["likes"]["policy"] == "counter"
+        )
+        clash = _dynaray(["buckets", "--create", "likes", "--policy", "set"], home, check=False)
+        assert clash.returncode == 2 and "exists with policy='counter'" in clash.stderr
         repair = json.loads(_dynaray(["repair", "--json"], home).stdout)
         assert repair["keys_repaired"] == 0 and repair["ranges_compared"] > 0
     finally:
