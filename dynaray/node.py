@@ -22,7 +22,7 @@ import ray
 
 from dynaray import codec, hlc, quorum, records, versions
 from dynaray.anti_entropy import Exchange, Figures
-from dynaray.errors import DynarayError, NodeError
+from dynaray.errors import DynarayError, NodeError, RequestTimeout
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
@@ -665,7 +665,17 @@ class StorageNode:
         mine = next((t for t in targets if t.node == self.id), None)
         if mine is None:
             if not forwarded:
-                answer = await self._forward(targets, "coordinate_put", bucket, key, op, w, n, True)
+                answer = await self._forward(
+                    targets,
+                    "coordinate_put",
+                    bucket,
+                    key,
+                    op,
+                    w,
+                    n,
+                    True,
+                    retry=records.idempotent(op),
+                )
                 if answer is not None:
                     return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
@@ -684,24 +694,41 @@ class StorageNode:
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
+        actor = self.id
         if me.hint is not None:
             self.metrics.count("sloppy_writes")
-            if op[0] == "siblings":
-                stored = records.merge(stored, self.handoff.dot_floor(txn, dkey))
-        record = records.update(stored, op, self.id, stamp, self.options.sibling_limit)
+            # A stand-in's copy is not the key's full history (it may hold another copy for
+            # another primary, or have handed an earlier one over), so its own id could issue
+            # a dot twice: each stand-in write gets an actor id of its own instead.
+            actor = f"{self.id}~{stamp:x}"
+        record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
         if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
             log.warning("key %r has %d siblings", dkey, versions.size(record.state))
         txn.put(db, rkey, records.encode(record))
         return record
 
-    async def _forward(self, targets: list[quorum.Target], method: str, *args: Any) -> Any:
-        """The "any node" path: hand the request to a primary that will coordinate it."""
+    async def _forward(
+        self, targets: list[quorum.Target], method: str, *args: Any, retry: bool = True
+    ) -> Any:
+        """The "any node" path: hand the request to a primary that will coordinate it.
+
+        A primary that did not answer may still have done the work, so the next one is
+        asked only if doing it twice is harmless (`retry`); else the outcome is unknown.
+        """
         for target in targets:
             if target.hint is None and target.node != self.id:
                 try:
                     self.metrics.count("forwards")
                     return await self._call(target.node, method, *args)
-                except PeerUnavailable:
+                except PeerUnavailable as exc:
+                    if not retry and exc.reason not in ("unknown peer", "partitioned"):
+                        raise RequestTimeout(
+                            "put",
+                            args[1].decode(errors="replace"),
+                            self.options.replica_timeout,
+                            f"the coordinator {target.node} it was forwarded to did not answer "
+                            f"({exc.reason}); the write may or may not have been applied",
+                        ) from None
                     continue
         return None
 

@@ -172,6 +172,7 @@ class Routing:
         """
         candidates = await self.coordinators(bucket, key, rest[-1])
         last: PeerUnavailable | None = None
+        maybe_applied = False  # a write reached a coordinator that then failed
         for node in candidates[:3]:
             try:
                 if node == "router":
@@ -191,10 +192,12 @@ class Routing:
                 return reply
             except PeerUnavailable as exc:
                 self._mark_down(node)
+                sent = exc.reason not in ("unknown peer", "partitioned")
+                maybe_applied = maybe_applied or (sent and method == "coordinate_put")
                 if "no answer" in exc.reason:
                     # A coordinator that timed out may have done the work: do not repeat it.
                     raise RequestTimeout(op, key_repr(key), self.request_timeout) from None
-                if not retry and exc.reason not in ("unknown peer", "partitioned"):
+                if not retry and sent:
                     raise RequestTimeout(
                         op,
                         key_repr(key),
@@ -204,6 +207,14 @@ class Routing:
                         "could apply it twice: read the key to find out",
                     ) from None
                 last = exc
+        if maybe_applied:
+            raise RequestTimeout(
+                op,
+                key_repr(key),
+                self.request_timeout,
+                f"every coordinator tried failed ({last}), at least one after the request "
+                "reached it: the write may or may not have been applied; read the key to find out",
+            )
         raise Unavailable(
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"

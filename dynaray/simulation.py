@@ -1,35 +1,59 @@
 """A deterministic simulation of the replication protocol: one process, no Ray, no I/O.
 
 Simulated nodes keep a key's record in `data` (the keys they replicate) and in `hints` (records
-held for a primary they stood in for, by (owner, key)); both survive a crash, like the LMDB
-store. Everything they decide comes from the same pure core the real nodes use: the ring's
-preference lists, `quorum.select` and `quorum.Tally` (sloppy quorum with hinted stand-ins),
-`records.update` on the coordinator's own stored copy (its data, or the hint when standing in,
-with the hint's dot floor), `records.merge` on every replica-side path (replication, read
-repair, hinted handoff, anti-entropy), and HLC stamps from a simulated clock.
+held for a primary they stood in for, by (owner, key)); both, and the dot floors, survive a
+crash like the LMDB store, while tasks, failure marks and the HLC do not. Everything the nodes
+decide comes from the pure core the real nodes use: the ring's preference lists,
+`quorum.select` and `quorum.Tally` (sloppy quorum with hinted stand-ins), `records.update` on
+the coordinator's own stored copy (its data, or as a stand-in its hint copy), `records.merge`
+on every replica-side path (replication, read repair, hinted handoff, anti-entropy), and HLC
+stamps from the simulated clock. The coordinator paths follow node.py step by step: forward
+to a primary when not a target, else stand in; apply, replicate, count W acks, ask a spare
+for each failure; read R replies, merge, read-repair the stale ones.
 
-The network is an event queue driven by a seeded `random.Random`: every message takes 1 to
+The network is an event queue driven by one seeded `random.Random`: a message takes 1 to
 `max_delay` steps, may be lost on the way out or on the way back (the sender only sees its
-deadline pass), is refused across a partition, and dies with a crashed node. A `Schedule`
-is a seed plus a list of faults at given steps (partitions, heals, crashes, restarts, drop
-rates), so a run is a pure function of (workload, schedule, config) and a failing schedule can
-be replayed, printed and shrunk (`schedules()` is the hypothesis strategy).
+deadline pass), is refused across a partition and dies with a crashed node. Gossip is
+modelled as a failure detector that calls a peer down after `detect_after` steps of
+unreachability; a failed call marks the peer down for `retry_after` steps. A `Schedule` is a
+seed plus faults at given steps (partitions, heals, crashes, restarts, drop rates), so a run is
+a pure function of (workload, schedule, config): it can be replayed, printed and shrunk
+(`schedules()` is the hypothesis strategy; `random_schedule(seed)` the explorer's).
 
-Clients follow `dynaray.routing`: coordinators are the key's preference list, nodes that failed
-recently last, three tried in turn; a write is `ok` after W acks, `info` when a coordinator ran
-but reached no quorum (or went silent, or died mid-request), `fail` when no coordinator could
-be sent the request. A non-idempotent operation (a counter increment) is never retried on
-another coordinator once one may have received it. Workloads are those of `dynaray.verify`
-(`set`: read, union of the siblings plus a unique element, write back with the read's context;
-`counter`: increments of 1), recorded into a `dynaray.history.History` and judged by its
-checkers after the schedule: heal, restart, let messages drain, deliver every hint, run
-anti-entropy (pairwise merge of the replicas of each key), require the replicas to be equal,
-read every key back.
+Clients follow `dynaray.routing`: candidates are the key's preference list with recently
+failed nodes last, three tried in turn. A write is `ok` after W acks, `info` when a coordinator
+ran but reached no quorum (or went silent, or died mid-request), `fail` when no coordinator was
+reached. A non-idempotent write (a counter increment) is never retried on another coordinator
+once one may have received it. (A node that is down when a request is sent refuses it here, so
+nothing was sent; Ray reports that as the same RayActorError as a death mid-request, so the real
+client is more cautious there than this one.)
 
-`explore(seeds)` runs many schedules (a few hundred a second); `broken=` swaps in a known-wrong
-protocol ("empty_copy": the coordinator applies an update to an empty copy, reusing dots;
-"lww_merge": replicas keep the newer sibling record instead of syncing) to show the checkers
-catch it.
+The workloads are `dynaray.verify`'s (`set`: read, union of the siblings plus a unique
+element, write back with the read's context; `counter`: increments of 1, some reads), recorded
+into a `dynaray.history.History` and judged by its checkers after the schedule: heal, restart,
+let messages drain, deliver every hint, run anti-entropy (pairwise merge of the replicas of
+each key), require the replicas to be equal, read every key back.
+
+`Config()` models the code as it is. The simulation found three problems in earlier rules of
+the code, all fixed since; each has a switch, and `BEFORE_FIXES` brings the old rules back
+(the tests show each is caught):
+
+- `stand_in_actor`: a stand-in coordinator applies a write as itself on its hint copy for one
+  primary. A node holding hint copies for two primaries of a key (or one whose hint was
+  delivered and deleted) hands out the same dot twice (an acknowledged sibling is lost) or
+  restarts its counter entry at zero (acknowledged increments are lost). Fixed: "fresh", each
+  stand-in write gets its own actor id, as node.py does now.
+- `forward_retry`: node._forward passes a write to the next primary after any failure,
+  including a deadline (a forwarded coordinator may take 3 replica timeouts, the forward waits
+  one), so an increment is applied twice. Fixed: a non-idempotent write is not forwarded again.
+- `unavailable_after_died`: after a coordinator died mid-request, an idempotent retry that
+  reaches nobody raises Unavailable, which verify records as `fail`, yet the write may be there.
+  Fixed: such a write raises RequestTimeout (indeterminate).
+
+`explore(seeds)` runs many random schedules (a few hundred a second); `broken=` swaps in a
+known-wrong protocol ("empty_copy": the coordinator applies an update to an empty copy, reusing
+dots; "lww_merge": replicas keep the newer sibling record instead of syncing) to show that the
+checkers catch it.
 """
 
 from __future__ import annotations
@@ -48,6 +72,18 @@ from dynaray.hlc import HybridClock
 from dynaray.ring import Ring
 
 WORKLOADS = ("set", "counter")
+# The rules the simulation found wrong, as they were before their fixes (Config() models the
+# code as it is now): see Config.stand_in_actor, forward_retry and unavailable_after_died.
+BEFORE_FIXES: dict[str, Any] = {
+    "stand_in_actor": "node",
+    "forward_retry": True,
+    "unavailable_after_died": True,
+}
+FIXES: dict[str, Any] = {
+    "stand_in_actor": "fresh",
+    "forward_retry": False,
+    "unavailable_after_died": False,
+}
 FAULT_KINDS = ("partition", "heal", "crash", "restart", "drop")
 BROKEN = ("empty_copy", "lww_merge")
 
@@ -85,21 +121,24 @@ class Config:
     # How a stand-in (fallback) coordinator applies a write. "node", as node.py: as itself,
     # on its hint copy for that primary (plus, for siblings, its dot floor). "fresh", a
     # candidate fix: as a new actor id per hint copy, so what it hands out never repeats.
-    stand_in_actor: str = "node"
+    stand_in_actor: str = "fresh"
     # As node._forward: a node outside the targets forwards to the next primary after any
     # failure. False, a candidate fix: a non-idempotent write goes no further once a forward
     # may have reached a coordinator (the answer is indeterminate).
-    forward_retry: bool = True
-    # As Routing._send: when the last candidates cannot be reached it raises Unavailable (a
-    # write recorded as fail) even if an earlier one died mid-request and may have applied
-    # it. False (the default): such a write is info; fail means nothing was sent.
+    forward_retry: bool = False
+    # As Routing._send and verify: when the last candidates cannot be reached the client
+    # raises Unavailable (a write recorded as fail) even if an earlier one died mid-request
+    # and may have applied it. False, a candidate fix: such a write is info; fail means that
+    # nothing was sent.
     unavailable_after_died: bool = False
     broken: str | None = None  # None, or one of BROKEN: a deliberately wrong protocol
 
     def __post_init__(self) -> None:
         quorum.check_quorum(self.n, self.r, self.w, self.nodes)
         if self.stand_in_actor not in ("node", "fresh"):
-            raise ValueError(f"stand_in_actor must be 'node' or 'fresh', not {self.stand_in_actor!r}")
+            raise ValueError(
+                f"stand_in_actor must be 'node' or 'fresh', not {self.stand_in_actor!r}"
+            )
         if self.broken is not None and self.broken not in BROKEN:
             raise ValueError(f"broken must be None or one of {BROKEN}, got {self.broken!r}")
 
@@ -120,7 +159,7 @@ class Fault:
     rate: float = 0.0
 
     def __str__(self) -> str:
-        what = ",".join(self.nodes) if self.nodes else (f"{self.rate:g}" if self.kind == "drop" else "")
+        what = f"{self.rate:g}" if self.kind == "drop" else ",".join(self.nodes)
         return f"@{self.at} {self.kind} {what}".rstrip()
 
 
@@ -347,6 +386,7 @@ class SimNode:
         once = once and not records.idempotent(args[1])
         for target in targets:
             if target.hint is None and target.node != self.id:
+                self.sim.stats["forwards"] += 1
                 try:
                     return (yield self.call(target.node, method, *args, True))
                 except Unavailable as exc:
@@ -558,6 +598,7 @@ class Simulation:
             (
                 "messages",
                 "lost",
+                "forwards",
                 "writes_coordinated",
                 "sloppy_coordinated",
                 "read_repairs",
@@ -722,9 +763,7 @@ class Simulation:
         reached = False
         for node in candidates[:3]:
             try:
-                return (
-                    yield self.call(client, node, method, args, self.cfg.request_timeout)
-                )
+                return (yield self.call(client, node, method, args, self.cfg.request_timeout))
             except Unavailable as exc:
                 down[node] = self.now + self.cfg.retry_after
                 tried.append(f"{node}: {exc.reason}")
@@ -970,9 +1009,7 @@ def schedules(config: Config | None = None, max_faults: int = 8) -> Any:
         st.builds(Fault, at, st.just("partition"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("restart"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("heal")),
-        st.builds(
-            Fault, at, st.just("drop"), rate=st.sampled_from((0.0, 0.05, 0.1, 0.2, 0.3))
-        ),
+        st.builds(Fault, at, st.just("drop"), rate=st.sampled_from((0.0, 0.05, 0.1, 0.2, 0.3))),
     )
     return st.builds(
         Schedule,
@@ -998,7 +1035,8 @@ class Exploration:
     runs: int
     seconds: float
     failures: list[SimResult]
-    ops: dict[str, int]
+    ops: dict[str, int]  # the clients' outcomes, summed over the runs
+    stats: dict[str, int]  # the simulation's counters, summed over the runs
 
     @property
     def ok(self) -> bool:
@@ -1035,17 +1073,20 @@ def explore(
     began = time.perf_counter()
     failures: list[SimResult] = []
     ops = {"ok": 0, "info": 0, "fail": 0}
+    stats: dict[str, int] = {}
     runs = 0
     for seed in range(start, start + seeds):
         result = run(workload, random_schedule(seed, cfg), cfg)
         runs += 1
         for k, v in result.ops.items():
             ops[k] += v
+        for k, v in result.stats.items():
+            stats[k] = stats.get(k, 0) + v
         if not result.valid:
             failures.append(result)
             if stop_at_first:
                 break
-    return Exploration(workload, runs, time.perf_counter() - began, failures, ops)
+    return Exploration(workload, runs, time.perf_counter() - began, failures, ops, stats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1056,8 +1097,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--workload", choices=WORKLOADS, default="set")
     parser.add_argument("--broken", choices=BROKEN, default=None)
+    parser.add_argument("--fixes", action="store_true", help="model the candidate FIXES")
     args = parser.parse_args(argv)
-    found = explore(args.seeds, args.workload, start=args.start, broken=args.broken)
+    config = Config(**FIXES) if args.fixes else Config()
+    found = explore(args.seeds, args.workload, start=args.start, config=config, broken=args.broken)
     print(found.summary())
     for failure in found.failures[:5]:
         print(" ", failure.summary())

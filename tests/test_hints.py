@@ -350,63 +350,6 @@ def test_delivery_merges_with_owners_newer_data(store):
     assert b"during-outage" not in versions.values(owner.data[key])
 
 
-# -- dot floors ----------------------------------------------------------------------------
-
-
-def floor(store: Store, handoff: HintedHandoff, key: bytes):
-    return asyncio.run(store.write(lambda txn: handoff.dot_floor(txn, key)))
-
-
-def test_coordinated_hint_leaves_a_dot_floor(store):
-    mine_key, other_key = dkey(1), dkey(2)
-    clock = written(b"v1")
-    clock = written(b"v2", stored=clock)
-    clock = written(b"v3", stored=clock)  # n4 is at counter 3
-    put_hint(store, "n1", mine_key, clock)
-    put_hint(store, "n1", other_key, written(b"w", node="n7"))
-    handoff = HintedHandoff(store, ME, Recorder(), batch=10, pause=0)
-
-    assert floor(store, handoff, mine_key) is None  # only once delivered and deleted
-    asyncio.run(handoff.deliver("n1"))
-    assert handoff.count() == 0
-
-    assert clock_of_floor(floor(store, handoff, mine_key)) == (((ME, 3, ()),), ())
-    assert floor(store, handoff, other_key) is None  # we never coordinated it
-
-
-def test_dot_floor_never_goes_down(store):
-    key = dkey(1)
-    high = written(b"v1")
-    for v in (b"v2", b"v3", b"v4", b"v5"):
-        high = written(v, stored=high)
-    handoff = HintedHandoff(store, ME, Recorder(), batch=10, pause=0)
-    put_hint(store, "n1", key, high)
-    asyncio.run(handoff.deliver("n1"))
-    assert clock_of_floor(floor(store, handoff, key)) == (((ME, 5, ()),), ())
-
-    # an older hint of the same key, for another owner, is delivered later
-    put_hint(store, "n2", key, written(b"old"))
-    asyncio.run(handoff.deliver("n2"))
-    assert clock_of_floor(floor(store, handoff, key)) == (((ME, 5, ()),), ())
-
-    higher = written(b"v6", stored=high)
-    put_hint(store, "n3", key, higher)
-    asyncio.run(handoff.deliver("n3"))
-    assert clock_of_floor(floor(store, handoff, key)) == (((ME, 6, ()),), ())
-
-
-def test_no_dot_floor_when_send_fails(store):
-    key = dkey(1)
-    put_hint(store, "n1", key, written(b"v"))
-    handoff = HintedHandoff(store, ME, Recorder(fail=PeerUnavailable("n1", "down")), pause=0)
-    with pytest.raises(PeerUnavailable):
-        asyncio.run(handoff.deliver("n1"))
-    assert floor(store, handoff, key) is None
-
-
-# -- durability ----------------------------------------------------------------------------
-
-
 def test_hints_survive_reopening(tmp_path):
     path = str(tmp_path / "db")
     first = Store(path, ME, sync=True)
