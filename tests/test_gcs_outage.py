@@ -1,34 +1,35 @@
 """The Ray head's GCS goes down: dynaray's data path does not need it.
 
-Clients and storage nodes resolve actor handles once and keep them (the Cluster's clients
-hold the nodes' handles; nodes got their peers' handles through set_peers), and Ray sends
-calls between actors straight from process to process. So while the GCS is gone, gets and
-puts, gossip, hinted handoff and anti-entropy go on; only what needs the GCS stops (named
-actor lookups, new drivers, creating or killing actors).
+Clients and storage nodes resolve actor handles once and keep them (a Cluster's clients hold
+the nodes' handles; nodes got their peers' handles through set_peers), and Ray sends calls
+between actors straight from process to process. So while the GCS is gone, gets and puts,
+gossip and anti-entropy go on; what needs the GCS stops (named-actor lookups, new drivers,
+creating or killing actors).
 
-test_store_survives_gcs_outage_with_fault_tolerance: a local Ray head with GCS fault
-tolerance backed by a Redis that the test starts; the gcs_server process is SIGKILLed, a
-client keeps reading and writing for OUTAGE seconds, then the GCS is started again with its
-own command line and the store is checked whole.
+How long Ray lets a process wait for a GCS that went away: RAY_gcs_rpc_server_reconnect_
+timeout_s, 60 seconds by default (`RAY_CONFIG(int32_t, gcs_rpc_server_reconnect_timeout_s,
+60)` in Ray's src/ray/common/ray_config_def.h; Ray 2.60). Every process with a GCS client
+keeps its own count and ends itself (std::_Exit) when it runs out: the raylet, every worker
+(so each storage node on its own, not only through its raylet) and every driver. Workers
+inherit the value from the raylet's environment, drivers from their own.
 
-test_without_fault_tolerance_the_store_dies_with_the_gcs: the same head without Redis.
-What is lost is recorded in the test's docstring.
+test_store_survives_gcs_outage_with_fault_tolerance: a Ray head with GCS fault tolerance
+backed by a redis-server that the test starts (skipped without redis-server: `apt-get
+install redis-server`), the reconnect timeout at 120 s. Its gcs_server is SIGKILLed; for
+OUTAGE seconds a client keeps reading and writing, then the GCS is started again with its
+own command line and environment, and the store is checked whole.
 
-How long Ray lets raylets (and workers and drivers) wait for a GCS that went away:
-RAY_gcs_rpc_server_reconnect_timeout_s, 60 seconds by default (RAY_CONFIG(int32_t,
-gcs_rpc_server_reconnect_timeout_s, 60) in Ray's src/ray/common/ray_config_def.h; Ray 2.60).
-After that a raylet exits, and every worker on its machine (the storage nodes) with it; a
-driver's process ends with std::_Exit. The FT test sets it to 120 s for the head it starts,
-the non-FT test to 10 s so that its waits stay short.
+test_without_fault_tolerance_the_store_dies_with_the_gcs: the same head without Redis and
+the timeout at 10 s: what users lose, as asserted there.
 
-These tests start their own Ray head (`ray start` in a temporary --temp-dir) and a
-redis-server; the first is skipped when redis-server is not installed
-(`apt-get install redis-server`). Only processes the tests started are stopped: those whose
-command line names the test's temporary directory, and the raylet's children.
+Both start their own Ray head (`ray start` with its own --temp-dir, beside any other Ray on
+the machine) and stop only the processes they started: those whose command line names
+their temp dir, and the raylet's children.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,12 +50,14 @@ from tests.conftest import FAST, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-OUTAGE = 18.0  # seconds the GCS stays down in the FT test
-FT_RECONNECT_TIMEOUT = 120  # RAY_gcs_rpc_server_reconnect_timeout_s for the FT head
-NO_FT_RECONNECT_TIMEOUT = 10  # ... and for the head without fault tolerance
-BIG = 200 * 1024  # above Ray's 100 KiB inline limit: such values travel via the object store
+OUTAGE = 18.0  # seconds the GCS stays down in the FT test (while the client works)
+BASELINE = 6.0  # seconds of the same workload before, to compare with
+FT_RECONNECT_TIMEOUT = 120  # RAY_gcs_rpc_server_reconnect_timeout_s of the FT head and driver
+NO_FT_RECONNECT_TIMEOUT = 10  # ... of the head without fault tolerance
+NO_FT_DRIVER_RECONNECT_TIMEOUT = 20  # ... and of that test's driver
+BIG = 200 * 1024  # above Ray's 100 KiB inline limit: travels through the object store
 
-# The brief's short failure detection, plus quick retries and handoff (tests.conftest.FAST).
+# Short failure detection, so that a stalled gossip would show as "down" within the outage.
 OPTIONS = {
     **FAST,
     "gossip_interval": 0.2,
@@ -83,12 +86,12 @@ def _ray_cli() -> str:
 
 
 def _same_auth_as_ray_start() -> None:
-    """Token authentication, decided as `ray start` decides it, for the head and the driver.
+    """Token authentication decided once, as `ray start` decides it, for head and drivers.
 
     `ray start` turns token authentication on when RAY_AUTH_MODE is unset and a token exists
-    (~/.ray/auth_token), but ray.init() given an explicit address does not, and would then be
-    refused. Deciding it here, the way ray.init(address="auto") does, sets RAY_AUTH_MODE in
-    this process's environment, which the head, the GCS and the drivers then inherit."""
+    (~/.ray/auth_token), but ray.init() given an explicit address does not, and is then
+    refused. Deciding it here, as ray.init(address="auto") does, sets RAY_AUTH_MODE in this
+    process's environment, which the head and every driver started here inherit."""
     if "RAY_AUTH_MODE" not in os.environ:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
@@ -97,10 +100,22 @@ def _same_auth_as_ray_start() -> None:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_REDIS_ADDRESS")}
     env.update(extra)
     return env
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _answers(probe) -> bool:
+    try:
+        return bool(probe())
+    except Exception:  # noqa: BLE001 - the GCS is still coming back
+        return False
 
 
 # -- redis ------------------------------------------------------------------------------------
@@ -116,16 +131,13 @@ def _redis_ping(port: int) -> bool:
 
 
 def _start_redis(workdir: str) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: apt-get install redis-server")
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+         "--save", "", "--appendonly", "no", "--daemonize", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     wait_for(lambda: proc.poll() is not None or _redis_ping(port), timeout=20, what="redis")
     assert proc.poll() is None, "redis-server exited at start"
     return proc, port
@@ -142,38 +154,34 @@ class Head:
         # Short: Ray's unix socket paths live under it and are limited to 107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="drgcs-", dir="/tmp")
         self.port = _free_port()
-        self.ip = ray.util.get_node_ip_address()
-        self.address = f"{self.ip}:{self.port}"
-        self.env = _clean_env(**env_extra)
-        self.extra_pids: set[int] = set()  # processes we started ourselves (a restarted GCS)
-        self.started: list = []  # Popen objects to reap
+        self.address = f"{ray.util.get_node_ip_address()}:{self.port}"
+        self.env = _env(**env_extra)
+        self.ours: list[subprocess.Popen] = []  # processes started here (a restarted GCS)
 
     def start(self) -> None:
         cmd = [
             _ray_cli(), "start", "--head", f"--port={self.port}", "--num-cpus=2",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-        ]
+        ]  # fmt: skip
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, f"ray start failed:\n{done.stdout}\n{done.stderr}"
 
     def processes(self, name: str | None = None) -> list:
-        """Live processes of this head: cmdline names our temp dir, or a raylet's descendant."""
+        """Live processes of this head: the command line names our temp dir (gcs_server,
+        raylet, agents), or a raylet's descendant (workers retitle themselves "ray::...")."""
         psutil = _psutil()
+        ours = {p.pid for p in self.ours}
         found = {}
-        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        for proc in psutil.process_iter(["name", "cmdline"]):
             try:
-                cmdline = " ".join(proc.info["cmdline"] or [])
-                if self.temp_dir in cmdline or proc.pid in self.extra_pids:
+                if self.temp_dir in " ".join(proc.info["cmdline"] or []) or proc.pid in ours:
                     found[proc.pid] = proc
                     if proc.info["name"] == "raylet":
-                        for child in proc.children(recursive=True):
-                            found[child.pid] = child
+                        found.update({c.pid: c for c in proc.children(recursive=True)})
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        procs = [p for p in found.values() if p.is_running()]
-        if name is not None:
-            procs = [p for p in procs if _safe_name(p) == name]
-        return procs
+        live = [p for p in found.values() if _alive(p)]
+        return [p for p in live if name is None or _name(p) == name]
 
     def one(self, name: str):
         procs = self.processes(name)
@@ -181,7 +189,7 @@ class Head:
         return procs[0]
 
     def storage_node_pids(self) -> set[int]:
-        """The worker processes holding dynaray's StorageNode actors (their title says so)."""
+        """Worker processes holding dynaray's StorageNode actors (their title says so)."""
         pids = set()
         for proc in self.processes():
             try:
@@ -191,85 +199,179 @@ class Head:
                 continue
         return pids
 
+    def kill_gcs(self) -> dict:
+        """SIGKILL this head's gcs_server; returns what it takes to start it again."""
+        psutil = _psutil()
+        gcs = self.one("gcs_server")
+        cmdline = gcs.cmdline()
+        assert self.temp_dir in " ".join(cmdline)
+        assert f"--gcs_server_port={self.port}" in cmdline, cmdline
+        saved = {"cmdline": cmdline, "env": gcs.environ(), "cwd": gcs.cwd()}
+        gcs.send_signal(signal.SIGKILL)
+        psutil.wait_procs([gcs], timeout=10)
+        assert not _alive(gcs)
+        return saved
+
+    def restart_gcs(self, saved: dict) -> None:
+        self.ours.append(
+            subprocess.Popen(
+                saved["cmdline"],
+                env=saved["env"],
+                cwd=saved["cwd"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
     def stop(self) -> None:
         psutil = _psutil()
         procs = self.processes()
         for proc in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(procs, timeout=10)
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=10)
-        for popen in self.started:
-            try:
+        for popen in self.ours:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def _safe_name(proc) -> str:
+def _alive(proc) -> bool:
+    psutil = _psutil()
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _name(proc) -> str:
     try:
         return proc.name()
     except Exception:  # noqa: BLE001
         return ""
 
 
-def _kill_gcs(head: Head) -> dict:
-    """SIGKILL this head's gcs_server; returns what is needed to start it again."""
-    psutil = _psutil()
-    gcs = head.one("gcs_server")
-    assert head.temp_dir in " ".join(gcs.cmdline()) and f"={head.port}" in " ".join(gcs.cmdline())
-    saved = {"cmdline": gcs.cmdline(), "env": gcs.environ(), "cwd": gcs.cwd()}
-    gcs.kill()
-    psutil.wait_procs([gcs], timeout=10)
-    assert not gcs.is_running() or gcs.status() == psutil.STATUS_ZOMBIE
-    return saved
-
-
-def _restart_gcs(head: Head, saved: dict) -> subprocess.Popen:
-    popen = subprocess.Popen(
-        saved["cmdline"],
-        env=saved["env"],
-        cwd=saved["cwd"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    head.extra_pids.add(popen.pid)
-    head.started.append(popen)
-    return popen
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 # -- with GCS fault tolerance ----------------------------------------------------------------
+
+# A new driver: connect() finds the store by its named actors (the GCS) and reads a key.
+NEW_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import dynaray
+
+    client = dynaray.connect(address=sys.argv[1])
+    assert client.get(sys.argv[2]).values == [sys.argv[3]]
+    """
+)
+
+
+def _new_driver_seconds(head: Head, key: str, value: str, deadline: float) -> float:
+    """Seconds until a new driver process has connected and read key (retried until then)."""
+    started = time.monotonic()
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-c", NEW_DRIVER, head.address, key, value],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=deadline,
+        )
+        if done.returncode == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > deadline:
+            raise AssertionError(f"no new driver could connect:\n{done.stderr[-2000:]}")
+        time.sleep(0.5)
+
+
+def _workload(client, cluster, acked: dict, seconds: float, tag: str) -> dict:
+    """Reads and writes for `seconds`: new keys, updates of pre:* keys with their context,
+    a big value now and then, the store's status every 2 s and one anti-entropy round.
+    Every call must succeed; acknowledged writes go into `acked`."""
+    latencies: list[float] = []
+    counts = {"gets": 0, "puts": 0, "updates": 0, "big_values": 0}
+    statuses: list[dict] = []
+    anti_entropy = None
+    began = time.monotonic()
+    next_status = began
+    i = 0
+
+    def timed(call, *args):
+        started = time.perf_counter()
+        result = call(*args)
+        latencies.append(time.perf_counter() - started)
+        return result
+
+    while time.monotonic() - began < seconds:
+        key, value = f"{tag}:{i}", f"{tag}-{i}"
+        timed(client.put, key, None, value)
+        acked[key] = value
+        res = timed(client.get, key)
+        counts["puts"] += 1
+        counts["gets"] += 1
+        assert res.values == [value], (key, res.values)
+        if i % 2 == 0:  # an update of an earlier key, with the context it was read with
+            old = f"pre:{(i // 2) % 20}"
+            res = timed(client.get, old)
+            assert res.values == [acked[old]], (old, res.values)
+            new = f"{acked[old]}+{tag}{i}"
+            timed(client.put, old, res.context, new)
+            acked[old] = new
+            counts["gets"] += 1
+            counts["puts"] += 1
+            counts["updates"] += 1
+        if i % 25 == 0:  # a value too big to travel inline
+            big_key, big = f"big:{tag}:{i}", os.urandom(BIG)
+            timed(client.put, big_key, None, big)
+            acked[big_key] = big
+            assert timed(client.get, big_key).values == [big]
+            counts["gets"] += 1
+            counts["puts"] += 1
+            counts["big_values"] += 1
+        if time.monotonic() >= next_status:  # the store's own view, through cached handles
+            statuses.append(cluster.status())
+            next_status = time.monotonic() + 2.0
+        if anti_entropy is None and time.monotonic() - began > seconds / 2:
+            anti_entropy = cluster.anti_entropy()  # one Merkle round, node to node
+        i += 1
+    elapsed = time.monotonic() - began
+    ops = counts["gets"] + counts["puts"]
+    return {
+        "seconds": round(elapsed, 1),
+        "ops": ops,
+        **counts,
+        "ops_per_s": round(ops / elapsed, 1),
+        "p50_ms": round(1000 * _percentile(latencies, 0.5), 1),
+        "p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
+        "max_ms": round(1000 * max(latencies), 1),
+        "statuses": statuses,
+        "anti_entropy": anti_entropy,
+    }
+
+
+def _gossip_sent(cluster) -> dict[str, int]:
+    return {node: info["sent"].get("gossip", 0) for node, info in cluster.info().items()}
 
 
 def test_store_survives_gcs_outage_with_fault_tolerance(monkeypatch):
     """Kill the GCS of a fault-tolerant head for OUTAGE seconds: every get and put of a
-    client holding cached handles succeeds meanwhile, gossip keeps every node "up", and after
-    the GCS returns every acknowledged write is there, on exactly N=3 nodes."""
+    client holding cached handles succeeds meanwhile (values above the inline limit too),
+    gossip keeps running (no node is ever seen down) and anti-entropy works; after the GCS
+    returns, named actors are found again, new drivers connect, and every acknowledged
+    write is readable and held by exactly N=3 nodes."""
     if ray.is_initialized():
         ray.shutdown()
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: apt-get install redis-server")
-    # The driver (this process) also gives up on a GCS that stays away this long.
+    # This process is the driver: it too ends itself after this long without a GCS.
     monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", str(FT_RECONNECT_TIMEOUT))
     redis_dir = tempfile.mkdtemp(prefix="drgcs-redis-")
-    redis = None
-    head = None
-    cluster = None
+    redis = head = cluster = None
     figures: dict = {}
     try:
         redis, redis_port = _start_redis(redis_dir)
@@ -285,137 +387,88 @@ def test_store_survives_gcs_outage_with_fault_tolerance(monkeypatch):
         cluster = dynaray.start(nodes=3, n=3, r=2, w=2, node_options=OPTIONS)
         client = cluster.client()
         acked: dict[str, object] = {}
-        contexts: dict[str, object] = {}
         for i in range(20):
-            key = f"pre:{i}"
-            contexts[key] = client.put(key, None, f"pre-{i}")
-            acked[key] = f"pre-{i}"
-        big_before = os.urandom(BIG)
-        client.put("big:pre", None, big_before)
-        acked["big:pre"] = big_before
+            client.put(f"pre:{i}", None, f"pre-{i}")
+            acked[f"pre:{i}"] = f"pre-{i}"
         wait_for(lambda: set(cluster.status().values()) == {"up"}, what="all nodes up")
-        baseline = []
-        for i in range(50):
-            started = time.perf_counter()
-            client.get(f"pre:{i % 20}")
-            baseline.append(time.perf_counter() - started)
+        figures["new_driver_before_s"] = round(
+            _new_driver_seconds(head, "pre:0", acked["pre:0"], deadline=60), 1
+        )
+        figures["before"] = _workload(client, cluster, acked, BASELINE, "before")
 
-        # -- the GCS goes down ---------------------------------------------------------------
+        # -- the GCS goes down -----------------------------------------------------------------
         raylet = head.one("raylet")
-        nodes_before = head.storage_node_pids()
-        assert len(nodes_before) == 3, nodes_before
-        saved = _kill_gcs(head)
+        nodes = head.storage_node_pids()
+        assert len(nodes) == 3, nodes
+        gossip_before = _gossip_sent(cluster)
+        saved = head.kill_gcs()
         killed_at = time.monotonic()
-        latencies: list[float] = []
-        gets = puts = updates = bigs = 0
-        statuses: list[dict] = []
-        anti_entropy = None
-        i = 0
-        next_status = killed_at
-        while time.monotonic() - killed_at < OUTAGE:
-            key, value = f"during:{i}", f"during-{i}"
-            started = time.perf_counter()
-            client.put(key, None, value)  # raises on any failure: the test fails
-            latencies.append(time.perf_counter() - started)
-            acked[key] = value
-            puts += 1
-            started = time.perf_counter()
-            res = client.get(key)
-            latencies.append(time.perf_counter() - started)
-            gets += 1
-            assert res.values == [value], (key, res.values)
-            if i % 2 == 0:  # an update of an earlier key, with the context it was read with
-                old = f"pre:{(i // 2) % 20}"
-                res = client.get(old)
-                gets += 1
-                assert res.values == [acked[old]], (old, res.values)
-                new = f"{acked[old]}+{i}"
-                client.put(old, res.context, new)
-                acked[old] = new
-                puts += 1
-                updates += 1
-            if i % 25 == 0:  # a value too big to travel inline
-                big_key, big = f"big:{i}", os.urandom(BIG)
-                client.put(big_key, None, big)
-                assert client.get(big_key).values == [big]
-                acked[big_key] = big
-                bigs += 1
-            if time.monotonic() >= next_status:  # the store's own view, through cached handles
-                statuses.append(cluster.status())
-                next_status = time.monotonic() + 2.0
-            if anti_entropy is None and time.monotonic() - killed_at > OUTAGE / 2:
-                anti_entropy = cluster.anti_entropy()  # one Merkle round, node to node
-            i += 1
-        outage_ops = gets + puts
-        # Still down: nothing was restarted behind our back, and nothing of ours died.
+        during = _workload(client, cluster, acked, OUTAGE, "during")
+        # Still down (nothing restarted it behind our back) and nothing of ours died.
         assert not head.processes("gcs_server"), "a gcs_server came back by itself"
-        assert raylet.is_running()
-        assert head.storage_node_pids() == nodes_before
-        # Gossip ran all along: with down_after=1.5 s, a stalled gossip would show "down".
-        assert statuses and all(set(s.values()) == {"up"} for s in statuses), statuses
-        assert anti_entropy is not None
-        assert client.get("big:pre").values == [big_before]
-        down_for = time.monotonic() - killed_at
+        assert _alive(raylet) and head.storage_node_pids() == nodes
+        # Gossip ran all along: with down_after=1.5 s, a stalled node would be seen "down".
+        gossip_after = _gossip_sent(cluster)
+        assert all(gossip_after[n] > gossip_before[n] for n in cluster.nodes()), (
+            gossip_before,
+            gossip_after,
+        )
+        assert during["statuses"], "cluster.status() was never asked"
+        assert not any("down" in s.values() for s in during["statuses"]), during["statuses"]
+        assert during["anti_entropy"] is not None
+        assert during["anti_entropy"]["peers_unreachable"] == 0, during["anti_entropy"]
+        figures["during"] = during
+        figures["gcs_down_s"] = round(time.monotonic() - killed_at, 1)
 
         # -- the GCS comes back ----------------------------------------------------------------
         restarted_at = time.monotonic()
-        _restart_gcs(head, saved)
+        head.restart_gcs(saved)
         wait_for(
             lambda: _answers(lambda: any(n["Alive"] for n in ray.nodes())),
             timeout=90,
-            interval=0.5,
+            interval=0.2,
             what="ray.nodes() answering after the GCS restart",
         )
-        nodes_answer = time.monotonic() - restarted_at
-        # Named actors come back from Redis: a new driver's connect() would find the store.
+        figures["ray_nodes_answer_s"] = round(time.monotonic() - restarted_at, 1)
+        # Named actors come back from Redis: this is how connect() finds the store.
         wait_for(
             lambda: _answers(lambda: len(dynaray.cluster._named_nodes(cluster.store)) == 3),
             timeout=60,
-            interval=0.5,
+            interval=0.2,
             what="named-actor lookup after the GCS restart",
         )
-        lookup_answer = time.monotonic() - restarted_at
-        # And the control plane works again: a new task is scheduled and runs.
+        figures["named_lookup_s"] = round(time.monotonic() - restarted_at, 1)
+        # The control plane works again: a new function is exported, scheduled and run.
         assert ray.get(ray.remote(num_cpus=0)(lambda: 42).remote(), timeout=60) == 42
-        task_answer = time.monotonic() - restarted_at
+        figures["new_task_s"] = round(time.monotonic() - restarted_at, 1)
+        key = "during:0"
+        new_driver = _new_driver_seconds(head, key, acked[key], deadline=90)
+        figures["new_driver_s"] = round(time.monotonic() - restarted_at, 1)
+        figures["new_driver_alone_s"] = round(new_driver, 1)
 
-        # -- the store is whole ------------------------------------------------------------------
-        assert head.storage_node_pids() == nodes_before  # the same actors, never restarted
+        # -- the store is whole ----------------------------------------------------------------
+        assert head.storage_node_pids() == nodes  # the same actors, never restarted
         for key, value in acked.items():
             assert client.get(key).values == [value], key
         for key, value in acked.items():
             wait_for(
-                lambda key=key, value=value: cluster.replica_state(key)
-                == {n: [value] for n in cluster.nodes()},
+                lambda k=key, v=value: (
+                    cluster.replica_state(k) == {n: [v] for n in cluster.nodes()}
+                ),
                 timeout=30,
-                what=f"{key} on exactly the 3 nodes",
+                what=f"{key} on the N=3 nodes",
             )
             assert len(cluster.replica_state(key)) == 3
-        figures = {
-            "outage_s": round(down_for, 1),
-            "ops_during_outage": outage_ops,
-            "gets": gets,
-            "puts": puts,
-            "updates": updates,
-            "big_values": bigs,
-            "ops_per_s": round(outage_ops / down_for, 1),
-            "get_p50_ms_before": round(1000 * _percentile(baseline, 0.5), 2),
-            "op_p50_ms_during": round(1000 * _percentile(latencies, 0.5), 2),
-            "op_p99_ms_during": round(1000 * _percentile(latencies, 0.99), 2),
-            "op_max_ms_during": round(1000 * max(latencies), 2),
-            "status_checks": len(statuses),
-            "anti_entropy": anti_entropy,
-            "ray_nodes_after_restart_s": round(nodes_answer, 1),
-            "named_lookup_after_restart_s": round(lookup_answer, 1),
-            "new_task_after_restart_s": round(task_answer, 1),
-            "keys_checked": len(acked),
-        }
+        figures["keys_checked"] = len(acked)
     finally:
-        print("GCS outage figures:", json.dumps(figures))
+        for phase in ("before", "during"):
+            if phase in figures:
+                figures[phase]["statuses"] = len(figures[phase]["statuses"])
+        print("\nGCS outage with FT:", json.dumps(figures))
         if cluster is not None:
             try:
                 cluster.shutdown()
-            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on
                 print("cluster.shutdown failed:", exc)
         if ray.is_initialized():
             ray.shutdown()
@@ -427,43 +480,34 @@ def test_store_survives_gcs_outage_with_fault_tolerance(monkeypatch):
         shutil.rmtree(redis_dir, ignore_errors=True)
 
 
-def _answers(probe) -> bool:
-    try:
-        return bool(probe())
-    except Exception:  # noqa: BLE001 - the GCS is still coming back
-        return False
-
-
 # -- without GCS fault tolerance -------------------------------------------------------------
 
-# The driver runs in its own process: a Ray driver that loses its raylet or outlives the
-# GCS reconnect timeout ends its process (std::_Exit), which must not be pytest's.
+# The driver runs in its own process: a Ray driver whose GCS stays away past its reconnect
+# timeout ends its process, which must not be pytest's.
 DRIVER = textwrap.dedent(
     """
     import json, sys, time
-    import ray, dynaray
+    import dynaray, ray
 
     address, log_path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     ray.init(address=address, namespace="dynaray", log_to_driver=False)
     cluster = dynaray.start(nodes=3, n=3, r=2, w=2, node_options=options)
     client = cluster.client(request_timeout=3.0)
     with open(log_path, "a", buffering=1) as log:
-        for i in range(10):
-            client.put(f"pre:{i}", None, i)
-        log.write(json.dumps({"ready": True, "t": time.time()}) + "\\n")
+        log.write(json.dumps({"ready": True}) + "\\n")
         i = 0
         while True:
             for op in ("put", "get"):
-                started = time.time()
+                start = time.time()
                 try:
                     if op == "put":
                         client.put(f"k:{i}", None, i)
                     else:
                         assert client.get(f"k:{i}").values == [i]
-                    entry = {"op": op, "ok": True}
+                    entry = {"ok": True}
                 except Exception as exc:
-                    entry = {"op": op, "ok": False, "error": type(exc).__name__ + ": " + str(exc)[:200]}
-                entry.update(t=time.time(), took=time.time() - started)
+                    entry = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+                entry.update(op=op, start=start, end=time.time())
                 log.write(json.dumps(entry) + "\\n")
             i += 1
             time.sleep(0.05)
@@ -471,7 +515,7 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _read_log(path: str) -> list[dict]:
+def _read_ops(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -481,84 +525,84 @@ def _read_log(path: str) -> list[dict]:
 def test_without_fault_tolerance_the_store_dies_with_the_gcs():
     """Without Redis behind the GCS, the head is a single point of failure for the store.
 
-    Observed (Ray 2.60, one machine, RAY_gcs_rpc_server_reconnect_timeout_s=10): after the
-    GCS is SIGKILLed, gets and puts through cached handles keep succeeding until the
-    reconnect timeout; then the raylet exits, the storage node processes die with it, the
-    driver loses its raylet and its process ends, and every request from then on fails. A
-    GCS started again without Redis would know nothing of the old cluster, so nothing can
-    reconnect: the store is gone until it is started again from its data directories.
+    Observed (Ray 2.60, one machine, reconnect timeout 10 s for the head's processes, 20 s
+    for the driver; five runs): after the GCS is SIGKILLed, gets and puts through cached
+    handles go on succeeding for 9-10 s; then the raylet and each storage node process end
+    themselves ("Failed to connect to GCS within 10 seconds ... The program will
+    terminate"), 9.4-12 s after the kill, and the store is gone. From then on every request
+    fails, after several seconds each (every coordinator tried in turn answers
+    ActorUnavailableError: RequestTimeout or Unavailable), until the driver's own reconnect
+    timeout ends its process with status 1 (19-20 s after the kill). A GCS started again
+    without Redis would know nothing of the old cluster: the store could only be started
+    again from its data directories.
     """
     if ray.is_initialized():
         ray.shutdown()
+    psutil = _psutil()
     head = Head({"RAY_gcs_rpc_server_reconnect_timeout_s": str(NO_FT_RECONNECT_TIMEOUT)})
-    log_path = os.path.join(tempfile.mkdtemp(prefix="drgcs-log-"), "ops.jsonl")
+    log_dir = tempfile.mkdtemp(prefix="drgcs-log-")
+    log_path = os.path.join(log_dir, "ops.jsonl")
     driver = None
     try:
         head.start()
         driver = subprocess.Popen(
             [sys.executable, "-c", DRIVER, head.address, log_path, json.dumps(OPTIONS)],
-            env=_clean_env(RAY_gcs_rpc_server_reconnect_timeout_s="300"),
+            env=_env(RAY_gcs_rpc_server_reconnect_timeout_s=str(NO_FT_DRIVER_RECONNECT_TIMEOUT)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        wait_for(
-            lambda: driver.poll() is not None or any(e.get("ready") for e in _read_log(log_path)),
-            timeout=120,
-            what="driver ready",
-        )
-        assert driver.poll() is None, f"driver failed: {driver.stderr.read()}"
-        wait_for(lambda: sum(e.get("ok", False) for e in _read_log(log_path)) >= 10, what="ops")
+        writing = lambda: sum(e.get("ok", 0) for e in _read_ops(log_path)) >= 10  # noqa: E731
+        wait_for(lambda: driver.poll() is not None or writing(), timeout=120, what="writes")
+        assert driver.poll() is None, f"driver failed: {driver.stderr.read()[-3000:]}"
         raylet = head.one("raylet")
-        nodes = head.storage_node_pids()
+        nodes = [psutil.Process(pid) for pid in head.storage_node_pids()]
         assert len(nodes) == 3, nodes
-        _kill_gcs(head)
+        head.kill_gcs()
         killed_at = time.time()
-        psutil = _psutil()
 
-        # The raylet gives up on the GCS after the reconnect timeout, and exits.
-        wait_for(lambda: not raylet.is_running(), timeout=NO_FT_RECONNECT_TIMEOUT + 60,
-                 what="raylet exit")
+        # The raylet and the storage nodes give up on the GCS after the reconnect timeout.
+        wait_for(lambda: not _alive(raylet), timeout=NO_FT_RECONNECT_TIMEOUT + 60,
+                 what="raylet exit")  # fmt: skip
         raylet_gone = time.time() - killed_at
-        # The storage nodes die with it.
-        wait_for(lambda: not any(psutil.pid_exists(p) for p in nodes), timeout=30,
-                 what="storage node processes gone")
+        wait_for(lambda: not any(_alive(p) for p in nodes), timeout=30,
+                 what="storage node processes gone")  # fmt: skip
         nodes_gone = time.time() - killed_at
-        # The driver, left without a raylet, ends (or at least no request succeeds any more).
-        driver_exited = True
-        try:
-            driver.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            driver_exited = False
-        log = [e for e in _read_log(log_path) if "op" in e]
-        after_kill = [e for e in log if e["t"] >= killed_at]
-        ok_after_kill = [e for e in after_kill if e["ok"]]
-        last_ok = max((e["t"] + e["took"] for e in ok_after_kill), default=killed_at)
-        if not driver_exited:
-            # Give it a few more requests: all must fail now that the nodes are gone.
-            time.sleep(8)
-            log = [e for e in _read_log(log_path) if "op" in e]
-            late = [e for e in log if e["t"] > killed_at + nodes_gone + 1]
-            assert late and not any(e["ok"] for e in late), late[-5:]
-        # The data path did not need the GCS until the raylet left: requests succeeded.
-        assert ok_after_kill, after_kill[:5]
+        # The driver ends itself after its own reconnect timeout, with a failure status.
+        driver.wait(timeout=NO_FT_DRIVER_RECONNECT_TIMEOUT + 60)
+        driver_gone = time.time() - killed_at
+        assert driver.returncode != 0
+
+        ops = [e for e in _read_ops(log_path) if "op" in e]
+        after_kill = [e for e in ops if e["start"] >= killed_at]
+        succeeded = [e for e in after_kill if e["ok"]]
+        # The data path did not need the GCS while the store's processes lived...
+        assert succeeded, after_kill[:5]
+        # ... and nothing succeeded once they were gone.
+        late = [e for e in after_kill if e["start"] > killed_at + nodes_gone]
+        assert not any(e["ok"] for e in late), late[:5]
+        failed = [e for e in after_kill if not e["ok"]]
         print(
-            "without FT:",
+            "\nGCS outage without FT:",
             json.dumps(
                 {
                     "raylet_exit_s": round(raylet_gone, 1),
                     "storage_nodes_gone_s": round(nodes_gone, 1),
-                    "driver_exited": driver_exited,
+                    "driver_exit_s": round(driver_gone, 1),
                     "driver_returncode": driver.returncode,
-                    "ok_ops_after_kill": len(ok_after_kill),
-                    "last_ok_op_s": round(last_ok - killed_at, 1),
-                    "failed_ops_after_kill": [e["error"] for e in after_kill if not e["ok"]][:3],
+                    "ok_ops_after_kill": len(succeeded),
+                    "last_ok_end_s": round(max(e["end"] for e in succeeded) - killed_at, 1),
+                    "failed_ops": [
+                        (round(e["start"] - killed_at, 1), round(e["end"] - e["start"], 1),
+                         e["error"]) for e in failed[:3]
+                    ],
+                    "unfinished_op_started_s": round(ops[-1]["end"] - killed_at, 1),
                 }
             ),
-        )
+        )  # fmt: skip
     finally:
         if driver is not None and driver.poll() is None:
             driver.kill()
             driver.wait(timeout=10)
         head.stop()
-        shutil.rmtree(os.path.dirname(log_path), ignore_errors=True)
+        shutil.rmtree(log_dir, ignore_errors=True)
