@@ -209,9 +209,7 @@ class Client:
         Its properties live in the store, so every client agrees; asking for an existing
         bucket with a different policy, r or w is an error.
         """
-        from dynaray.buckets import open_bucket
-
-        return self._run(open_bucket(self, name, policy, resolver, r, w))
+        return self._run(self.abucket(name, policy=policy, resolver=resolver, r=r, w=w))
 
     async def abucket(
         self,

@@ -41,10 +41,12 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for the module; stopped at its end."""
+    """A fresh local Ray for the module (address="local": never a cluster that another
+    process started on this machine); stopped at its end."""
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",
         namespace="dynaray",
         include_dashboard=False,
         logging_level=logging.WARNING,

@@ -7,33 +7,13 @@ acknowledged write was lost and that the replicas converged once the faults were
 from __future__ import annotations
 
 import json
-import logging
 import random
 
 import pytest
-import ray
 
 from dynaray import verify
 from dynaray.errors import QuorumError, RequestTimeout, Unavailable
 from dynaray.history import History
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for the module, like conftest's ray_session, but always a fresh one of
-    our own (address="local"), never a cluster another process started on this machine."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        address="local",
-        namespace="dynaray",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        num_cpus=2,
-    )
-    yield
-    ray.shutdown()
 
 
 def assert_passed(report: verify.Report) -> None:
@@ -46,7 +26,7 @@ def assert_passed(report: verify.Report) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_set_under_partitions_and_kills(ray_local):
+def test_set_under_partitions_and_kills(ray_session):
     report = verify.run(
         duration=15, nemesis=("partition", "kill"), workload="set", seed=1, clients=6
     )
@@ -60,7 +40,7 @@ def test_set_under_partitions_and_kills(ray_local):
 
 
 @pytest.mark.timeout(240)
-def test_counter_under_partitions(ray_local):
+def test_counter_under_partitions(ray_session):
     report = verify.run(duration=10, nemesis=("partition",), workload="counter", seed=2, clients=6)
     assert_passed(report)
     assert report.acknowledged_lost == 0
@@ -69,7 +49,7 @@ def test_counter_under_partitions(ray_local):
 
 
 @pytest.mark.timeout(240)
-def test_register_under_partitions_reports_loss_without_failing(ray_local):
+def test_register_under_partitions_reports_loss_without_failing(ray_session):
     report = verify.run(duration=8, nemesis=("partition",), workload="register", seed=3, clients=6)
     assert_passed(report)
     assert report.lww_loss_rate is not None and 0.0 <= report.lww_loss_rate <= 1.0
@@ -78,7 +58,9 @@ def test_register_under_partitions_reports_loss_without_failing(ray_local):
 
 
 @pytest.mark.timeout(240)
-def test_cli_fails_when_an_acknowledged_add_goes_missing(ray_local, monkeypatch, tmp_path, capsys):
+def test_cli_fails_when_an_acknowledged_add_goes_missing(
+    ray_session, monkeypatch, tmp_path, capsys
+):
     """The plumbing from checker to exit status: hide one acknowledged element from the
     final read and the run must fail, with the loss in the table and the JSON."""
     original = verify.SetWorkload.final_read
