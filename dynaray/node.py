@@ -226,11 +226,8 @@ class StorageNode:
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
         for source in sources:
             if source != copied:
-                exchange = Exchange(
-                    partition, self._exchange_caller(source), self.ranges, self._apply
-                )
                 with contextlib.suppress(PeerUnavailable):
-                    await exchange.run()
+                    await self._exchange(partition, source).run()
 
     async def _pull(self, source: str, partition: int) -> bool:
         """Copy one range from one source; False if the source could not be reached."""
@@ -302,11 +299,8 @@ class StorageNode:
                 # and a round that silently skipped a replica would not be a full round.
                 if peer <= self.id or peer in skipped:
                     continue
-                exchange = Exchange(
-                    partition, self._exchange_caller(peer), self.ranges, self._apply
-                )
                 try:
-                    figures.add(await exchange.run())
+                    figures.add(await self._exchange(partition, peer).run())
                 except PeerUnavailable:
                     skipped.add(peer)
         figures.peers_unreachable = len(skipped)
@@ -328,9 +322,7 @@ class StorageNode:
         candidates = [
             (dkey, raw)
             for dkey, raw in self.store.iterate(DATA, codec.partition_prefix(partition))
-            if (rec := records.decode(raw)) is not None
-            and records.is_tombstone(rec)
-            and hlc.millis(rec.stamp) < cutoff
+            if records.is_tombstone(rec := records.decode(raw)) and hlc.millis(rec.stamp) < cutoff
         ]
         if not candidates:
             return 0
@@ -375,11 +367,13 @@ class StorageNode:
 
         return await self.store.write(op)
 
-    def _exchange_caller(self, peer: str) -> Callable:
+    def _exchange(self, partition: int, peer: str) -> Exchange:
+        """A Merkle exchange of one range between our copy and peer's."""
+
         async def call(method: str, partition: int, *args: Any) -> Any:
             return await self._call(peer, "anti_entropy_call", method, partition, *args)
 
-        return call
+        return Exchange(partition, call, self.ranges, self._apply)
 
     async def _anti_entropy_loop_round(self) -> None:
         figures = await self.anti_entropy_round()
