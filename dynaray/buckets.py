@@ -1,8 +1,8 @@
 """Buckets: named key spaces, each with a conflict policy stored in the cluster itself.
 
-A bucket's properties (policy, r, w) are a key of the system bucket "_buckets", read and
-written with quorums like any other key, so every client and every node sees the same
-ones. The policies, and what each may lose:
+A bucket's properties (policy, r, w) are cluster metadata: every node holds them all, they
+spread by gossip (dynaray.catalog), and a client on either side of a partition sees the
+properties of every bucket created before it. The policies, and what each may lose:
 
 - "siblings" (default): concurrent writes are all kept and returned; the application
   merges them, or a resolver given to the bucket does it on every read. Loses nothing.
@@ -21,11 +21,9 @@ from typing import Any, TypeVar
 from dynaray import codec, records, versions
 from dynaray.client import Client, GetResult, siblings_op
 from dynaray.context import Context, check_context
-from dynaray.errors import DynarayError
+from dynaray.errors import DynarayError, QuorumError
 
 T = TypeVar("T")
-
-SYSTEM_BUCKET = "_buckets"
 
 
 @dataclass(frozen=True)
@@ -64,28 +62,34 @@ async def open_bucket(
         if wanted.policy != "siblings":
             raise ValueError("the default bucket's policy is 'siblings'; name another bucket")
         return Bucket(client, name, wanted, resolver)
-    stored = await client._read(SYSTEM_BUCKET, name, None)
-    if len(stored.values) > 1:
+    routing = client.routing
+    stored = await routing.ask_any(f"opening bucket {name!r}", "bucket_props", name)
+    if not stored and not (policy is None and r is None and w is None):
+        await routing._ensure_ring()
+        _, _, quorum_w = routing.quorum()
+        reply = await routing.ask_any(
+            f"creating bucket {name!r}", "create_bucket", name, wanted.encode(), quorum_w
+        )
+        if reply[0] != "ok":
+            raise QuorumError("create bucket", name, *reply[1:])
+        stored = reply[1]
+    if len(stored) > 1:
         raise DynarayError(
             f"bucket {name!r} was created twice at once with different properties "
-            f"{[BucketProps.decode(v) for v in stored.values]}; use another bucket name"
+            f"{[BucketProps.decode(v) for v in stored]}; use another bucket name"
         )
-    if stored.values:
-        props = BucketProps.decode(stored.values[0])
-        for field in ("policy", "r", "w"):
-            asked = getattr(wanted, field) if field != "policy" else policy
-            if asked is not None and asked != getattr(props, field):
-                raise ValueError(
-                    f"bucket {name!r} exists with {field}={getattr(props, field)!r}, not "
-                    f"{asked!r}; a bucket's properties do not change: use another bucket name"
-                )
-        return Bucket(client, name, props, resolver)
-    if policy is None and r is None and w is None:
-        # Nothing to record: a bucket without stored properties is a "siblings" bucket.
+    if not stored:
+        # A bucket without stored properties is a "siblings" bucket.
         return Bucket(client, name, wanted, resolver)
-    raw = codec.encode_value(wanted.encode())
-    await client._write(SYSTEM_BUCKET, name, siblings_op(stored.context, raw), None)
-    return await open_bucket(client, name, policy, resolver, r, w)
+    props = BucketProps.decode(stored[0])
+    for field in ("policy", "r", "w"):
+        asked = getattr(wanted, field) if field != "policy" else policy
+        if asked is not None and asked != getattr(props, field):
+            raise ValueError(
+                f"bucket {name!r} exists with {field}={getattr(props, field)!r}, not "
+                f"{asked!r}; a bucket's properties do not change: use another bucket name"
+            )
+    return Bucket(client, name, props, resolver)
 
 
 class Bucket:

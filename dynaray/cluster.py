@@ -366,18 +366,16 @@ class Cluster:
 
     def buckets(self) -> dict[str, dict]:
         """{bucket name: its stored properties} of every bucket created with properties."""
-        from dynaray.buckets import SYSTEM_BUCKET, BucketProps
+        from dynaray.buckets import BucketProps
+        from dynaray.catalog import Catalog
 
-        names: set[bytes] = set()
-        for keys in self._ask("keys_in_bucket", SYSTEM_BUCKET.encode()).values():
-            names.update(keys)
-        client = self.client()
+        catalog = Catalog()
+        for wire in self._ask("bucket_catalog").values():
+            catalog.merge(Catalog.from_wire(wire))
         out = {}
-        for name in sorted(names):
-            result = client._run(client._read(SYSTEM_BUCKET, name, None))
-            props = [BucketProps.decode(v) for v in result.values]
-            if props:
-                out[name.decode()] = vars(props[0]) if len(props) == 1 else {"conflict": props}
+        for name in catalog.names():
+            props = [BucketProps.decode(v) for v in catalog.get(name)]
+            out[name] = vars(props[0]) if len(props) == 1 else {"conflict": props}
         return out
 
     def stats(self) -> dict[str, dict]:

@@ -32,7 +32,13 @@ class QuorumError(DynarayError):
         message = (
             f"{op} of {key!r}: {answered} of {asked} replicas answered in time, {needed} needed"
         )
-        if op in ("put", "delete"):
+        if op == "create bucket":
+            message = (
+                f"creating bucket {key!r}: {answered} of {asked} nodes stored its properties in "
+                f"time, {needed} needed; they may still spread from there by gossip: open the "
+                "bucket again (with the same properties) to find out"
+            )
+        elif op in ("put", "delete"):
             message += (
                 "; the write may still be stored on the replicas that did answer and will spread "
                 "from there: read the key again before retrying with the new context"
@@ -42,7 +48,7 @@ class QuorumError(DynarayError):
     @property
     def indeterminate(self) -> bool:
         """True for writes: they may or may not have been stored."""
-        return self.op in ("put", "delete")
+        return self.op in ("put", "delete", "create bucket")
 
 
 class RequestTimeout(DynarayError, TimeoutError):

@@ -22,6 +22,7 @@ import ray
 
 from dynaray import codec, hlc, quorum, records, versions
 from dynaray.anti_entropy import Exchange, Figures
+from dynaray.catalog import Catalog
 from dynaray.errors import DynarayError, NodeError, RequestTimeout
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _RING = b"ring"
 _CONFIG = b"config"
+_CATALOG = b"buckets"
 
 # Per-call deadlines: a peer that does not answer in time counts as down for that request.
 REPLICA_TIMEOUT = 2.0
@@ -103,6 +105,7 @@ class StorageNode:
         self.hlc = HybridClock()
         self.ring: Ring | None = None
         self.config: dict = {}
+        self.catalog = Catalog()
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loops_started = False
@@ -134,6 +137,9 @@ class StorageNode:
         raw = self.store.get(META, _CONFIG)
         if raw is not None:
             self.config = codec.unpack(raw)
+        raw = self.store.get(META, _CATALOG)
+        if raw is not None:
+            self.catalog = Catalog.from_wire(codec.unpack(raw))
 
     def _spawn(self, coro: Coroutine) -> asyncio.Task:
         """Background work owned by the node: cancelled by stop(), never left dangling."""
@@ -466,18 +472,30 @@ class StorageNode:
         peer = self.transport.rng.choice(peers)
         version = self.ring.version if self.ring else 0
         try:
-            digest, ring_wire = await self._call(peer, "gossip", self.membership.digest(), version)
+            digest, ring_wire, catalog = await self._call(
+                peer, "gossip", self.membership.digest(), version, self.catalog.digest()
+            )
         except PeerUnavailable:
             return
         self._learn(digest, ring_wire)
+        if catalog is not None:
+            await self._learn_catalog(catalog)
 
     @ray.method(enable_task_events=False)
-    async def gossip(self, sender: str, digest: dict, ring_version: int) -> tuple:
-        """A peer's gossip: merge its view, answer with ours (and our ring if it is newer)."""
+    async def gossip(
+        self, sender: str, digest: dict, ring_version: int, catalog_digest: bytes = b""
+    ) -> tuple:
+        """A peer's gossip: merge its view, answer with ours, our ring if it is newer and
+        our bucket catalog if it differs from the peer's."""
         self._check_sender(sender)
         self._learn(digest, None)
         newer = self.ring is not None and self.ring.version > ring_version
-        return self.membership.digest(), self.ring.to_wire() if newer else None
+        differs = len(self.catalog) and self.catalog.digest() != catalog_digest
+        return (
+            self.membership.digest(),
+            self.ring.to_wire() if newer else None,
+            self.catalog.to_wire() if differs else None,
+        )
 
     def _learn(self, digest: dict, ring_wire: dict | None) -> None:
         for node in self.membership.merge(digest):
@@ -491,6 +509,66 @@ class StorageNode:
 
     async def membership_view(self) -> dict[str, str]:
         return self.membership.statuses()
+
+    # -- bucket catalog ---------------------------------------------------------------------
+
+    async def _learn_catalog(self, wire: dict, durable: bool = False) -> None:
+        """Merge catalog entries into ours and persist them (always, when `durable`: the
+        caller is about to acknowledge them)."""
+        if self.catalog.merge(Catalog.from_wire(wire)) or durable:
+            # Packed now, on the event loop: writes commit in order, so the last one
+            # written holds everything merged before it.
+            raw = codec.pack(self.catalog.to_wire())
+            await self.store.write(lambda txn: txn.put(META, _CATALOG, raw))
+
+    async def bucket_catalog(self, sender: str | None = None) -> dict:
+        return self.catalog.to_wire()
+
+    async def learn_buckets(self, sender: str, wire: dict) -> bool:
+        """A peer created a bucket: hold its properties durably, then acknowledge."""
+        self._check_sender(sender)
+        await self._learn_catalog(wire, durable=True)
+        return True
+
+    async def bucket_props(self, sender: str, name: str, ask_peers: bool = True) -> list:
+        """The encoded properties stored for bucket `name` ([] for none). A name this node
+        does not know may have been created a moment ago through another node whose gossip
+        has not arrived yet, so the live peers are asked too."""
+        self._check_sender(sender)
+        if self.catalog.get(name) or not ask_peers:
+            return self.catalog.get(name)
+        peers = [p for p in self.transport.peers if p != self.id and self.is_up(p)]
+        answers = await asyncio.gather(
+            *(self._call(p, "bucket_props", name, False) for p in peers), return_exceptions=True
+        )
+        found = [props for answer in answers if isinstance(answer, list) for props in answer]
+        if found:
+            await self._learn_catalog({name: found})
+        return self.catalog.get(name)
+
+    async def create_bucket(self, sender: str, name: str, props: bytes, w: int) -> tuple:
+        """Record a new bucket's properties here and on every live node.
+
+        Every peer is asked, even one believed down (creating a bucket is rare, and each
+        call has its deadline), so that a client that then finds itself cut off with any
+        of them still sees the bucket. Returns ("ok", the properties now stored for `name`)
+        if at least `w` nodes hold them durably, else ("quorum", answered, w, asked); gossip
+        carries them to the nodes not reached either way. A name that already has
+        properties keeps them.
+        """
+        self._check_sender(sender)
+        if self.catalog.get(name):
+            return ("ok", self.catalog.get(name))
+        await self._learn_catalog({name: [props]}, durable=True)
+        wire = {name: self.catalog.get(name)}
+        peers = [p for p in self.transport.peers if p != self.id]
+        acks = await asyncio.gather(
+            *(self._call(p, "learn_buckets", wire) for p in peers), return_exceptions=True
+        )
+        answered = 1 + sum(ack is True for ack in acks)
+        if answered < w:
+            return ("quorum", answered, w, 1 + len(peers))
+        return ("ok", self.catalog.get(name))
 
     # -- hinted handoff ---------------------------------------------------------------------
 
@@ -609,18 +687,163 @@ class StorageNode:
         Each request is ["put", bucket, key, op, w, n] or ["get", bucket, key, r, n]; each
         answer is what coordinate_put / coordinate_get return, or ("error", exception) for
         a request this node refused, so one bad request never fails its neighbours.
+
+        The common case, keys this node holds whose N primaries are all up, is done for the
+        whole batch at once: one LMDB transaction and one call per replica for all of them
+        (`_put_batch`, `_get_batch`). The rest (forwarding, stand-ins, ranges in handoff)
+        take the one-key path.
         """
         self._check_sender(sender)
-        return await asyncio.gather(*(self._coordinate(sender, req) for req in requests))
+        answers: list = [None] * len(requests)
+        puts: list[_Request] = []
+        gets: list[_Request] = []
+        single: list[int] = []
+        for index, (kind, bucket, key, *rest) in enumerate(requests):
+            try:
+                dkey, preference, targets = self._route(bucket, key, rest[-1])
+            except DynarayError as exc:
+                answers[index] = ("error", exc)
+                continue
+            direct = all(t.hint is None for t in targets) and any(
+                t.node == self.id for t in targets
+            )
+            if not direct or (kind == "get" and self._arriving(dkey)):
+                single.append(index)
+            elif kind == "put":
+                puts.append(_Request(index, dkey, preference, targets, rest[1], rest[0]))
+            else:
+                gets.append(_Request(index, dkey, preference, targets, rest[0]))
+        await asyncio.gather(
+            self._put_batch(puts, answers),
+            self._get_batch(sender, requests, gets, answers),
+            *(self._coordinate_into(answers, i, sender, requests[i]) for i in single),
+        )
+        return answers
 
-    async def _coordinate(self, sender: str, request: list) -> tuple:
+    async def _coordinate_into(self, answers: list, index: int, sender: str, request: list):
         kind, *args = request
         try:
             if kind == "put":
-                return await self.coordinate_put(sender, *args)
-            return await self.coordinate_get(sender, *args)
+                answers[index] = await self.coordinate_put(sender, *args)
+            else:
+                answers[index] = await self.coordinate_get(sender, *args)
         except DynarayError as exc:
-            return ("error", exc)
+            answers[index] = ("error", exc)
+
+    async def _put_batch(self, batch: list[_Request], answers: list) -> None:
+        """Puts whose coordinator is one of their N primaries, all up: one transaction here,
+        then one replica_put per peer carrying every key that peer replicates."""
+        if not batch:
+            return
+        started = time.perf_counter()
+        me = quorum.Target(self.id)
+        stamps = [self.hlc.now() for _ in batch]
+
+        def op(txn: Txn) -> list:
+            out: list = []
+            for req, stamp in zip(batch, stamps, strict=True):
+                try:
+                    out.append(self._update(txn, req.dkey, me, req.op, stamp))
+                except DynarayError as exc:  # this key's write is refused, not its neighbours'
+                    out.append(exc)
+            return out
+
+        written = await self.store.write(op)
+        live: list[_Request] = []
+        per_peer: dict[str, list[_Request]] = {}
+        for req, record in zip(batch, written, strict=True):
+            if isinstance(record, DynarayError):
+                answers[req.index] = ("error", record)
+                continue
+            req.record, req.wire = record, records.to_wire(record)
+            req.start(self.id, self.is_up, per_peer)
+            live.append(req)
+        sends = {self._spawn(self._replicate_batch(peer, reqs)) for peer, reqs in per_peer.items()}
+        await _until_decided(sends, live)
+        elapsed = time.perf_counter() - started
+        for req in live:
+            tally = req.tally
+            if tally.reached:
+                answers[req.index] = ("ok", records.context_of(req.record))
+            else:
+                answers[req.index] = ("quorum", len(tally.ok), req.needed, tally.asked)
+            self.metrics.request("put", answers[req.index][0], elapsed)
+
+    async def _replicate_batch(self, peer: str, batch: list[_Request]) -> None:
+        """One replica_put carrying many keys; a key whose replica failed goes on to the
+        next fallback on its own (sloppy quorum), as a one-key write does."""
+        try:
+            await self._call(peer, "replica_put", [(r.dkey, r.wire, None) for r in batch])
+        except (PeerUnavailable, DynarayError):
+            fallbacks = []
+            for req in batch:
+                replacement = req.tally.failure(quorum.Target(peer))
+                if replacement is not None:
+                    fallbacks.append(self._replicate(req.tally, [replacement], req.dkey, req.wire))
+            await asyncio.gather(*fallbacks)
+            return
+        for req in batch:
+            req.tally.answered(peer)
+
+    async def _get_batch(
+        self, sender: str, requests: list, batch: list[_Request], answers: list
+    ) -> None:
+        """Gets whose coordinator is one of their N primaries, all up: read here in one
+        transaction, one replica_get per peer for every key it holds. A key that misses its
+        quorum this way is asked again on the one-key path, which tries fallbacks."""
+        if not batch:
+            return
+        started = time.perf_counter()
+        me = quorum.Target(self.id)
+        per_peer: dict[str, list[_Request]] = {}
+        for req, raw in zip(batch, self.store.get_many(DATA, [r.dkey for r in batch]), strict=True):
+            req.replies = {self.id: (me, records.decode(raw) if raw is not None else None)}
+            req.start(self.id, self.is_up, per_peer)
+        asks = {self._spawn(self._read_batch(peer, reqs)) for peer, reqs in per_peer.items()}
+        await _until_decided(asks, batch)
+        elapsed = time.perf_counter() - started
+        again = []
+        for req in batch:
+            if not req.tally.reached:
+                again.append(self._coordinate_into(answers, req.index, sender, requests[req.index]))
+                continue
+            merged = records.merge_all([rec for _, rec in req.replies.values()])
+            if merged is not None and merged.kind == "siblings":
+                self.metrics.siblings(versions.size(merged.state))
+            answers[req.index] = ("ok", records.to_wire(merged) if merged is not None else None)
+            self.metrics.request("get", "ok", elapsed)
+        if self.options.read_repair:
+            self._spawn(self._repair_batch(batch, asks))
+        await asyncio.gather(*again)
+
+    async def _read_batch(self, peer: str, batch: list[_Request]) -> None:
+        try:
+            wires = await self._call(peer, "replica_get", [(r.dkey, None) for r in batch])
+        except (PeerUnavailable, DynarayError):
+            return
+        target = quorum.Target(peer)
+        for req, wire in zip(batch, wires, strict=True):
+            if wire == _ARRIVING:
+                continue
+            req.replies[peer] = (target, records.from_wire(wire) if wire is not None else None)
+            req.tally.answered(peer)
+
+    async def _repair_batch(self, batch: list[_Request], asks: set[asyncio.Task]) -> None:
+        """Read repair for a batch of gets: after the late replies (briefly), send each stale
+        replica the merged version of every key it had stale, in one call per replica."""
+        if asks:
+            await asyncio.wait(asks, timeout=self.options.read_repair_wait)
+        stale: dict[str, list] = {}
+        for req in batch:
+            if req.tally.reached:
+                _stale_replicas(req.dkey, req.replies, stale)
+        for node, items in stale.items():
+            self.metrics.count("read_repairs", len(items))
+            with contextlib.suppress(PeerUnavailable):
+                if node == self.id:
+                    await self._apply(items)
+                else:
+                    await self._call(node, "replica_put", items)
 
     # -- coordinator: put -------------------------------------------------------------------
 
@@ -831,19 +1054,15 @@ class StorageNode:
         """After answering, wait briefly for the other replicas and fix the stale ones."""
         if pending:
             await asyncio.wait(pending, timeout=self.options.read_repair_wait)
-        merged = records.merge_all([rec for _, rec in replies.values()])
-        if merged is None:
-            return
-        wire = records.to_wire(merged)
-        for node, (target, record) in list(replies.items()):
-            if records.equal(record, merged):
-                continue
+        stale: dict[str, list] = {}
+        _stale_replicas(dkey, replies, stale)
+        for node, items in stale.items():
             self.metrics.count("read_repairs")
             try:
                 if node == self.id:
-                    await self._apply([(dkey, wire, target.hint)])
+                    await self._apply(items)
                 else:
-                    await self._call(node, "replica_put", [(dkey, wire, target.hint)])
+                    await self._call(node, "replica_put", items)
             except PeerUnavailable:
                 continue
 
@@ -903,17 +1122,6 @@ class StorageNode:
         record = self._read_local(self._locate(bucket, key)[1], None)
         return None if record is None else records.to_wire(record)
 
-    async def keys_in_bucket(self, bucket: bytes, limit: int = 10_000) -> list[bytes]:
-        """Keys of one bucket held here, by a scan of the whole data database (admin use)."""
-        found = []
-        for dkey, _ in self.store.iterate(DATA):
-            _, _, b, key = codec.split_data_key(dkey)
-            if b == bucket:
-                found.append(key)
-                if len(found) >= limit:
-                    break
-        return found
-
     async def info(self) -> dict:
         return {
             "node": self.id,
@@ -933,6 +1141,51 @@ class StorageNode:
             "sent": dict(self.transport.sent),
             "failed": dict(self.transport.failed),
         }
+
+
+@dataclass(slots=True)
+class _Request:
+    """One key's request inside a coordinated batch, and what became of it so far."""
+
+    index: int  # its place in the batch
+    dkey: bytes
+    preference: list[str]
+    targets: list[quorum.Target]
+    needed: int  # W for a put, R for a get
+    op: list | None = None  # a put's records.update operation
+    tally: quorum.Tally | None = None
+    record: records.Record | None = None
+    wire: list | None = None
+    replies: dict | None = None  # a get's {node: (target, record)}
+
+    def start(self, me: str, is_up: Callable[[str], bool], per_peer: dict[str, list]) -> None:
+        """Count our own answer and file the request under each other replica to ask."""
+        self.tally = quorum.Tally(self.preference, self.targets, self.needed, is_up)
+        self.tally.answered(me)
+        for target in self.targets:
+            if target.node != me:
+                per_peer.setdefault(target.node, []).append(self)
+
+
+async def _until_decided(calls: set[asyncio.Task], batch: list[_Request]) -> None:
+    """Wait until every request's quorum is reached, or no call is left that could reach
+    it (each call carries its own deadline)."""
+    pending = calls
+    while pending and not all(req.tally.reached for req in batch):
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
+    """Add to stale {node: [(dkey, merged wire, hint)]} each replier whose copy of dkey is
+    not the merge of all the replies."""
+    merged = records.merge_all([rec for _, rec in replies.values()])
+    if merged is None:
+        return
+    wire = None
+    for node, (target, record) in list(replies.items()):
+        if not records.equal(record, merged):
+            wire = wire or records.to_wire(merged)
+            stale.setdefault(node, []).append((dkey, wire, target.hint))
 
 
 def _stand_in(

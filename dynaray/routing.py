@@ -145,6 +145,22 @@ class Routing:
         healthy = [p for p in preference if self.is_up(p)]
         return healthy + [p for p in preference if p not in healthy]
 
+    async def ask_any(self, what: str, method: str, *args: Any) -> Any:
+        """Send a request about the store as a whole (not one key) to a reachable node.
+
+        Only for requests that are harmless to repeat: one that fails goes to another node.
+        """
+        nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
+        self.rng.shuffle(nodes)
+        last: PeerUnavailable | None = None
+        for node in nodes[:3]:
+            try:
+                return await self.transport.call(node, method, *args, timeout=self.request_timeout)
+            except PeerUnavailable as exc:
+                self._mark_down(node)
+                last = exc
+        raise Unavailable(f"{what}: no storage node could be reached ({last})")
+
     async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
         """Apply a write operation; returns the new context (wire) or raises."""
         name = "delete" if op[-1] is None or op[-1] == b"" else "put"

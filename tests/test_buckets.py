@@ -57,6 +57,39 @@ def test_bucket_properties_live_in_the_cluster(cluster, client):
     assert client.bucket("default").policy == "siblings"
 
 
+def catalogs(cluster):
+    return cluster._ask("bucket_catalog")
+
+
+def test_bucket_created_during_a_partition_reaches_every_node_by_gossip(cluster, healed):
+    left, right = sides(cluster)
+    assert left.bucket("votes", policy="counter").policy == "counter"
+    held = catalogs(cluster)
+    assert all("votes" in held[node] for node in ("n1", "n2"))
+    assert not any("votes" in held[node] for node in ("n3", "n4", "n5"))
+    settle(cluster)
+    wait_for(
+        lambda: all("votes" in wire for wire in catalogs(cluster).values()),
+        what="the new bucket's properties gossiped to every node",
+    )
+    assert right.bucket("votes").policy == "counter"
+    assert cluster.buckets()["votes"] == {"policy": "counter", "r": None, "w": None}
+
+
+def test_bucket_created_on_both_sides_at_once_is_a_reported_conflict(cluster, healed):
+    left, right = sides(cluster)
+    left.bucket("both", policy="counter")
+    right.bucket("both", policy="set")
+    settle(cluster)
+    wait_for(
+        lambda: all(len(wire.get("both", [])) == 2 for wire in catalogs(cluster).values()),
+        what="both creations gossiped to every node",
+    )
+    with pytest.raises(dynaray.DynarayError, match="created twice at once"):
+        cluster.client().bucket("both")
+    assert "conflict" in cluster.buckets()["both"]
+
+
 def test_wrong_call_for_policy_is_refused(client):
     carts = client.bucket("carts-calls")
     with pytest.raises(ValueError, match="needs a bucket with policy counter"):
@@ -191,6 +224,16 @@ def test_sibling_limit_refuses_and_says_resolve(client):
         blind.put("k", None, "one too many")
     res = blind.get("k")
     assert len(res.values) == 25
+    # In a batch, only that key is refused; its neighbours are written.
+    crowded = {f"crowd{i}": (None, i) for i in range(25)}
+    for i in range(25):
+        client.put("crowded", None, i)
+    answers = client.put_many({"crowded": (None, "too many"), **crowded})
+    assert isinstance(answers.pop("crowded"), dynaray.SiblingLimitError)
+    assert all(isinstance(ctx, dynaray.Context) for ctx in answers.values())
+    assert {k: r.value for k, r in client.get_many(list(crowded)).items()} == {
+        k: v for k, (_, v) in crowded.items()
+    }
     blind.put("k", res.context, "resolved")
     assert blind.get("k").value == "resolved"
 

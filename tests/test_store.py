@@ -249,3 +249,24 @@ def test_stats_report_requests_and_figures(cluster, client):
     assert puts >= 1 and gets >= 1
     assert sum(s["keys"] for s in stats.values()) >= 3
     assert all("lmdb_bytes" in s and "hints_held" in s for s in stats.values())
+
+
+def test_put_many_and_get_many_keep_each_keys_outcome(client):
+    items = {f"bulk{i}": (None, {"n": i}) for i in range(300)}
+    written = client.put_many(items)
+    assert set(written) == set(items)
+    assert all(isinstance(ctx, dynaray.Context) for ctx in written.values())
+    got = client.get_many([*items, "bulk-never"])
+    assert {k: got[k].value for k in items} == {k: v for k, (_, v) in items.items()}
+    assert got["bulk-never"].values == []
+    # One key follows its context, one is written blind (a sibling), one has bad input:
+    # each gets its own outcome.
+    again = client.put_many(
+        {"bulk0": (got["bulk0"].context, "next"), "bulk1": (None, "blind"), "bulk2": (b"?", 1)}
+    )
+    assert isinstance(again["bulk0"], dynaray.Context)
+    assert isinstance(again["bulk2"], dynaray.InvalidContext)
+    after = client.get_many(["bulk0", "bulk1", "bulk2"])
+    assert after["bulk0"].value == "next"
+    assert sorted(after["bulk1"].values, key=repr) == sorted([{"n": 1}, "blind"], key=repr)
+    assert after["bulk2"].value == {"n": 2}
