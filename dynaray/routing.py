@@ -56,6 +56,7 @@ class Routing:
         self.config: dict = {}
         self._refreshed = 0.0
         self._refreshing: asyncio.Task | None = None
+        self._fetching: asyncio.Future | None = None
         self._down_until: dict[str, float] = {}
         self._status: dict[str, str] = {}
 
@@ -76,9 +77,11 @@ class Routing:
         """Take a node's ring and defaults if its ring is at least as new as ours."""
         if description.get("ring") is None:
             return
-        ring = Ring.from_wire(description["ring"])
-        if self.ring is None or ring.version >= self.ring.version:
-            self.ring = ring
+        version = description["ring"]["version"]
+        if self.ring is None or version > self.ring.version:
+            # A new ring only when it changed: building one (its preference lists) costs.
+            self.ring = Ring.from_wire(description["ring"])
+        if version >= self.ring.version:
             self.config = dict(description.get("config") or {})
         # The answering node's gossip view: whom it believes down.
         self._status = dict(description.get("status") or {})
@@ -98,7 +101,16 @@ class Routing:
 
     async def _ensure_ring(self) -> Ring:
         if self.ring is None:
-            await self.refresh()
+            # The first requests of a new client all wait for one fetch of the ring, not
+            # one each (a get_many of 1,000 keys would otherwise ask for it 1,000 times).
+            fetching = self._fetching
+            if (
+                fetching is None
+                or fetching.done()
+                or fetching.get_loop() is not asyncio.get_running_loop()
+            ):
+                self._fetching = asyncio.ensure_future(self.refresh())
+            await asyncio.shield(self._fetching)
         elif time.monotonic() - self._refreshed > self.ring_refresh and (
             self._refreshing is None or self._refreshing.done()
         ):
