@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -806,6 +807,8 @@ class Settings:
     seed: int
     op_timeout: float
     progress: Progress
+    # Total ops/s to offer, spread evenly over the clients; None runs them closed-loop.
+    rate: float | None = None
 
 
 async def _progress_loop(label: str, stats: PhaseStats, start: float, settings: Settings) -> None:
@@ -881,12 +884,22 @@ async def drive(target: Target, settings: Settings, label: str) -> dict:
     extra_at_measure: dict = {}
     snapshot_taken = False
 
+    # Paced: each client starts an op every `interval` seconds on a fixed schedule, and an
+    # op's latency counts from when it was due, so queueing behind a slow op is measured
+    # (no coordinated omission).
+    interval = settings.clients / settings.rate if settings.rate else None
+
     async def client(cid: int) -> None:
         nonlocal snapshot_taken
         session = target.session(cid)
         rng = random.Random(settings.seed * 1_000_003 + cid)
+        due = start + (interval * cid / settings.clients if interval else 0.0)
         while True:
             t0 = time.perf_counter()
+            if interval:
+                if due > t0:
+                    await asyncio.sleep(due - t0)
+                t0, due = due, due + interval
             if t0 >= end:
                 return
             if not snapshot_taken and t0 >= measure_from:
@@ -1051,6 +1064,13 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
             results[name] = await drive(target, settings, name)
             results[name]["preload"] = loaded
             results[name]["config"] = target.describe()
+            if args.half_peak and results[name]["throughput_ops_s"] > 0:
+                half = results[name]["throughput_ops_s"] / 2
+                paced = dataclasses.replace(settings, rate=half)
+                label = f"{name}@half"
+                results[label] = await drive(target, paced, label)
+                results[label]["offered_ops_s"] = round(half, 1)
+                results[label]["config"] = target.describe()
         if isinstance(target, DynarayTarget) and args.bulk:
             target.use_path("client")
             results[name]["bulk"] = await bulk(target, settings)
@@ -1263,6 +1283,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--paths", action="store_true", help="also run dynaray via paths router and any")
     p.add_argument("--bulk", action="store_true", help="measure get_many/put_many batches")
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="OPS",
+        help="offer this many ops/s in total on a fixed schedule (default: closed loop)",
+    )
+    p.add_argument(
+        "--half-peak",
+        action="store_true",
+        help="after each closed-loop run, run again paced at half the throughput it reached",
+    )
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--png", metavar="FILE", help="draw throughput and latency (matplotlib)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -1279,6 +1310,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.op_timeout <= 0:
         p.error("--duration and --op-timeout must be positive, --warmup not negative")
+    if args.rate is not None and args.rate <= 0:
+        p.error("--rate must be positive")
+    if args.half_peak and args.paths:
+        p.error("--half-peak and --paths cannot be combined")
     if (args.paths or args.bulk) and "dynaray" not in args.targets:
         p.error("--paths and --bulk measure dynaray: include it in --targets")
     return args
@@ -1321,6 +1356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         op_timeout=args.op_timeout,
         progress=Progress(not args.no_progress),
+        rate=args.rate,
     )
     started_ray = False
     if {"dynaray", "naive"} & set(args.targets):
@@ -1353,6 +1389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "targets": args.targets,
             "paths": args.paths,
             "bulk": args.bulk,
+            "rate": args.rate,
+            "half_peak": args.half_peak,
         },
         "environment": {
             "python": platform.python_version(),

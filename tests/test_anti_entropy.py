@@ -149,10 +149,10 @@ def _all_on_owners(cluster, client, keys: dict) -> None:
 
 
 def test_read_repair_fixes_the_stale_replicas_a_batch_of_gets_sees(ray_session):
-    # No hints and no anti-entropy: only read repair can bring n3 up to date.
-    cluster = dynaray.start(
-        nodes=5, node_options={**ALONE, "read_repair": True}, partitions=32, store="repair"
-    )
+    # No hints and no anti-entropy: only read repair can bring n3 up to date. Every read
+    # asks all N replicas, as the paper's do (by default only some reads ask them all).
+    options = {**ALONE, "read_repair": True, "read_repair_chance": 1.0}
+    cluster = dynaray.start(nodes=5, node_options=options, partitions=32, store="repair")
     try:
         client = cluster.client()
         keys = [f"rr{i}" for i in range(40)]

@@ -51,6 +51,7 @@ def test_bench_smoke(tmp_path):
                 "--json",
                 str(out),
                 "--no-progress",
+                "--half-peak",
             ]
         )
     finally:
@@ -70,3 +71,29 @@ def test_bench_smoke(tmp_path):
             for p in ("p50", "p95", "p99", "p99.9"):
                 assert latency[p] > 0
             assert latency["p50"] <= latency["p99.9"]
+        paced = report["targets"][f"{name}@half"]
+        assert paced["status"] == "ok", paced
+        assert paced["offered_ops_s"] == pytest.approx(result["throughput_ops_s"] / 2, abs=0.1)
+        assert paced["ops"]["read"]["latency_us"]["count"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_footprint_reports_what_a_key_costs():
+    from benchmarks import footprint
+
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        result = footprint.run(keys=3_000, value_size=50, updates=500)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert set(result["nodes"]) == {"n1", "n2", "n3"}
+    for figures in result["nodes"].values():
+        assert figures["keys"] == 3_000  # N=3 of 3 nodes: every node holds every key
+        assert figures["sampled"] == 3_000
+        assert figures["value_bytes"] == 51  # the value and its one-byte encoding tag
+        assert 0 < figures["metadata_bytes"] < 100
+        assert figures["disk_bytes"] > 3_000 * figures["record_bytes"]
+        assert figures["rss_bytes"] > 0
+    assert "metadata B" in footprint.report(result)
