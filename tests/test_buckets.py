@@ -106,6 +106,12 @@ def test_counter_increments_on_both_sides_sum_after_heal(cluster, client, healed
     likes.increment("post:1", 5)
     likes.increment("post:1", -2)
     assert likes.get("post:1").value == 3
+    # Both sides start from 3 only once all three owners hold it: W=2 acknowledged two, and
+    # the third copy may still be a hint on a node that saw the owner down a moment ago.
+    wait_for(
+        lambda: list(cluster.replica_state("post:1", bucket="likes").values()) == [[3]] * 3,
+        what="the counter on all three owners",
+    )
     left, right = sides(cluster)
     left_likes, right_likes = left.bucket("likes"), right.bucket("likes")
     for _ in range(4):
