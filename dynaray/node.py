@@ -113,6 +113,7 @@ class StorageNode:
         self.catalog = Catalog()
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
         self._loops_started = False
         self.metrics = NodeMetrics(node_id)
         # Every start is a new incarnation, so news of this life outranks the previous one's.
@@ -149,6 +150,10 @@ class StorageNode:
     def _spawn(self, coro: Coroutine) -> asyncio.Task:
         """Background work owned by the node: cancelled by stop(), never left dangling."""
         task = asyncio.get_running_loop().create_task(coro)
+        if self._stopping:
+            # A message that arrives while the node stops (gossip, say) starts nothing: the
+            # store is about to close under it.
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -439,6 +444,7 @@ class StorageNode:
 
     async def stop(self) -> None:
         """Graceful stop: end background work, flush and close the store."""
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -756,6 +762,7 @@ class StorageNode:
         written = await self.store.write(op)
         live: list[_Request] = []
         per_peer: dict[str, list[_Request]] = {}
+        orphans: list[tuple] = []
         for req, record in zip(batch, written, strict=True):
             if isinstance(record, DynarayError):
                 answers[req.index] = ("error", record)
@@ -763,6 +770,9 @@ class StorageNode:
             req.record, req.wire = record, records.to_wire(record)
             req.start(self.id, self.is_up, per_peer)
             live.append(req)
+            for primary in _uncovered(req.preference, self.n, req.targets):
+                orphans.append((req.dkey, req.wire, primary))
+        await self._keep_hints(orphans)
         sends = {self._spawn(self._replicate_batch(peer, reqs)) for peer, reqs in per_peer.items()}
         await _until_decided(sends, live)
         elapsed = time.perf_counter() - started
@@ -780,12 +790,14 @@ class StorageNode:
         try:
             await self._call(peer, "replica_put", [(r.dkey, r.wire, None) for r in batch])
         except (PeerUnavailable, DynarayError):
-            fallbacks = []
+            fallbacks, orphans = [], []
             for req in batch:
                 replacement = req.tally.failure(quorum.Target(peer))
                 if replacement is not None:
                     fallbacks.append(self._replicate(req.tally, [replacement], req.dkey, req.wire))
-            await asyncio.gather(*fallbacks)
+                else:
+                    orphans.append((req.dkey, req.wire, peer))
+            await asyncio.gather(self._keep_hints(orphans), *fallbacks)
             return
         for req in batch:
             req.tally.answered(peer)
@@ -909,9 +921,11 @@ class StorageNode:
         stamp = self.hlc.now()
         record = await self.store.write(lambda txn: self._update(txn, dkey, mine, op, stamp))
         others = [t for t in targets if t.node != self.id]
+        wire = records.to_wire(record)
+        await self._keep_hints([(dkey, wire, p) for p in _uncovered(preference, n, targets)])
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up)
         tally.answered(self.id)
-        await self._replicate(tally, others, dkey, records.to_wire(record))
+        await self._replicate(tally, others, dkey, wire)
         if tally.reached:
             return ("ok", records.context_of(record))
         return ("quorum", len(tally.ok), w, tally.asked)
@@ -933,6 +947,14 @@ class StorageNode:
             log.warning("key %r has %d siblings", dkey, versions.size(record.state))
         txn.put(db, rkey, records.encode(record))
         return record
+
+    async def _keep_hints(self, items: list[tuple]) -> None:
+        """Hold (data key, record wire, primary) copies as hints here: for a primary that is
+        down when no stand-in is left to take its copy, so it still gets the write when it
+        returns, without waiting for anti-entropy. Beyond W: nothing waits on it but this.
+        A strict quorum (sloppy_quorum off) keeps no hints."""
+        if items and self.options.sloppy_quorum:
+            await self._apply(items)
 
     async def _forward(
         self, targets: list[quorum.Target], method: str, *args: Any, retry: bool = True
@@ -973,6 +995,8 @@ class StorageNode:
                 replacement = tally.failure(target)
                 if replacement is not None:
                     self._spawn(send(replacement))
+                else:
+                    await self._keep_hints([(dkey, wire, target.hint or target.node)])
             if tally.reached or tally.hopeless:
                 done.set()
 
@@ -1233,6 +1257,12 @@ def _stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
         if not records.equal(record, merged):
             wire = wire or records.to_wire(merged)
             stale.setdefault(node, []).append((dkey, wire, target.hint))
+
+
+def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> list[str]:
+    """The key's primaries that no target holds a copy for, in person or through a hint."""
+    covered = {t.hint or t.node for t in targets}
+    return [p for p in preference[:n] if p not in covered]
 
 
 def _stand_in(

@@ -39,6 +39,16 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
         time.sleep(interval)
 
 
+def all_see_all_up(cluster) -> bool:
+    """Every live node's own gossip view has every node up. Stricter than cluster.status()
+    (the majority's verdict): a node that still sees a peer down after a heal would write
+    for it to a stand-in, and the copy would wait in a hint."""
+    views = cluster._ask("membership_view", timeout=5.0)
+    return len(views) == len(cluster.nodes()) and all(
+        state == "up" for view in views.values() for state in view.values()
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """A fresh local Ray for the module (address="local": never a cluster that another

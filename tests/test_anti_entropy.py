@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import dynaray
-from tests.conftest import FAST, wait_for
+from tests.conftest import FAST, all_see_all_up, wait_for
 from tests.test_failures import owners
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,7 +54,7 @@ def test_anti_entropy_alone_converges_diverged_replicas(ray_session):
         cluster.client(nodes=["n1", "n2"]).put("both", None, "left", w=1)
         cluster.client(nodes=["n3", "n4", "n5"]).put("both", None, "right", w=1)
         cluster.heal()
-        wait_for(lambda: all(s == "up" for s in cluster.status().values()), what="all up")
+        wait_for(lambda: all_see_all_up(cluster), what="every node seeing every node up")
         # The left write may be a stand-in's (when all of the key's owners are on the
         # right): its hint must land before the round, or it changes a replica the round
         # has already compared and one round cannot be enough.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dynaray
-from tests.conftest import FAST, wait_for
+from tests.conftest import FAST, all_see_all_up, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,7 +28,7 @@ def client(cluster):
 def healed(cluster):
     yield cluster
     cluster.heal()
-    wait_for(lambda: all(s == "up" for s in cluster.status().values()), what="all up")
+    wait_for(lambda: all_see_all_up(cluster), what="every node seeing every node up")
 
 
 def sides(cluster):
@@ -39,7 +39,7 @@ def sides(cluster):
 
 def settle(cluster):
     cluster.heal()
-    wait_for(lambda: all(s == "up" for s in cluster.status().values()), what="all up")
+    wait_for(lambda: all_see_all_up(cluster), what="every node seeing every node up")
     wait_for(lambda: sum(cluster.hints().values()) == 0, what="hints delivered")
 
 
@@ -106,12 +106,21 @@ def test_counter_increments_on_both_sides_sum_after_heal(cluster, client, healed
     likes.increment("post:1", 5)
     likes.increment("post:1", -2)
     assert likes.get("post:1").value == 3
+
     # Both sides start from 3 only once all three owners hold it: W=2 acknowledged two, and
     # the third copy may still be a hint on a node that saw the owner down a moment ago.
-    wait_for(
-        lambda: list(cluster.replica_state("post:1", bucket="likes").values()) == [[3]] * 3,
-        what="the counter on all three owners",
-    )
+    def on_owners() -> bool:
+        return list(cluster.replica_state("post:1", bucket="likes").values()) == [[3]] * 3
+
+    try:
+        wait_for(on_owners, what="the counter on all three owners")
+    except AssertionError as exc:
+        info = {n: (i["hints"], i["failed"]) for n, i in cluster.info().items()}
+        raise AssertionError(
+            f"{exc}: held {cluster.replica_state('post:1', bucket='likes')}, owners "
+            f"{cluster.preference_list('post:1', bucket='likes')[:3]}, hints and failed "
+            f"calls {info}, views {cluster._ask('membership_view')}"
+        ) from None
     left, right = sides(cluster)
     left_likes, right_likes = left.bucket("likes"), right.bucket("likes")
     for _ in range(4):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dynaray
-from tests.conftest import FAST, wait_for
+from tests.conftest import FAST, all_see_all_up, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -105,7 +105,7 @@ def test_partition_both_sides_write_and_heal_gives_siblings(cluster):
     assert on_right.get("cart").values == [["right-item"]]
 
     cluster.heal()
-    wait_for(lambda: all(s == "up" for s in cluster.status().values()), what="all up")
+    wait_for(lambda: all_see_all_up(cluster), what="every node seeing every node up")
     wait_for(lambda: no_hints(cluster), what="every hint delivered")
     for key, value in written.items():
         assert base.get(key).values == [value], key
@@ -113,6 +113,27 @@ def test_partition_both_sides_write_and_heal_gives_siblings(cluster):
     assert sorted(res.values) == [["left-item"], ["right-item"]]
     base.put("cart", res.context, ["left-item", "right-item"])
     assert base.get("cart").value == ["left-item", "right-item"]
+
+
+def test_write_with_no_stand_in_left_keeps_a_hint_on_the_coordinator(cluster):
+    left, right = ["n1", "n2"], ["n3", "n4", "n5"]
+    keys = keys_owned_by(cluster, left, 3, "orphan")  # two owners on the left, one on the right
+    cluster.partition([left, right])
+
+    def left_sees_right_down() -> bool:
+        views = cluster._ask("membership_view", nodes=left).values()
+        return all(view[n] == "down" for view in views for n in right)
+
+    wait_for(left_sees_right_down, what="the left side seeing the right side down")
+    on_left = cluster.client(nodes=left)
+    for key in keys:
+        on_left.put(key, None, f"kept-{key}")  # W=2 on n1 and n2; no stand-in is reachable
+    # Each key's third copy waits as a hint on the left, not for an anti-entropy round.
+    assert sum(cluster.hints().values()) >= len(keys)
+    cluster.heal()
+    wait_for(lambda: no_hints(cluster), what="the coordinators' hints delivered")
+    for key in keys:
+        assert on_owners(cluster, on_left, key, f"kept-{key}"), cluster.replica_state(key)
 
 
 def test_partitioned_messages_are_never_delivered_late(cluster):
