@@ -24,6 +24,7 @@ class Catalog:
         self.entries: dict[str, set[bytes]] = {
             name: set(props) for name, props in (entries or {}).items() if props
         }
+        self._digest: bytes | None = None  # computed once per change: gossip asks every round
 
     def get(self, name: str) -> list[bytes]:
         """The properties stored for name, sorted; [] for a bucket never created."""
@@ -35,6 +36,7 @@ class Catalog:
         if props in known:
             return False
         known.add(props)
+        self._digest = None
         return True
 
     def merge(self, other: Catalog) -> bool:
@@ -48,13 +50,15 @@ class Catalog:
     def digest(self) -> bytes:
         """A short fingerprint: equal catalogs have equal digests, so gossip sends the whole
         catalog only when two nodes' differ."""
-        h = hashlib.blake2b(digest_size=16)
-        for name in sorted(self.entries):
-            encoded = name.encode()
-            h.update(len(encoded).to_bytes(4, "big") + encoded)
-            for props in sorted(self.entries[name]):
-                h.update(len(props).to_bytes(4, "big") + props)
-        return h.digest()
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            for name in sorted(self.entries):
+                encoded = name.encode()
+                h.update(len(encoded).to_bytes(4, "big") + encoded)
+                for props in sorted(self.entries[name]):
+                    h.update(len(props).to_bytes(4, "big") + props)
+            self._digest = h.digest()
+        return self._digest
 
     def names(self) -> list[str]:
         return sorted(self.entries)

@@ -859,6 +859,11 @@ class StorageNode:
         for req in batch:
             if req.tally.reached:
                 _stale_replicas(req.dkey, req.replies, stale)
+        await self._send_repairs(stale)
+
+    async def _send_repairs(self, stale: dict[str, list]) -> None:
+        """Send each stale replica its merged versions ({node: [(dkey, wire, hint)]}), one
+        call per replica; one that cannot be reached is left to hints and anti-entropy."""
         for node, items in stale.items():
             self.metrics.count("read_repairs", len(items))
             with contextlib.suppress(PeerUnavailable):
@@ -1090,15 +1095,7 @@ class StorageNode:
             await asyncio.wait(pending, timeout=self.options.read_repair_wait)
         stale: dict[str, list] = {}
         _stale_replicas(dkey, replies, stale)
-        for node, items in stale.items():
-            self.metrics.count("read_repairs")
-            try:
-                if node == self.id:
-                    await self._apply(items)
-                else:
-                    await self._call(node, "replica_put", items)
-            except PeerUnavailable:
-                continue
+        await self._send_repairs(stale)
 
     # -- replica ---------------------------------------------------------------------------
 
