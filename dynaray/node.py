@@ -654,14 +654,16 @@ class StorageNode:
     def _mark_down(self, node: str) -> None:
         self._down_until[node] = time.monotonic() + self.options.retry_after
 
-    def _route(self, bucket: bytes, key: bytes, n: int) -> tuple[bytes, list[str], list]:
+    def _route(
+        self, bucket: bytes, key: bytes, n: int, needed: int
+    ) -> tuple[bytes, list[str], list]:
         if self.ring is None:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
         partition, dkey = self._locate(bucket, key)
         preference = list(self.ring.preference_list(partition))
         if not self.options.sloppy_quorum:
             preference = preference[:n]
-        return dkey, preference, quorum.select(preference, n, self.is_up)
+        return dkey, preference, quorum.select(preference, n, self.is_up, needed)
 
     def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
         partition, segment = self.ring.locate(codec.hash_input(bucket, key))
@@ -711,7 +713,8 @@ class StorageNode:
         single: list[int] = []
         for index, (kind, bucket, key, *rest) in enumerate(requests):
             try:
-                dkey, preference, targets = self._route(bucket, key, rest[-1])
+                needed = rest[1] if kind == "put" else rest[0]
+                dkey, preference, targets = self._route(bucket, key, rest[-1], needed)
             except DynarayError as exc:
                 answers[index] = ("error", exc)
                 continue
@@ -721,9 +724,9 @@ class StorageNode:
             if not direct or (kind == "get" and self._arriving(dkey)):
                 single.append(index)
             elif kind == "put":
-                puts.append(_Request(index, dkey, preference, targets, rest[1], rest[0]))
+                puts.append(_Request(index, dkey, preference, targets, needed, rest[-1], rest[0]))
             else:
-                gets.append(_Request(index, dkey, preference, targets, rest[0]))
+                gets.append(_Request(index, dkey, preference, targets, needed, rest[-1]))
         await asyncio.gather(
             self._put_batch(puts, answers),
             self._get_batch(sender, requests, gets, answers),
@@ -770,7 +773,7 @@ class StorageNode:
             req.record, req.wire = record, records.to_wire(record)
             req.start(self.id, self.is_up, per_peer)
             live.append(req)
-            for primary in _uncovered(req.preference, self.n, req.targets):
+            for primary in _uncovered(req.preference, req.n, req.targets):
                 orphans.append((req.dkey, req.wire, primary))
         await self._keep_hints(orphans)
         sends = {self._spawn(self._replicate_batch(peer, reqs)) for peer, reqs in per_peer.items()}
@@ -905,7 +908,7 @@ class StorageNode:
             self.metrics.request(op, outcome, time.perf_counter() - started)
 
     async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
-        dkey, preference, targets = self._route(bucket, key, n)
+        dkey, preference, targets = self._route(bucket, key, n, w)
         mine = next((t for t in targets if t.node == self.id), None)
         if mine is None:
             if not forwarded:
@@ -1031,7 +1034,7 @@ class StorageNode:
         return await self._timed("get", self._get(bucket, key, r, n, forwarded))
 
     async def _get(self, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool) -> tuple:
-        dkey, preference, targets = self._route(bucket, key, n)
+        dkey, preference, targets = self._route(bucket, key, n, r)
         if not any(t.node == self.id for t in targets) and not forwarded:
             answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)
             if answer is not None:
@@ -1220,6 +1223,7 @@ class _Request:
     preference: list[str]
     targets: list[quorum.Target]
     needed: int  # W for a put, R for a get
+    n: int
     op: list | None = None  # a put's records.update operation
     tally: quorum.Tally | None = None
     record: records.Record | None = None

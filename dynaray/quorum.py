@@ -30,11 +30,18 @@ def check_quorum(n: int, r: int, w: int, nodes: int) -> None:
         raise ValueError(f"n={n} replicas need at least {n} nodes; the store has {nodes}")
 
 
-def select(preference: Sequence[str], n: int, is_up: Callable[[str], bool]) -> list[Target]:
+def select(
+    preference: Sequence[str], n: int, is_up: Callable[[str], bool], needed: int = 0
+) -> list[Target]:
     """The first N healthy nodes of the extended preference list (the paper's sloppy quorum).
 
     A primary (one of the first N) that is down is replaced by the next healthy node past
     the first N, which receives the write with a hint naming that primary.
+
+    When fewer than `needed` (R or W) look healthy, the uncovered primaries that look down
+    are asked too: a suspicion can be wrong (heartbeats stall on a busy machine), and a
+    request that cannot reach its quorum without them fails anyway, so trying them costs
+    at most their deadline.
     """
     spares = [node for node in preference[n:] if is_up(node)]
     targets = []
@@ -43,6 +50,12 @@ def select(preference: Sequence[str], n: int, is_up: Callable[[str], bool]) -> l
             targets.append(Target(primary))
         elif spares:
             targets.append(Target(spares.pop(0), hint=primary))
+    covered = {t.hint or t.node for t in targets}
+    for primary in preference[:n]:
+        if len(targets) >= needed:
+            break
+        if primary not in covered:
+            targets.append(Target(primary))
     return targets
 
 
@@ -64,6 +77,8 @@ class Tally:
         self.targets = list(targets)
         used = {t.node for t in targets}
         self._spares = [p for p in preference if p not in used and is_up(p)]
+        # Nodes that look down: asked only when the quorum cannot be reached otherwise.
+        self._doubtful = [p for p in preference if p not in used and not is_up(p)]
         self.ok: list[str] = []
         self.failed: list[str] = []
 
@@ -77,12 +92,16 @@ class Tally:
     def failure(self, target: Target) -> Target | None:
         """Record that target did not answer; return the fallback to ask instead, if any."""
         self.failed.append(target.node)
-        if not self._spares:
+        if self._spares:
+            node = self._spares.pop(0)
+        elif self._doubtful and len(self.ok) + self.pending < self.needed:
+            node = self._doubtful.pop(0)
+        else:
             return None
         # A target without a hint is a primary (select() and failure() hint every stand-in),
         # so a stand-in for it, or for the primary it stood in for, carries that primary.
         primary = target.hint or target.node
-        replacement = Target(self._spares.pop(0), hint=primary)
+        replacement = Target(node, hint=None if node == primary else primary)
         self.targets.append(replacement)
         return replacement
 

@@ -293,11 +293,11 @@ class SimNode:
     def call(self, peer: str, method: str, *args: Any) -> Future:
         return self.sim.call(self.id, peer, method, args, self.cfg.replica_timeout)
 
-    def route(self, key: str) -> tuple[list[str], list[quorum.Target]]:
+    def route(self, key: str, needed: int) -> tuple[list[str], list[quorum.Target]]:
         preference = self.sim.prefs[key]
         if not self.cfg.sloppy_quorum:
             preference = preference[: self.cfg.n]
-        return preference, quorum.select(preference, self.cfg.n, self.is_up)
+        return preference, quorum.select(preference, self.cfg.n, self.is_up, needed)
 
     # -- storage
 
@@ -396,7 +396,7 @@ class SimNode:
         return None
 
     def coordinate_put(self, key: str, op: list, w: int, forwarded: bool = False) -> Coroutine:
-        preference, targets = self.route(key)
+        preference, targets = self.route(key, w)
         mine = next((t for t in targets if t.node == self.id), None)
         if mine is None:
             if not forwarded:
@@ -441,7 +441,7 @@ class SimNode:
         yield done
 
     def coordinate_get(self, key: str, r: int, forwarded: bool = False) -> Coroutine:
-        preference, targets = self.route(key)
+        preference, targets = self.route(key, r)
         if not any(t.node == self.id for t in targets) and not forwarded:
             answer = yield from self.forward(targets, "coordinate_get", key, r)
             if answer is not None:

@@ -113,6 +113,41 @@ def test_select_invariants(scenario):
     assert [t.node for t in targets if t.hint is None] == [p for p in primaries if p not in down]
 
 
+def test_select_asks_primaries_that_look_down_when_too_few_look_healthy():
+    # Only a looks healthy on [a, b, c, d]: R=2 cannot be met, so b (a primary no spare
+    # covers) is asked as well; a wrong suspicion must not fail the request.
+    is_up = up_except("b", "c", "d")
+    assert select(PREF[:4], 3, is_up, needed=2) == [Target("a"), Target("b")]
+    assert select(PREF[:4], 3, is_up, needed=3) == [Target("a"), Target("b"), Target("c")]
+    # enough look healthy: nobody doubtful is asked
+    assert select(PREF, 3, up_except("b"), needed=3) == [
+        Target("a"),
+        Target("d", "b"),
+        Target("c"),
+    ]
+    # a primary covered by a stand-in is not asked in person
+    assert select(PREF[:4], 3, up_except("a", "b"), needed=3) == [
+        Target("d", "a"),
+        Target("c"),
+        Target("b"),
+    ]
+
+
+@given(scenarios(), st.integers(0, 10))
+def test_select_with_needed_only_adds_uncovered_primaries(scenario, needed):
+    pref, n, down = scenario
+    is_up = lambda node: node not in down  # noqa: E731
+    healthy = select(pref, n, is_up)
+    targets = select(pref, n, is_up, needed)
+    assert targets[: len(healthy)] == healthy
+    extra = targets[len(healthy) :]
+    covered = {t.hint or t.node for t in healthy}
+    uncovered = [p for p in pref[:n] if p not in covered]
+    assert [t.node for t in extra] == uncovered[: len(extra)]
+    assert all(t.hint is None and t.node in down for t in extra)
+    assert len(targets) == max(len(healthy), min(needed, len(healthy) + len(uncovered)))
+
+
 # -- Tally -------------------------------------------------------------------------------
 
 
@@ -194,3 +229,32 @@ def test_tally_hint_names_failed_primary_when_fewer_targets_than_n():
     # c is a primary (in the first N): its stand-in must carry c's hint, else the write it
     # takes is never handed back to c.
     assert tally.failure(Target("c")) == Target("d", hint="c")
+
+
+def test_tally_asks_a_node_that_looks_down_only_when_the_quorum_needs_it():
+    # a and b look down; d stands in for a and c is asked in person.
+    is_up = up_except("a", "b")
+    pref = ["a", "b", "c", "d"]
+    targets = select(pref, 3, is_up, needed=2)
+    assert targets == [Target("d", "a"), Target("c")]
+    tally = Tally(pref, targets, 2, is_up)
+    tally.answered("c")
+    # d fails: no healthy spare is left and R=2 needs one more, so a is asked, as itself
+    assert tally.failure(Target("d", "a")) == Target("a")
+    assert tally.failure(Target("a")) == Target("b", hint="a")
+    assert tally.failure(Target("b", "a")) is None
+    assert tally.hopeless
+
+
+def test_tally_leaves_nodes_that_look_down_alone_while_the_quorum_is_reachable():
+    is_up = up_except("d")
+    tally = Tally(PREF[:4], select(PREF[:4], 3, is_up, needed=2), 2, is_up)
+    assert tally.failure(Target("a")) is None  # b and c may still answer
+    assert tally.failure(Target("b")) == Target("d", hint="b")
+
+
+def test_tally_a_primary_back_up_takes_its_own_copy_not_a_hint_for_itself():
+    targets = select(PREF[:4], 3, up_except("a"))
+    assert targets[0] == Target("d", "a")
+    tally = Tally(PREF[:4], targets, 3)  # a is back by the time the tally is built
+    assert tally.failure(Target("d", "a")) == Target("a")
