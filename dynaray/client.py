@@ -148,8 +148,7 @@ class Client:
             op = op(hashed)
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
-        context = await self._routing.put(b, k, op, w, n)
-        return Context(versions.vv_from_wire(context), key_tag(hashed))
+        return _new_context(await self._routing.put(b, k, op, w, n), hashed)
 
     # -- async API --------------------------------------------------------------------------
 
@@ -178,8 +177,21 @@ class Client:
         Requests to one coordinator travel together, so a batch costs a few actor calls,
         not one per key; each key keeps its own quorum outcome.
         """
-        answers = await asyncio.gather(*(self.aget(k, r=r) for k in keys), return_exceptions=True)
-        return dict(zip(keys, answers, strict=True))
+        await self._routing._ensure_ring()
+        n, r, _ = self._routing.quorum(r=r)
+        results: dict = {}
+        sent: list = []  # (key, bytes key, hashed)
+        for key in keys:
+            try:
+                b, k, hashed = address(codec.DEFAULT_BUCKET, key)
+            except Exception as exc:  # noqa: BLE001 - a bad key fails alone
+                results[key] = exc
+                continue
+            sent.append((key, b, k, hashed))
+        answers = await self._routing.many("get", [(b, k, r, n) for _, b, k, _ in sent])
+        for (key, _, k, hashed), answer in zip(sent, answers, strict=True):
+            results[key] = _settle(answer, lambda wire, k=k, h=hashed: decode_result(k, h, wire))
+        return results
 
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
         """Write many keys at once: items is {key: (context, value)}; returns
@@ -189,11 +201,22 @@ class Client:
                 raise ValueError(
                     f"put_many takes {{key: (context, value)}}; {key!r} maps to {pair!r}"
                 )
-        answers = await asyncio.gather(
-            *(self.aput(k, ctx, value, w=w) for k, (ctx, value) in items.items()),
-            return_exceptions=True,
-        )
-        return dict(zip(items, answers, strict=True))
+        await self._routing._ensure_ring()
+        n, _, w = self._routing.quorum(w=w)
+        results: dict = {}
+        sent: list = []  # (key, bytes bucket, bytes key, hashed, op)
+        for key, (context, value) in items.items():
+            try:
+                b, k, hashed = address(codec.DEFAULT_BUCKET, key)
+                op = siblings_op(context, codec.encode_value(value))(hashed)
+            except Exception as exc:  # noqa: BLE001 - a bad key or value fails alone
+                results[key] = exc
+                continue
+            sent.append((key, b, k, hashed, op))
+        answers = await self._routing.many("put", [(b, k, op, w, n) for _, b, k, _, op in sent])
+        for (key, _, _, hashed, _), answer in zip(sent, answers, strict=True):
+            results[key] = _settle(answer, lambda wire, h=hashed: _new_context(wire, h))
+        return results
 
     def bucket(
         self,
@@ -252,6 +275,22 @@ class Client:
 
     def nodes(self) -> list[str]:
         return self._routing.nodes
+
+
+def _new_context(wire: list, hashed: bytes) -> Context:
+    """The context a write answers with, tied to its key."""
+    return Context(versions.vv_from_wire(wire), key_tag(hashed))
+
+
+def _settle(answer: Any, fn: Callable[[Any], T]) -> T | Exception:
+    """One key's outcome in a batch: fn(answer), or the exception the request raised or fn
+    raised, so one key's bad answer fails only that key."""
+    if isinstance(answer, Exception):
+        return answer
+    try:
+        return fn(answer)
+    except Exception as exc:  # noqa: BLE001
+        return exc
 
 
 def address(bucket: str, key: object) -> tuple[bytes, bytes, bytes]:

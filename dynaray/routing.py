@@ -23,6 +23,7 @@ PATHS = ("client", "router", "any")
 REQUEST_TIMEOUT = 10.0
 RING_REFRESH = 5.0
 RETRY_AFTER = 1.0
+MANY_CHUNK = 512  # requests per coordinate_batch call of a get_many / put_many
 
 
 class Routing:
@@ -175,20 +176,80 @@ class Routing:
 
     async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
         """Apply a write operation; returns the new context (wire) or raises."""
-        name = "delete" if op[-1] is None or op[-1] == b"" else "put"
+        name = _op_name("put", op)
         reply = await self._send(
             name, "coordinate_put", bucket, key, op, w, n, retry=records.idempotent(op)
         )
-        if reply[0] == "ok":
-            return reply[1]
-        raise QuorumError(name, key_repr(key), *reply[1:])
+        return _payload(name, key, reply)
 
     async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> list | None:
         """The key's merged record in wire form (None when absent) or raises."""
-        reply = await self._send("get", "coordinate_get", bucket, key, r, n)
-        if reply[0] == "ok":
-            return reply[1]
-        raise QuorumError("get", key_repr(key), *reply[1:])
+        return _payload("get", key, await self._send("get", "coordinate_get", bucket, key, r, n))
+
+    async def many(self, kind: str, requests: list[tuple]) -> list:
+        """Many requests of one kind ("get": (bucket, key, r, n); "put": (bucket, key, op,
+        w, n)) in one coordinate_batch call per coordinator, not one task per key.
+
+        Returns, per request, what get() or put() would return, or the exception it would
+        raise. A coordinator that cannot be reached sends its requests the one-key way,
+        which tries the next coordinators and knows when a write must not be repeated.
+        """
+        one = self.get if kind == "get" else self.put
+        if self.path == "router":
+            return await asyncio.gather(*(one(*req) for req in requests), return_exceptions=True)
+        groups: dict[str, list[int]] = {}
+        for index, (bucket, key, *rest) in enumerate(requests):
+            groups.setdefault((await self.coordinators(bucket, key, rest[-1]))[0], []).append(index)
+        answers: list = [None] * len(requests)
+
+        async def send(node: str, indexes: list[int]) -> None:
+            batch = [[kind, *requests[i]] for i in indexes]
+            try:
+                replies = await self.transport.call(
+                    node, "coordinate_batch", batch, timeout=self.request_timeout
+                )
+            except PeerUnavailable as exc:
+                self._mark_down(node)
+                await asyncio.gather(
+                    *(self._one_key(kind, exc, answers, i, requests[i]) for i in indexes)
+                )
+                return
+            for i, reply in zip(indexes, replies, strict=True):
+                key, rest = requests[i][1], requests[i][2:]
+                name = _op_name(kind, rest[0])
+                answers[i] = reply[1] if reply[0] == "error" else _answer(name, key, reply)
+
+        await asyncio.gather(
+            *(
+                send(node, chunk[start : start + MANY_CHUNK])
+                for node, chunk in groups.items()
+                for start in range(0, len(chunk), MANY_CHUNK)
+            )
+        )
+        return answers
+
+    async def _one_key(
+        self, kind: str, failure: PeerUnavailable, answers: list, index: int, request: tuple
+    ) -> None:
+        """A request of a batch whose coordinator failed: again on the one-key path, unless
+        it is a write that may have been applied and must not be repeated."""
+        key = request[1]
+        if kind == "put":
+            name = _op_name(kind, request[2])
+            sent = failure.reason not in ("unknown peer", "partitioned")
+            if "no answer" in failure.reason or (sent and not records.idempotent(request[2])):
+                answers[index] = RequestTimeout(
+                    name,
+                    key_repr(key),
+                    self.request_timeout,
+                    f"its coordinator failed during the request ({failure.reason}); the write "
+                    "may or may not have been applied: read the key to find out",
+                )
+                return
+        try:
+            answers[index] = await (self.get if kind == "get" else self.put)(*request)
+        except Exception as exc:  # noqa: BLE001 - each request keeps its own outcome
+            answers[index] = exc
 
     async def _send(
         self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any, retry: bool = True
@@ -247,6 +308,28 @@ class Routing:
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"
         )
+
+
+def _op_name(kind: str, op: Any) -> str:
+    """What a request is called in errors: a put whose value is None or empty deletes."""
+    if kind == "put" and (op[-1] is None or op[-1] == b""):
+        return "delete"
+    return kind
+
+
+def _payload(name: str, key: bytes, reply: tuple) -> Any:
+    """A coordinator's answer: its payload, or QuorumError for a missed quorum."""
+    if reply[0] == "ok":
+        return reply[1]
+    raise QuorumError(name, key_repr(key), *reply[1:])
+
+
+def _answer(name: str, key: bytes, reply: tuple) -> Any:
+    """As _payload, with the error returned rather than raised."""
+    try:
+        return _payload(name, key, reply)
+    except QuorumError as exc:
+        return exc
 
 
 def key_repr(key: bytes) -> str:

@@ -64,6 +64,27 @@ def test_one_owner_down_writes_succeed_then_hints_drain(cluster):
         wait_for(lambda key=key: on_owners(cluster, client, key, f"value-{key}"), what=key)
 
 
+def test_get_many_routes_around_a_coordinator_that_just_died(cluster):
+    client = cluster.client()
+    victim = owners(cluster, "probe")[0]
+    keys = keys_owned_by(cluster, [victim], 20, "bulkdead")
+    # the victim coordinates these keys: it is the first owner of each
+    keys = [k for k in keys if owners(cluster, k)[0] == victim] + ["bulkdead-absent"]
+    assert len(keys) > 1
+    written = client.put_many({k: (None, f"v-{k}") for k in keys[:-1]})
+    assert all(isinstance(ctx, dynaray.Context) for ctx in written.values())
+    cluster.kill(victim)  # the client still believes it up: its batch call fails
+    got = client.get_many(keys)
+    assert {k: got[k].values for k in keys} == {
+        **{k: [f"v-{k}"] for k in keys[:-1]},
+        "bulkdead-absent": [],
+    }
+    # A blind write that reached a dead coordinator is not repeated (it could apply twice);
+    # with the victim now known down, the next batch goes to live coordinators at once.
+    again = client.put_many({k: (got[k].context, "next") for k in keys[:-1]})
+    assert all(isinstance(ctx, dynaray.Context) for ctx in again.values()), again
+
+
 def test_two_of_three_owners_down_sloppy_quorum(cluster):
     client = cluster.client()
     first = owners(cluster, "probe")
