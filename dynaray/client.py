@@ -77,9 +77,9 @@ def _decode_crdt(value: object) -> object:
     return value
 
 
-def decode_result(key: bytes, hashed: bytes, wire: list | None) -> GetResult:
-    """A coordinator's merged record as the user sees it."""
-    record = records.from_wire(wire) if wire is not None else None
+def decode_result(key: bytes, hashed: bytes, raw: bytes | None) -> GetResult:
+    """A coordinator's merged record (encoded as stored) as the user sees it."""
+    record = records.decode(raw) if raw is not None else None
     context = Context(versions.vv_from_wire(records.context_of(record)), key_tag(hashed))
     return GetResult(key_repr(key), decode_values(record), context)
 
@@ -190,7 +190,7 @@ class Client:
             sent.append((key, b, k, hashed))
         answers = await self._routing.many("get", [(b, k, r, n) for _, b, k, _ in sent])
         for (key, _, k, hashed), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, lambda wire, k=k, h=hashed: decode_result(k, h, wire))
+            results[key] = _settle(answer, lambda raw, k=k, h=hashed: decode_result(k, h, raw))
         return results
 
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:

@@ -819,7 +819,7 @@ class StorageNode:
         per_peer: dict[str, list[_Request]] = {}
         ask_all = self.transport.rng.random() < self.options.read_repair_chance
         for req, raw in zip(batch, self.store.get_many(DATA, [r.dkey for r in batch]), strict=True):
-            req.replies = {self.id: (me, records.decode(raw) if raw is not None else None)}
+            req.replies = {self.id: (me, raw)}
             if not ask_all:
                 # Ourselves and the next R-1 replicas in preference order.
                 req.targets = [me, *[t for t in req.targets if t.node != self.id][: req.needed - 1]]
@@ -832,10 +832,7 @@ class StorageNode:
             if not req.tally.reached:
                 again.append(self._coordinate_into(answers, req.index, sender, requests[req.index]))
                 continue
-            merged = records.merge_all([rec for _, rec in req.replies.values()])
-            if merged is not None and merged.kind == "siblings":
-                self.metrics.siblings(versions.size(merged.state))
-            answers[req.index] = ("ok", records.to_wire(merged) if merged is not None else None)
+            answers[req.index] = ("ok", self._answer([raw for _, raw in req.replies.values()]))
             self.metrics.request("get", "ok", elapsed)
         if self.options.read_repair:
             self._spawn(self._repair_batch(batch, asks))
@@ -843,14 +840,14 @@ class StorageNode:
 
     async def _read_batch(self, peer: str, batch: list[_Request]) -> None:
         try:
-            wires = await self._call(peer, "replica_get", [(r.dkey, None) for r in batch])
+            raws = await self._call(peer, "replica_get", [(r.dkey, None) for r in batch])
         except (PeerUnavailable, DynarayError):
             return
         target = quorum.Target(peer)
-        for req, wire in zip(batch, wires, strict=True):
-            if wire == _ARRIVING:
+        for req, raw in zip(batch, raws, strict=True):
+            if raw == _ARRIVING:
                 continue
-            req.replies[peer] = (target, records.from_wire(wire) if wire is not None else None)
+            req.replies[peer] = (target, raw)
             req.tally.answered(peer)
 
     async def _repair_batch(self, batch: list[_Request], asks: set[asyncio.Task]) -> None:
@@ -1040,7 +1037,7 @@ class StorageNode:
             if answer is not None:
                 return answer
         tally = quorum.Tally(preference, targets, r, self.is_up)
-        replies: dict[str, tuple[quorum.Target, records.Record | None]] = {}
+        replies: dict[str, tuple[quorum.Target, bytes | None]] = {}  # encoded copies
         done = asyncio.Event()
         pending: set[asyncio.Task] = set()
 
@@ -1049,13 +1046,12 @@ class StorageNode:
                 if target.node == self.id:
                     if target.hint is None and self._arriving(dkey):
                         raise PeerUnavailable(self.id, _ARRIVING)
-                    record = self._read_local(dkey, target.hint)
+                    raw = self._read_encoded(dkey, target.hint)
                 else:
-                    wire = await self._call_batched(target.node, "replica_get", (dkey, target.hint))
-                    if wire == _ARRIVING:
+                    raw = await self._call_batched(target.node, "replica_get", (dkey, target.hint))
+                    if raw == _ARRIVING:
                         raise PeerUnavailable(target.node, _ARRIVING)
-                    record = records.from_wire(wire) if wire is not None else None
-                replies[target.node] = (target, record)
+                replies[target.node] = (target, raw)
                 tally.answered(target.node)
             except PeerUnavailable:
                 replacement = tally.failure(target)
@@ -1069,12 +1065,23 @@ class StorageNode:
         await self._decided(done)
         if not tally.reached:
             return ("quorum", len(tally.ok), r, tally.asked)
-        merged = records.merge_all([rec for _, rec in replies.values()])
-        if merged is not None and merged.kind == "siblings":
-            self.metrics.siblings(versions.size(merged.state))
         if self.options.read_repair:
             self._spawn(self._read_repair(dkey, replies, pending))
-        return ("ok", records.to_wire(merged) if merged is not None else None)
+        return ("ok", self._answer([raw for _, raw in replies.values()]))
+
+    def _answer(self, raws: list[bytes | None]) -> bytes | None:
+        """A read's answer from its replies: the merged record, encoded as stored."""
+        merged = records.merge_encoded(raws)
+        if merged is not None:
+            self.metrics.siblings(records.siblings_in(merged))
+        return merged
+
+    def _read_encoded(self, dkey: bytes, hint: str | None) -> bytes | None:
+        """_read_local, encoded as stored; our own copy is passed on without decoding."""
+        if hint is None:
+            return self.store.get(DATA, dkey)
+        record = self._read_local(dkey, hint)
+        return records.encode(record) if record is not None else None
 
     def _read_local(self, dkey: bytes, hint: str | None) -> records.Record | None:
         """Our own copy; as a fallback for `hint`, the hint merged with any copy we hold
@@ -1090,7 +1097,7 @@ class StorageNode:
     async def _read_repair(
         self,
         dkey: bytes,
-        replies: dict[str, tuple[quorum.Target, records.Record | None]],
+        replies: dict[str, tuple[quorum.Target, bytes | None]],
         pending: set[asyncio.Task],
     ) -> None:
         """After answering, wait briefly for the other replicas and fix the stale ones."""
@@ -1133,15 +1140,14 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def replica_get(self, sender: str, items: list) -> list:
-        """The stored record of each (data key, hint owner) asked for, or None."""
+        """The stored record (encoded) of each (data key, hint owner) asked for, or None."""
         self._check_sender(sender)
         out: list = []
         for dkey, hint in items:
             if hint is None and self._arriving(dkey):
                 out.append(_ARRIVING)  # not ours to answer yet: the coordinator asks a spare
                 continue
-            record = self._read_local(dkey, hint)
-            out.append(records.to_wire(record) if record is not None else None)
+            out.append(self._read_encoded(dkey, hint))
         return out
 
     def _arriving(self, dkey: bytes) -> bool:
@@ -1228,7 +1234,7 @@ class _Request:
     tally: quorum.Tally | None = None
     record: records.Record | None = None
     wire: list | None = None
-    replies: dict | None = None  # a get's {node: (target, record)}
+    replies: dict | None = None  # a get's {node: (target, encoded record)}
 
     def start(self, me: str, is_up: Callable[[str], bool], per_peer: dict[str, list]) -> None:
         """Count our own answer and file the request under each other replica to ask."""
@@ -1248,15 +1254,15 @@ async def _until_decided(calls: set[asyncio.Task], batch: list[_Request]) -> Non
 
 
 def _stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
-    """Add to stale {node: [(dkey, merged wire, hint)]} each replier whose copy of dkey is
-    not the merge of all the replies."""
-    merged = records.merge_all([rec for _, rec in replies.values()])
+    """Add to stale {node: [(dkey, merged wire, hint)]} each replier whose copy of dkey
+    (encoded, as stored) is not the merge of all the replies."""
+    merged = records.merge_encoded([raw for _, raw in replies.values()])
     if merged is None:
         return
     wire = None
-    for node, (target, record) in list(replies.items()):
-        if not records.equal(record, merged):
-            wire = wire or records.to_wire(merged)
+    for node, (target, raw) in list(replies.items()):
+        if not records.same_encoded(raw, merged):
+            wire = wire or records.to_wire(records.decode(merged))
             stale.setdefault(node, []).append((dkey, wire, target.hint))
 
 

@@ -183,7 +183,7 @@ class Routing:
         return _payload(name, key, reply)
 
     async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> list | None:
-        """The key's merged record in wire form (None when absent) or raises."""
+        """The key's merged record, encoded as stored (None when absent), or raises."""
         return _payload("get", key, await self._send("get", "coordinate_get", bucket, key, r, n))
 
     async def many(self, kind: str, requests: list[tuple]) -> list:
