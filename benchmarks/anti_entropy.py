@@ -49,11 +49,10 @@ class Replica:
 
     async def apply(self, items: list) -> int:
         def op(txn) -> int:
-            for dkey, wire, _ in items:
-                raw = txn.get(DATA, dkey)
-                stored = records.decode(raw) if raw is not None else None
-                merged = records.merge(stored, records.from_wire(wire))
-                txn.put(DATA, dkey, records.encode(merged))
+            for dkey, incoming, _ in items:
+                new = records.merge_into(txn.get(DATA, dkey), incoming)
+                if new is not None:
+                    txn.put(DATA, dkey, new)
             return len(items)
 
         return await self.store.write(op)

@@ -83,17 +83,14 @@ class Exchange:
         theirs = await self._ask("read_records", keys)
         mine = self.local.read_records(self.partition, keys)
         to_me, to_them = [], []
-        for key, my_wire, their_wire in zip(keys, mine, theirs, strict=True):
-            my_record = records.from_wire(my_wire) if my_wire is not None else None
-            their_record = records.from_wire(their_wire) if their_wire is not None else None
-            merged = records.merge(my_record, their_record)
+        for key, my_raw, their_raw in zip(keys, mine, theirs, strict=True):
+            merged = records.merge_encoded([my_raw, their_raw])
             if merged is None:
                 continue
-            wire = records.to_wire(merged)
-            if not records.equal(my_record, merged):
-                to_me.append((key, wire, None))
-            if not records.equal(their_record, merged):
-                to_them.append((key, wire, None))
+            if not records.same_encoded(my_raw, merged):
+                to_me.append((key, merged, None))
+            if not records.same_encoded(their_raw, merged):
+                to_them.append((key, merged, None))
         if to_me:
             await self._apply(to_me)
         if to_them:

@@ -89,11 +89,9 @@ class HintedHandoff:
                 items = self.store.scan(HINTS, prefix, limit=self.batch)
                 if not items:
                     return total
-                wires = [
-                    (_split(hkey)[1], records.to_wire(records.decode(raw)), None)
-                    for hkey, raw in items
-                ]
-                await (send or self._send)(owner, wires)
+                await (send or self._send)(
+                    owner, [(_split(hkey)[1], raw, None) for hkey, raw in items]
+                )
                 await self.store.write(lambda txn, items=items: self._forget(txn, items))
                 total += len(items)
                 self.delivered += len(items)

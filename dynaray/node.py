@@ -255,7 +255,7 @@ class StorageNode:
                 )
                 if not items:
                     return True
-                await self._apply([(k, w, None) for k, w in items])
+                await self._apply([(k, raw, None) for k, raw in items])
                 self.transfer["keys_received"] += len(items)
                 after = items[-1][0]
         except PeerUnavailable:
@@ -263,12 +263,9 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
-        """One batch of a range for a node taking it over: [(data key, record wire)]."""
+        """One batch of a range for a node taking it over: [(data key, encoded record)]."""
         self._check_sender(sender)
-        return [
-            (k, records.to_wire(records.decode(raw)))
-            for k, raw in self.ranges.scan(partition, after, limit)
-        ]
+        return self.ranges.scan(partition, after, limit)
 
     async def handoff_status(self) -> dict:
         return {"pending": len(self.pending), **self.transfer}
@@ -343,7 +340,6 @@ class StorageNode:
         if not candidates:
             return 0
         keys = [dkey for dkey, _ in candidates]
-        mine = [records.decode(raw) for _, raw in candidates]
         peers = [p for p in self.ring.preference_list(partition)[: self.n] if p != self.id]
         agreed = set(keys)
         for peer in peers:
@@ -353,8 +349,8 @@ class StorageNode:
                 )
             except PeerUnavailable:
                 return 0  # every replica must hold the tombstone: try again next round
-            for key, own, wire in zip(keys, mine, theirs, strict=True):
-                if wire is None or not records.equal(own, records.from_wire(wire)):
+            for (key, own), raw in zip(candidates, theirs, strict=True):
+                if raw is None or not records.same_encoded(own, raw):
                     agreed.discard(key)
         doomed = [(dkey, raw) for dkey, raw in candidates if dkey in agreed]
         if not doomed:
@@ -770,11 +766,11 @@ class StorageNode:
             if isinstance(record, DynarayError):
                 answers[req.index] = ("error", record)
                 continue
-            req.record, req.wire = record, records.to_wire(record)
+            req.record, req.encoded = record
             req.start(self.id, self.is_up, per_peer)
             live.append(req)
             for primary in _uncovered(req.preference, req.n, req.targets):
-                orphans.append((req.dkey, req.wire, primary))
+                orphans.append((req.dkey, req.encoded, primary))
         await self._keep_hints(orphans)
         sends = {self._spawn(self._replicate_batch(peer, reqs)) for peer, reqs in per_peer.items()}
         await _until_decided(sends, live)
@@ -791,15 +787,17 @@ class StorageNode:
         """One replica_put carrying many keys; a key whose replica failed goes on to the
         next fallback on its own (sloppy quorum), as a one-key write does."""
         try:
-            await self._call(peer, "replica_put", [(r.dkey, r.wire, None) for r in batch])
+            await self._call(peer, "replica_put", [(r.dkey, r.encoded, None) for r in batch])
         except (PeerUnavailable, DynarayError):
             fallbacks, orphans = [], []
             for req in batch:
                 replacement = req.tally.failure(quorum.Target(peer))
                 if replacement is not None:
-                    fallbacks.append(self._replicate(req.tally, [replacement], req.dkey, req.wire))
+                    fallbacks.append(
+                        self._replicate(req.tally, [replacement], req.dkey, req.encoded)
+                    )
                 else:
-                    orphans.append((req.dkey, req.wire, peer))
+                    orphans.append((req.dkey, req.encoded, peer))
             await asyncio.gather(self._keep_hints(orphans), *fallbacks)
             return
         for req in batch:
@@ -924,19 +922,23 @@ class StorageNode:
                     return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
-        record = await self.store.write(lambda txn: self._update(txn, dkey, mine, op, stamp))
+        record, encoded = await self.store.write(
+            lambda txn: self._update(txn, dkey, mine, op, stamp)
+        )
         others = [t for t in targets if t.node != self.id]
-        wire = records.to_wire(record)
-        await self._keep_hints([(dkey, wire, p) for p in _uncovered(preference, n, targets)])
+        await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up)
         tally.answered(self.id)
-        await self._replicate(tally, others, dkey, wire)
+        await self._replicate(tally, others, dkey, encoded)
         if tally.reached:
             return ("ok", records.context_of(record))
         return ("quorum", len(tally.ok), w, tally.asked)
 
-    def _update(self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int):
-        """Inside the writer's transaction: read, apply the operation, write."""
+    def _update(
+        self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int
+    ) -> tuple[records.Record, bytes]:
+        """Inside the writer's transaction: read, apply the operation, write. Returns the
+        new record and its encoding (what the replicas are sent)."""
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
@@ -950,11 +952,12 @@ class StorageNode:
         record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
         if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
             log.warning("key %r has %d siblings", dkey, versions.size(record.state))
-        txn.put(db, rkey, records.encode(record))
-        return record
+        encoded = records.encode(record)
+        txn.put(db, rkey, encoded)
+        return record, encoded
 
     async def _keep_hints(self, items: list[tuple]) -> None:
-        """Hold (data key, record wire, primary) copies as hints here: for a primary that is
+        """Hold (data key, encoded record, primary) copies as hints here: for a primary that is
         down when no stand-in is left to take its copy, so it still gets the write when it
         returns, without waiting for anti-entropy. Beyond W: nothing waits on it but this.
         A strict quorum (sloppy_quorum off) keeps no hints."""
@@ -987,21 +990,21 @@ class StorageNode:
         return None
 
     async def _replicate(
-        self, tally: quorum.Tally, targets: list[quorum.Target], dkey: bytes, wire: list
+        self, tally: quorum.Tally, targets: list[quorum.Target], dkey: bytes, encoded: bytes
     ) -> None:
         """Send the new version to the other replicas; return once W acked or it is hopeless."""
         done = asyncio.Event()
 
         async def send(target: quorum.Target) -> None:
             try:
-                await self._call_batched(target.node, "replica_put", (dkey, wire, target.hint))
+                await self._call_batched(target.node, "replica_put", (dkey, encoded, target.hint))
                 tally.answered(target.node)
             except PeerUnavailable:
                 replacement = tally.failure(target)
                 if replacement is not None:
                     self._spawn(send(replacement))
                 else:
-                    await self._keep_hints([(dkey, wire, target.hint or target.node)])
+                    await self._keep_hints([(dkey, encoded, target.hint or target.node)])
             if tally.reached or tally.hopeless:
                 done.set()
 
@@ -1117,24 +1120,21 @@ class StorageNode:
         return [True] * len(items)
 
     async def _apply(self, items: list) -> int:
-        """Merge (data key, record wire, hint owner) items into our data or hints."""
-        decoded = [(dkey, records.from_wire(wire), hint) for dkey, wire, hint in items]
-        for _, record, _ in decoded:
-            self.hlc.observe(record.stamp)
+        """Merge (data key, encoded record, hint owner) items into our data or hints."""
+        for _, raw, _ in items:
+            self.hlc.observe(records.stamp_of(raw))
 
-        hinted = sum(1 for _, _, hint in decoded if hint is not None)
+        hinted = sum(1 for _, _, hint in items if hint is not None)
         if hinted:
             self.metrics.count("hinted_writes", hinted)
 
         def op(txn: Txn) -> int:
-            for dkey, incoming, hint in decoded:
+            for dkey, incoming, hint in items:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
-                raw = txn.get(db, rkey)
-                merged = records.merge(records.decode(raw) if raw is not None else None, incoming)
-                new = records.encode(merged)
-                if new != raw:  # an unchanged record costs no write (and no Merkle update)
+                new = records.merge_into(txn.get(db, rkey), incoming)
+                if new is not None:  # an unchanged record costs no write (and no Merkle update)
                     txn.put(db, rkey, new)
-            return len(decoded)
+            return len(items)
 
         return await self.store.write(op)
 
@@ -1233,7 +1233,7 @@ class _Request:
     op: list | None = None  # a put's records.update operation
     tally: quorum.Tally | None = None
     record: records.Record | None = None
-    wire: list | None = None
+    encoded: bytes | None = None  # a put's new record, as stored and sent
     replies: dict | None = None  # a get's {node: (target, encoded record)}
 
     def start(self, me: str, is_up: Callable[[str], bool], per_peer: dict[str, list]) -> None:
@@ -1254,16 +1254,14 @@ async def _until_decided(calls: set[asyncio.Task], batch: list[_Request]) -> Non
 
 
 def _stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
-    """Add to stale {node: [(dkey, merged wire, hint)]} each replier whose copy of dkey
-    (encoded, as stored) is not the merge of all the replies."""
+    """Add to stale {node: [(dkey, merged record, hint)]} each replier whose copy of dkey
+    is not the merge of all the replies (records encoded, as stored)."""
     merged = records.merge_encoded([raw for _, raw in replies.values()])
     if merged is None:
         return
-    wire = None
     for node, (target, raw) in list(replies.items()):
         if not records.same_encoded(raw, merged):
-            wire = wire or records.to_wire(records.decode(merged))
-            stale.setdefault(node, []).append((dkey, wire, target.hint))
+            stale.setdefault(node, []).append((dkey, merged, target.hint))
 
 
 def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> list[str]:

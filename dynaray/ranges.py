@@ -7,7 +7,7 @@ streams one partition, and dropping a range deletes one span of keys.
 
 from __future__ import annotations
 
-from dynaray import codec, merkle, records
+from dynaray import codec, merkle
 from dynaray.storage import DATA, Store, Txn
 
 
@@ -55,10 +55,9 @@ class KeyRanges:
                 items.append((dkey, merkle.item_hash(dkey, record)))
         return items
 
-    def read_records(self, partition: int, keys: list[bytes]) -> list[list | None]:
-        """The stored records (wire form) of data keys of one range; None where absent."""
-        raws = self.store.get_many(DATA, keys)
-        return [None if raw is None else records.to_wire(records.decode(raw)) for raw in raws]
+    def read_records(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """The stored records (encoded) of data keys of one range; None where absent."""
+        return self.store.get_many(DATA, keys)
 
     def scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (data key, record) of a range, after key `after`."""

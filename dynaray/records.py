@@ -112,6 +112,33 @@ def merge_encoded(raws: list[bytes | None]) -> bytes | None:
     return encode(merge_all([decode(raw) for raw in present]))
 
 
+def merge_into(stored: bytes | None, incoming: bytes) -> bytes | None:
+    """What a replica stores after receiving `incoming` (encoded) for a key it holds as
+    `stored`: the new encoding, or None when it already holds all of it. A key it does not
+    hold takes the bytes as they came, with no decoding."""
+    if stored is None:
+        return incoming
+    if stored == incoming:
+        return None
+    new = encode(merge(decode(stored), decode(incoming)))
+    return None if new == stored else new
+
+
+def stamp_of(raw: bytes) -> int:
+    """The hybrid-clock stamp of an encoded record; ValueError if it is not one. Checks the
+    envelope only: a peer's record was validated where it was made."""
+    try:
+        obj = codec.unpack(raw)
+    except Exception as exc:
+        raise ValueError(f"record is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != FORMAT or obj[1] not in POLICIES:
+        raise ValueError(f"record has an unknown format (expected format {FORMAT})")
+    stamp = obj[3]
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+        raise ValueError("record stamp must be a non-negative integer")
+    return stamp
+
+
 def same_encoded(a: bytes | None, b: bytes | None) -> bool:
     """Whether two encoded copies hold the same record (equal bytes, the usual case, or
     equal once decoded)."""

@@ -33,8 +33,8 @@ else:
     def encode_clock(clock):
         return records.encode(records.Record("siblings", clock, 0))
 
-    def clock_of_wire(wire):
-        record = records.from_wire(wire)
+    def clock_of_wire(raw):
+        record = records.decode(raw)  # hints travel encoded, as stored
         assert record.kind == "siblings"
         return record.state
 

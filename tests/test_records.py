@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynaray import records, versions
+from dynaray import codec, records, versions
 
 NODES = ["a", "b", "c"]
 
@@ -52,3 +53,26 @@ def test_agreeing_copies_are_passed_on_as_they_are():
     assert records.merge_encoded([None, None]) is None
     lww = records.encode(records.update(None, ["lww", b"v"], "a", 1))
     assert records.siblings_in(lww) == 0
+
+
+@given(histories())
+def test_merge_into_stores_the_merge_or_nothing_when_already_held(raws):
+    for stored in raws:
+        for incoming in raws:
+            if incoming is None:
+                continue
+            new = records.merge_into(stored, incoming)
+            before = records.decode(stored) if stored is not None else None
+            expected = records.merge(before, records.decode(incoming))
+            if new is None:
+                assert records.equal(before, expected)
+            else:
+                assert records.equal(records.decode(new), expected)
+
+
+def test_stamp_of_reads_the_envelope_and_refuses_what_is_not_a_record():
+    raw = records.encode(records.update(None, ["siblings", [], b"v"], "a", 42))
+    assert records.stamp_of(raw) == 42
+    for bad in (b"\xc1", codec.pack([1, 2]), codec.pack([records.FORMAT, "nope", [], 1])):
+        with pytest.raises(ValueError):
+            records.stamp_of(bad)
