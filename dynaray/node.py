@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from dynaray import codec, hlc, quorum, records, versions
+from dynaray import codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
 from dynaray.errors import DynarayError, NodeError, RequestTimeout
@@ -52,7 +52,6 @@ METRICS_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
 # A replica's answer for a range it is still receiving in an ownership handoff.
-_ARRIVING = "range still arriving"
 
 
 @dataclass
@@ -170,6 +169,14 @@ class StorageNode:
             "ring": self.ring.to_wire() if self.ring else None,
             "config": self.config,
             "status": self.membership.statuses(),
+            # What a client coordinating its own reads needs to do it as the nodes do.
+            "reads": {
+                "replica_timeout": self.options.replica_timeout,
+                "sloppy_quorum": self.options.sloppy_quorum,
+                "read_repair": self.options.read_repair,
+                "read_repair_wait": self.options.read_repair_wait,
+                "read_repair_chance": self.options.read_repair_chance,
+            },
         }
 
     def _adopt(self, ring: Ring) -> None:
@@ -830,7 +837,10 @@ class StorageNode:
             if not req.tally.reached:
                 again.append(self._coordinate_into(answers, req.index, sender, requests[req.index]))
                 continue
-            answers[req.index] = ("ok", self._answer([raw for _, raw in req.replies.values()]))
+            answers[req.index] = (
+                "ok",
+                self._answer(records.merge_encoded([raw for _, raw in req.replies.values()])),
+            )
             self.metrics.request("get", "ok", elapsed)
         if self.options.read_repair:
             self._spawn(self._repair_batch(batch, asks))
@@ -843,7 +853,7 @@ class StorageNode:
             return
         target = quorum.Target(peer)
         for req, raw in zip(batch, raws, strict=True):
-            if raw == _ARRIVING:
+            if raw == reads.ARRIVING:
                 continue
             req.replies[peer] = (target, raw)
             req.tally.answered(peer)
@@ -856,7 +866,7 @@ class StorageNode:
         stale: dict[str, list] = {}
         for req in batch:
             if req.tally.reached:
-                _stale_replicas(req.dkey, req.replies, stale)
+                reads.stale_replicas(req.dkey, req.replies, stale)
         await self._send_repairs(stale)
 
     async def _send_repairs(self, stale: dict[str, list]) -> None:
@@ -868,7 +878,7 @@ class StorageNode:
                 if node == self.id:
                     await self._apply(items)
                 else:
-                    await self._call(node, "replica_put", items)
+                    await self._call(node, "replica_repair", items)
 
     # -- coordinator: put -------------------------------------------------------------------
 
@@ -1039,42 +1049,25 @@ class StorageNode:
             answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)
             if answer is not None:
                 return answer
-        tally = quorum.Tally(preference, targets, r, self.is_up)
-        replies: dict[str, tuple[quorum.Target, bytes | None]] = {}  # encoded copies
-        done = asyncio.Event()
-        pending: set[asyncio.Task] = set()
+        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self.is_up))
 
-        async def ask(target: quorum.Target) -> None:
-            try:
-                if target.node == self.id:
-                    if target.hint is None and self._arriving(dkey):
-                        raise PeerUnavailable(self.id, _ARRIVING)
-                    raw = self._read_encoded(dkey, target.hint)
-                else:
-                    raw = await self._call_batched(target.node, "replica_get", (dkey, target.hint))
-                    if raw == _ARRIVING:
-                        raise PeerUnavailable(target.node, _ARRIVING)
-                replies[target.node] = (target, raw)
-                tally.answered(target.node)
-            except PeerUnavailable:
-                replacement = tally.failure(target)
-                if replacement is not None:
-                    pending.add(self._spawn(ask(replacement)))
-            if tally.reached or tally.hopeless:
-                done.set()
+        async def fetch(target: quorum.Target) -> bytes | None:
+            if target.node != self.id:
+                return await self._call_batched(target.node, "replica_get", (dkey, target.hint))
+            if target.hint is None and self._arriving(dkey):
+                return reads.ARRIVING
+            return self._read_encoded(dkey, target.hint)
 
-        for target in targets:
-            pending.add(self._spawn(ask(target)))
-        await self._decided(done)
-        if not tally.reached:
-            return ("quorum", len(tally.ok), r, tally.asked)
+        if not await reads.read(
+            request, targets, fetch, self._spawn, self.options.replica_timeout * 3
+        ):
+            return ("quorum", len(request.tally.ok), r, request.tally.asked)
         if self.options.read_repair:
-            self._spawn(self._read_repair(dkey, replies, pending))
-        return ("ok", self._answer([raw for _, raw in replies.values()]))
+            self._spawn(self._read_repair(request))
+        return ("ok", self._answer(request.merged))
 
-    def _answer(self, raws: list[bytes | None]) -> bytes | None:
-        """A read's answer from its replies: the merged record, encoded as stored."""
-        merged = records.merge_encoded(raws)
+    def _answer(self, merged: bytes | None) -> bytes | None:
+        """A read's answer, the merge of its replies: counted, then passed on."""
         if merged is not None:
             self.metrics.siblings(records.siblings_in(merged))
         return merged
@@ -1087,28 +1080,29 @@ class StorageNode:
         return records.encode(record) if record is not None else None
 
     def _read_local(self, dkey: bytes, hint: str | None) -> records.Record | None:
-        """Our own copy; as a fallback for `hint`, the hint merged with any copy we hold
-        from an earlier ownership of the range."""
+        """Our own copy; as a fallback for `hint`, merged with every hint we hold for the
+        key, and with any copy we hold from an earlier ownership of the range.
+
+        Every hint, not only `hint`'s: coordinators pair down primaries with stand-ins in
+        the order their calls fail, so a stand-in may hold the write under another
+        primary than the reader names, and two stand-ins could otherwise both answer
+        "absent" for a write they hold between them.
+        """
         own = self.store.get(DATA, dkey)
         record = records.decode(own) if own is not None else None
         if hint is not None:
-            raw = self.store.get(HINTS, hint_key(hint, dkey))
-            if raw is not None:
-                record = records.merge(record, records.decode(raw))
+            owners = {hint}
+            if self.ring is not None:
+                owners.update(self.ring.preference_list(codec.location(dkey)[0])[: self.n])
+            for owner in sorted(owners):
+                raw = self.store.get(HINTS, hint_key(owner, dkey))
+                if raw is not None:
+                    record = records.merge(record, records.decode(raw))
         return record
 
-    async def _read_repair(
-        self,
-        dkey: bytes,
-        replies: dict[str, tuple[quorum.Target, bytes | None]],
-        pending: set[asyncio.Task],
-    ) -> None:
+    async def _read_repair(self, request: reads.Read) -> None:
         """After answering, wait briefly for the other replicas and fix the stale ones."""
-        if pending:
-            await asyncio.wait(pending, timeout=self.options.read_repair_wait)
-        stale: dict[str, list] = {}
-        _stale_replicas(dkey, replies, stale)
-        await self._send_repairs(stale)
+        await self._send_repairs(await reads.stale_after(request, self.options.read_repair_wait))
 
     # -- replica ---------------------------------------------------------------------------
 
@@ -1121,6 +1115,8 @@ class StorageNode:
 
     async def _apply(self, items: list) -> int:
         """Merge (data key, encoded record, hint owner) items into our data or hints."""
+        if not items:
+            return 0
         for _, raw, _ in items:
             self.hlc.observe(records.stamp_of(raw))
 
@@ -1139,13 +1135,30 @@ class StorageNode:
         return await self.store.write(op)
 
     @ray.method(enable_task_events=False)
+    async def replica_repair(self, sender: str, items: list) -> int:
+        """Read repair: merge (data key, encoded record, hint owner) items, except copies of
+        ranges this node no longer replicates. The repairer's ring may be older than ours
+        (a client's is refreshed every few seconds), and a copy stored outside its owners
+        would stay there; repair is only ever a shortcut, so dropping it is safe."""
+        self._check_sender(sender)
+        return await self._apply([item for item in items if self._repairable(item)])
+
+    def _repairable(self, item: tuple) -> bool:
+        dkey, _, hint = item
+        if hint is not None or self.ring is None:
+            return hint is not None
+        return self.id in self.ring.preference_list(codec.location(dkey)[0])[: self.n]
+
+    @ray.method(enable_task_events=False)
     async def replica_get(self, sender: str, items: list) -> list:
         """The stored record (encoded) of each (data key, hint owner) asked for, or None."""
         self._check_sender(sender)
+        # Reads a client coordinates itself never show as requests here: count them.
+        self.metrics.count("replica_reads", len(items))
         out: list = []
         for dkey, hint in items:
             if hint is None and self._arriving(dkey):
-                out.append(_ARRIVING)  # not ours to answer yet: the coordinator asks a spare
+                out.append(reads.ARRIVING)  # not ours to answer yet: the coordinator asks a spare
                 continue
             out.append(self._read_encoded(dkey, hint))
         return out
@@ -1251,17 +1264,6 @@ async def _until_decided(calls: set[asyncio.Task], batch: list[_Request]) -> Non
     pending = calls
     while pending and not all(req.tally.reached for req in batch):
         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-
-
-def _stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
-    """Add to stale {node: [(dkey, merged record, hint)]} each replier whose copy of dkey
-    is not the merge of all the replies (records encoded, as stored)."""
-    merged = records.merge_encoded([raw for _, raw in replies.values()])
-    if merged is None:
-        return
-    for node, (target, raw) in list(replies.items()):
-        if not records.same_encoded(raw, merged):
-            stale.setdefault(node, []).append((dkey, merged, target.hint))
 
 
 def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> list[str]:

@@ -9,12 +9,14 @@ other two paths stay selectable: through the Router actor, or to any node, which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
-from dynaray import codec, quorum, records
+from dynaray import codec, quorum, reads, records
 from dynaray.errors import QuorumError, RequestTimeout, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
@@ -23,6 +25,7 @@ PATHS = ("client", "router", "any")
 REQUEST_TIMEOUT = 10.0
 RING_REFRESH = 5.0
 RETRY_AFTER = 1.0
+REPLICA_TIMEOUT = 2.0  # until the nodes tell theirs
 MANY_CHUNK = 512  # requests per coordinate_batch call of a get_many / put_many
 
 
@@ -60,6 +63,8 @@ class Routing:
         self._fetching: asyncio.Future | None = None
         self._down_until: dict[str, float] = {}
         self._status: dict[str, str] = {}
+        self.read_options: dict = {}  # the nodes' replica_timeout, read repair settings
+        self._tasks: set[asyncio.Task] = set()
 
     def set_node(self, node: str, handle: Any) -> None:
         """A node restarted or joined (use its new handle) or left (handle None)."""
@@ -86,6 +91,7 @@ class Routing:
             self.config = dict(description.get("config") or {})
         # The answering node's gossip view: whom it believes down.
         self._status = dict(description.get("status") or {})
+        self.read_options = dict(description.get("reads") or self.read_options)
         self._refreshed = time.monotonic()
 
     async def refresh(self) -> None:
@@ -182,9 +188,67 @@ class Routing:
         )
         return _payload(name, key, reply)
 
-    async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> list | None:
-        """The key's merged record, encoded as stored (None when absent), or raises."""
+    async def get(self, bucket: bytes, key: bytes, r: int, n: int) -> bytes | None:
+        """The key's merged record, encoded as stored (None when absent), or raises.
+
+        On the "client" path the client coordinates the read itself (the paper's
+        client-driven coordination, section 6.4): it asks the replicas straight away,
+        which saves the hop to a coordinator; the other paths ask a node to do it.
+        """
+        if self.path == "client":
+            return await self._coordinate_get(bucket, key, r, n)
         return _payload("get", key, await self._send("get", "coordinate_get", bucket, key, r, n))
+
+    async def _coordinate_get(self, bucket: bytes, key: bytes, r: int, n: int) -> bytes | None:
+        ring = await self._ensure_ring()
+        options = self.read_options
+        partition, segment = ring.locate(codec.hash_input(bucket, key))
+        dkey = codec.data_key(partition, segment, bucket, key)
+        preference = list(ring.preference_list(partition))
+        if not options.get("sloppy_quorum", True):
+            preference = preference[:n]
+        targets = quorum.select(preference, n, self._reachable, r)
+        if all(t.hint is None for t in targets) and self.rng.random() >= options.get(
+            "read_repair_chance", 0.1
+        ):
+            # R primaries answer a read; now and then all N do, so read repair sees them all.
+            # With a stand-in among them all N are asked: a stand-in holds only what it took
+            # for its primary, and two stand-ins can miss a write a live primary holds.
+            targets = targets[:r]
+        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self._reachable))
+        timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
+
+        async def fetch(target: quorum.Target) -> bytes | None:
+            try:
+                return await self.transport.call_batched(
+                    target.node, "replica_get", (dkey, target.hint), timeout=timeout
+                )
+            except PeerUnavailable:
+                self._mark_down(target.node)
+                raise
+
+        if not await reads.read(request, targets, fetch, self._spawn, timeout * 3):
+            raise QuorumError("get", key_repr(key), len(request.tally.ok), r, request.tally.asked)
+        if options.get("read_repair", True):
+            self._spawn(self._read_repair(request, timeout))
+        return request.merged
+
+    def _reachable(self, node: str) -> bool:
+        return node in self.transport.peers and self.is_up(node)
+
+    async def _read_repair(self, request: reads.Read, timeout: float) -> None:
+        """Send each stale replica the merged record, as a node coordinating would."""
+        stale = await reads.stale_after(request, self.read_options.get("read_repair_wait", 0.5))
+        for node, items in stale.items():
+            with contextlib.suppress(PeerUnavailable):
+                await self.transport.call(node, "replica_repair", items, timeout=timeout)
+
+    def _spawn(self, coro: Coroutine) -> asyncio.Task:
+        """A task the routing keeps a reference to until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def many(self, kind: str, requests: list[tuple]) -> list:
         """Many requests of one kind ("get": (bucket, key, r, n); "put": (bucket, key, op,

@@ -178,6 +178,28 @@ def test_read_repair_fixes_the_stale_replicas_a_batch_of_gets_sees(ray_session):
         cluster.shutdown()
 
 
+def test_read_repair_from_an_old_ring_never_puts_a_copy_outside_the_owners(loaded):
+    import ray
+
+    from dynaray import codec, records
+
+    cluster, client = loaded
+    key = "repair-outside"
+    b, k = codec.DEFAULT_BUCKET.encode(), key.encode()
+    client.get(key)  # the client has the ring
+    partition, segment = client.routing.ring.locate(codec.hash_input(b, k))
+    dkey = codec.data_key(partition, segment, b, k)
+    record = records.encode(
+        records.update(None, ["siblings", [], codec.encode_value("v")], "someone", 1)
+    )
+    keepers, outsider = owners(cluster, key)[:3], owners(cluster, key)[3]
+    handles = cluster._handles
+    # As a repairer whose ring still named the outsider an owner would send it:
+    assert ray.get(handles[outsider].replica_repair.remote("test", [(dkey, record, None)])) == 0
+    assert ray.get(handles[keepers[0]].replica_repair.remote("test", [(dkey, record, None)])) == 1
+    assert set(cluster.replica_state(key)) == {keepers[0]}
+
+
 def test_join_under_load(loaded):
     cluster, client = loaded
     progress = []

@@ -85,6 +85,28 @@ def test_get_many_routes_around_a_coordinator_that_just_died(cluster):
     assert all(isinstance(ctx, dynaray.Context) for ctx in again.values()), again
 
 
+def test_a_stand_in_answers_with_a_hint_it_holds_for_another_primary(cluster):
+    import ray
+
+    from dynaray import codec, records
+
+    # Coordinators pair down primaries with stand-ins in the order their calls fail, so a
+    # reader may ask a stand-in for primary b's copy while it holds the write for a.
+    client = cluster.client()
+    key = "swapped-hint"
+    client.get(key)  # the client has the ring
+    b, k = codec.DEFAULT_BUCKET.encode(), key.encode()
+    partition, segment = client.routing.ring.locate(codec.hash_input(b, k))
+    dkey = codec.data_key(partition, segment, b, k)
+    first, second, _, spare = owners(cluster, key)[:4]
+    op = ["siblings", [], codec.encode_value("held")]
+    record = records.encode(records.update(None, op, "someone", 1))
+    handle = cluster._handles[spare]
+    ray.get(handle.replica_put.remote("test", [(dkey, record, first)]))
+    [raw] = ray.get(handle.replica_get.remote("test", [(dkey, second)]))
+    assert raw is not None and records.same_encoded(raw, record)
+
+
 def test_two_of_three_owners_down_sloppy_quorum(cluster):
     client = cluster.client()
     first = owners(cluster, "probe")

@@ -1,0 +1,94 @@
+"""The read half of coordination, shared by the two read coordinators: a storage node, and
+the partition-aware client (the paper's client-driven coordination, section 6.4).
+
+Ask replicas for their copy of a key, replace one that fails by the next fallback, stop as
+soon as R answered, and tell which replicas are stale for read repair. How a replica is
+asked (a local read, an actor call) is the caller's; copies are records encoded as stored,
+so agreeing replicas are compared as bytes and never decoded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from dynaray import quorum, records
+from dynaray.transport import PeerUnavailable
+
+ARRIVING = "range still arriving"  # a replica's answer for a range it is still receiving
+
+
+@dataclass
+class Read:
+    """One key's read: the replies so far and the tasks still asking."""
+
+    dkey: bytes
+    tally: quorum.Tally
+    replies: dict[str, tuple[quorum.Target, bytes | None]] = field(default_factory=dict)
+    pending: set[asyncio.Task] = field(default_factory=set)
+
+    @property
+    def merged(self) -> bytes | None:
+        """The merge of every reply, encoded as stored."""
+        return records.merge_encoded([raw for _, raw in self.replies.values()])
+
+
+async def read(
+    read: Read,
+    targets: list[quorum.Target],
+    fetch: Callable[[quorum.Target], Awaitable[bytes | None]],
+    spawn: Callable[[Awaitable], asyncio.Task],
+    deadline: float,
+) -> bool:
+    """Ask targets with fetch, each failure replaced by the tally's next fallback; True
+    once R answered, False when that became impossible or `deadline` seconds passed.
+
+    fetch raises PeerUnavailable for a replica that did not answer (one that answers
+    ARRIVING counts as not answering). Every fetch has its own deadline; `deadline` bounds
+    a chain of fallbacks.
+    """
+    done = asyncio.Event()
+
+    async def ask(target: quorum.Target) -> None:
+        try:
+            raw = await fetch(target)
+            if raw == ARRIVING:
+                raise PeerUnavailable(target.node, ARRIVING)
+            read.replies[target.node] = (target, raw)
+            read.tally.answered(target.node)
+        except PeerUnavailable:
+            replacement = read.tally.failure(target)
+            if replacement is not None:
+                read.pending.add(spawn(ask(replacement)))
+        if read.tally.reached or read.tally.hopeless:
+            done.set()
+
+    for target in targets:
+        read.pending.add(spawn(ask(target)))
+    if not (read.tally.reached or read.tally.hopeless):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), deadline)
+    return read.tally.reached
+
+
+def stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
+    """Add to stale {node: [(dkey, merged record, hint)]} each replier whose copy of dkey
+    is not the merge of all the replies (records encoded, as stored)."""
+    merged = records.merge_encoded([raw for _, raw in replies.values()])
+    if merged is None:
+        return
+    for node, (target, raw) in list(replies.items()):
+        if not records.same_encoded(raw, merged):
+            stale.setdefault(node, []).append((dkey, merged, target.hint))
+
+
+async def stale_after(read: Read, wait: float) -> dict[str, list]:
+    """For read repair, once the read is answered: wait up to `wait` seconds for the
+    replicas still being asked, then {node: [(dkey, merged record, hint)]} of stale ones."""
+    if read.pending:
+        await asyncio.wait(read.pending, timeout=wait)
+    stale: dict[str, list] = {}
+    stale_replicas(read.dkey, read.replies, stale)
+    return stale
