@@ -212,8 +212,8 @@ class Routing:
             "read_repair_chance", 0.1
         ):
             # R primaries answer a read; now and then all N do, so read repair sees them all.
-            # With a stand-in among them all N are asked: a stand-in holds only what it took
-            # for its primary, and two stand-ins can miss a write a live primary holds.
+            # With a stand-in among them all N are asked: a write answers after W copies,
+            # so two stand-ins may not have theirs yet when the live primary has it.
             targets = targets[:r]
         request = reads.Read(dkey, quorum.Tally(preference, targets, r, self._reachable))
         timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
