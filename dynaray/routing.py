@@ -278,6 +278,10 @@ class Routing:
                     *(self._one_key(kind, exc, answers, i, requests[i]) for i in indexes)
                 )
                 return
+            except Exception as exc:  # noqa: BLE001 - the node refused the whole call
+                for i in indexes:
+                    answers[i] = exc
+                return
             for i, reply in zip(indexes, replies, strict=True):
                 key, rest = requests[i][1], requests[i][2:]
                 name = _op_name(kind, rest[0])
