@@ -803,8 +803,8 @@ class StorageNode:
                     fallbacks.append(
                         self._replicate(req.tally, [replacement], req.dkey, req.encoded)
                     )
-                else:
-                    orphans.append((req.dkey, req.encoded, peer))
+                if replacement is None or replacement.hint is None:
+                    orphans.append((req.dkey, req.encoded, peer))  # as in _replicate
             await asyncio.gather(self._keep_hints(orphans), *fallbacks)
             return
         for req in batch:
@@ -853,7 +853,7 @@ class StorageNode:
             return
         target = quorum.Target(peer)
         for req, raw in zip(batch, raws, strict=True):
-            if raw == reads.ARRIVING:
+            if raw in reads.UNANSWERED:
                 continue
             req.replies[peer] = (target, raw)
             req.tally.answered(peer)
@@ -937,7 +937,7 @@ class StorageNode:
         )
         others = [t for t in targets if t.node != self.id]
         await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
-        tally = quorum.Tally(preference, [mine, *others], w, self.is_up)
+        tally = quorum.Tally(preference, [mine, *others], w, self.is_up, n)
         tally.answered(self.id)
         await self._replicate(tally, others, dkey, encoded)
         if tally.reached:
@@ -1013,7 +1013,9 @@ class StorageNode:
                 replacement = tally.failure(target)
                 if replacement is not None:
                     self._spawn(send(replacement))
-                else:
+                if replacement is None or replacement.hint is None:
+                    # Nobody stands in for this primary (none left, or the replacement is
+                    # a primary taking its own copy): its copy waits here as a hint.
                     await self._keep_hints([(dkey, encoded, target.hint or target.node)])
             if tally.reached or tally.hopeless:
                 done.set()
@@ -1049,7 +1051,7 @@ class StorageNode:
             answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)
             if answer is not None:
                 return answer
-        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self.is_up))
+        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self.is_up, n))
 
         async def fetch(target: quorum.Target) -> bytes | None:
             if target.node != self.id:
@@ -1141,12 +1143,16 @@ class StorageNode:
         (a client's is refreshed every few seconds), and a copy stored outside its owners
         would stay there; repair is only ever a shortcut, so dropping it is safe."""
         self._check_sender(sender)
+        for _, raw, _ in items:
+            records.decode(raw)  # a repair may come from a client: check it all, not the envelope
         return await self._apply([item for item in items if self._repairable(item)])
 
     def _repairable(self, item: tuple) -> bool:
         dkey, _, hint = item
-        if hint is not None or self.ring is None:
-            return hint is not None
+        return hint is not None or (self.ring is not None and self._replicates(dkey))
+
+    def _replicates(self, dkey: bytes) -> bool:
+        """Whether our ring names us one of the key's N owners."""
         return self.id in self.ring.preference_list(codec.location(dkey)[0])[: self.n]
 
     @ray.method(enable_task_events=False)
@@ -1159,8 +1165,12 @@ class StorageNode:
         for dkey, hint in items:
             if hint is None and self._arriving(dkey):
                 out.append(reads.ARRIVING)  # not ours to answer yet: the coordinator asks a spare
-                continue
-            out.append(self._read_encoded(dkey, hint))
+            elif hint is None and self.ring is not None and not self._replicates(dkey):
+                # The reader's ring is older than ours: a copy we still hold may miss
+                # writes that went to the range's new owner.
+                out.append(reads.NOT_MINE)
+            else:
+                out.append(self._read_encoded(dkey, hint))
         return out
 
     def _arriving(self, dkey: bytes) -> bool:
@@ -1251,7 +1261,7 @@ class _Request:
 
     def start(self, me: str, is_up: Callable[[str], bool], per_peer: dict[str, list]) -> None:
         """Count our own answer and file the request under each other replica to ask."""
-        self.tally = quorum.Tally(self.preference, self.targets, self.needed, is_up)
+        self.tally = quorum.Tally(self.preference, self.targets, self.needed, is_up, self.n)
         self.tally.answered(me)
         for target in self.targets:
             if target.node != me:

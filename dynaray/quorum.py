@@ -63,7 +63,11 @@ class Tally:
     """Answers of one request's replicas against its quorum of `needed`.
 
     A replica that fails is replaced by the next unused healthy fallback, which then
-    stands in for the failed replica's primary.
+    stands in for the failed replica's primary; when no healthy one is left and the
+    quorum needs it, by a node that looks down. A replacement that is itself one of the
+    key's `n` primaries is asked in person (no hint): it keeps its own copy, which its
+    own reads see, and the failed primary's copy is left to the caller (a coordinator
+    keeps it as a hint).
     """
 
     def __init__(
@@ -72,9 +76,11 @@ class Tally:
         targets: Sequence[Target],
         needed: int,
         is_up: Callable[[str], bool] = lambda _: True,
+        n: int = 0,
     ) -> None:
         self.needed = needed
         self.targets = list(targets)
+        self._primaries = set(preference[:n])
         used = {t.node for t in targets}
         self._spares = [p for p in preference if p not in used and is_up(p)]
         # Nodes that look down: asked only when the quorum cannot be reached otherwise.
@@ -101,7 +107,8 @@ class Tally:
         # A target without a hint is a primary (select() and failure() hint every stand-in),
         # so a stand-in for it, or for the primary it stood in for, carries that primary.
         primary = target.hint or target.node
-        replacement = Target(node, hint=None if node == primary else primary)
+        in_person = node == primary or node in self._primaries
+        replacement = Target(node, hint=None if in_person else primary)
         self.targets.append(replacement)
         return replacement
 

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dynaray import quorum, records
 from dynaray.transport import PeerUnavailable
 
-ARRIVING = "range still arriving"  # a replica's answer for a range it is still receiving
+log = logging.getLogger(__name__)
+
+# A replica's answers that count as no answer: a range it is still receiving, and a key
+# it does not replicate by its own ring (the reader's ring is older).
+ARRIVING = "range still arriving"
+NOT_MINE = "not an owner by my ring"
+UNANSWERED = (ARRIVING, NOT_MINE)
 
 
 @dataclass
@@ -45,20 +52,22 @@ async def read(
     """Ask targets with fetch, each failure replaced by the tally's next fallback; True
     once R answered, False when that became impossible or `deadline` seconds passed.
 
-    fetch raises PeerUnavailable for a replica that did not answer (one that answers
-    ARRIVING counts as not answering). Every fetch has its own deadline; `deadline` bounds
-    a chain of fallbacks.
+    A fetch that raises, or answers one of UNANSWERED, counts as a replica that did not
+    answer. Every fetch has its own deadline; `deadline` bounds a chain of fallbacks. A
+    read that fails stops asking.
     """
     done = asyncio.Event()
 
     async def ask(target: quorum.Target) -> None:
         try:
             raw = await fetch(target)
-            if raw == ARRIVING:
-                raise PeerUnavailable(target.node, ARRIVING)
+            if isinstance(raw, str) and raw in UNANSWERED:
+                raise PeerUnavailable(target.node, raw)
             read.replies[target.node] = (target, raw)
             read.tally.answered(target.node)
-        except PeerUnavailable:
+        except Exception as exc:  # noqa: BLE001 - any failure moves on to a fallback
+            if not isinstance(exc, PeerUnavailable):
+                log.warning("read of %r from %s failed: %r", read.dkey, target.node, exc)
             replacement = read.tally.failure(target)
             if replacement is not None:
                 read.pending.add(spawn(ask(replacement)))
@@ -70,6 +79,9 @@ async def read(
     if not (read.tally.reached or read.tally.hopeless):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), deadline)
+    if not read.tally.reached:
+        for task in read.pending:
+            task.cancel()
     return read.tally.reached
 
 

@@ -215,23 +215,32 @@ class Routing:
             # With a stand-in among them all N are asked: a write answers after W copies,
             # so two stand-ins may not have theirs yet when the live primary has it.
             targets = targets[:r]
-        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self._reachable))
+        request = reads.Read(dkey, quorum.Tally(preference, targets, r, self._reachable, n))
         timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
 
         async def fetch(target: quorum.Target) -> bytes | None:
             try:
-                return await self.transport.call_batched(
+                raw = await self.transport.call_batched(
                     target.node, "replica_get", (dkey, target.hint), timeout=timeout
                 )
             except PeerUnavailable:
                 self._mark_down(target.node)
                 raise
+            if raw == reads.NOT_MINE:
+                self._stale_ring()
+            return raw
 
         if not await reads.read(request, targets, fetch, self._spawn, timeout * 3):
             raise QuorumError("get", key_repr(key), len(request.tally.ok), r, request.tally.asked)
         if options.get("read_repair", True):
             self._spawn(self._read_repair(request, timeout))
         return request.merged
+
+    def _stale_ring(self) -> None:
+        """A node's ring is newer than ours: fetch it now, in the background."""
+        self._refreshed = 0.0
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = self._spawn(self._quiet_refresh())
 
     def _reachable(self, node: str) -> bool:
         return node in self.transport.peers and self.is_up(node)

@@ -406,7 +406,7 @@ class SimNode:
             mine, targets = _stand_in(self.id, preference, self.cfg.n, targets)
         record = self.update_local(key, mine, op, self.hlc.now())
         others = [t for t in targets if t.node != self.id]
-        tally = quorum.Tally(preference, [mine, *others], w, self.is_up)
+        tally = quorum.Tally(preference, [mine, *others], w, self.is_up, self.cfg.n)
         tally.answered(self.id)
         yield from self.replicate(tally, others, key, record)
         self.sim.stats["writes_coordinated"] += 1
@@ -446,7 +446,7 @@ class SimNode:
             answer = yield from self.forward(targets, "coordinate_get", key, r)
             if answer is not None:
                 return answer
-        tally = quorum.Tally(preference, targets, r, self.is_up)
+        tally = quorum.Tally(preference, targets, r, self.is_up, self.cfg.n)
         replies: dict[str, tuple[quorum.Target, records.Record | None]] = {}
         done = Future(self.sim)
         pending: list[Task] = []

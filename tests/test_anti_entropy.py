@@ -178,10 +178,10 @@ def test_read_repair_fixes_the_stale_replicas_a_batch_of_gets_sees(ray_session):
         cluster.shutdown()
 
 
-def test_read_repair_from_an_old_ring_never_puts_a_copy_outside_the_owners(loaded):
+def test_reads_and_repairs_from_an_old_ring_never_use_a_copy_outside_the_owners(loaded):
     import ray
 
-    from dynaray import codec, records
+    from dynaray import codec, reads, records
 
     cluster, client = loaded
     key = "repair-outside"
@@ -198,6 +198,11 @@ def test_read_repair_from_an_old_ring_never_puts_a_copy_outside_the_owners(loade
     assert ray.get(handles[outsider].replica_repair.remote("test", [(dkey, record, None)])) == 0
     assert ray.get(handles[keepers[0]].replica_repair.remote("test", [(dkey, record, None)])) == 1
     assert set(cluster.replica_state(key)) == {keepers[0]}
+    # Nor does a read from an old ring get the outsider's copy (it may miss newer writes).
+    [answer] = ray.get(handles[outsider].replica_get.remote("test", [(dkey, None)]))
+    assert answer == reads.NOT_MINE
+    [answer] = ray.get(handles[keepers[0]].replica_get.remote("test", [(dkey, None)]))
+    assert records.same_encoded(answer, record)
 
 
 def test_join_under_load(loaded):

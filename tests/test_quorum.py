@@ -258,3 +258,18 @@ def test_tally_a_primary_back_up_takes_its_own_copy_not_a_hint_for_itself():
     assert targets[0] == Target("d", "a")
     tally = Tally(PREF[:4], targets, 3)  # a is back by the time the tally is built
     assert tally.failure(Target("d", "a")) == Target("a")
+
+
+def test_tally_a_primary_that_replaces_another_takes_its_own_copy():
+    # N=3 on [a, b, c, d]: the coordinator a wrongly thinks b down, writes to a and c;
+    # c fails. b is asked in person, not as c's stand-in, so b's own reads see the write
+    # (the coordinator keeps c's copy as a hint).
+    is_up = up_except("b", "d")
+    pref = ["a", "b", "c", "d"]
+    targets = select(pref, 3, is_up, needed=2)
+    assert targets == [Target("a"), Target("c")]
+    tally = Tally(pref, targets, 2, is_up, n=3)
+    tally.answered("a")
+    assert tally.failure(Target("c")) == Target("b")
+    # past the first N a replacement still stands in with a hint
+    assert tally.failure(Target("b")) == Target("d", hint="b")
