@@ -315,7 +315,8 @@ class Cluster:
         return list(self._handles)
 
     def client(self, path: str = "client", *, nodes: list[str] | None = None, **kw: Any) -> Client:
-        """A Client; `path` is "client" (straight to the coordinator), "router" or "any".
+        """A Client; `path` is "client" (writes straight to the coordinator, reads straight
+        to the replicas), "router" or "any".
 
         `nodes` limits the client to some nodes, as a client on one side of a partition.
         """

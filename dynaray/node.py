@@ -51,7 +51,6 @@ _INCARNATION = b"incarnation"
 METRICS_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
-# A replica's answer for a range it is still receiving in an ownership handoff.
 
 
 @dataclass
@@ -63,10 +62,11 @@ class NodeOptions:
     read_repair_wait: float = READ_REPAIR_WAIT
     retry_after: float = RETRY_AFTER
     read_repair: bool = True
-    # Reads of keys whose replicas are all up ask R of them (this node and R-1 peers), as
-    # Cassandra does, and all N only for this fraction of batches: every peer call costs
-    # CPU, and R answers meet the quorum. The rest are repaired when a read does ask them,
-    # by hints, or by anti-entropy. 1.0 asks all N every time, as the paper's reads do.
+    # Batched reads of keys whose replicas are all up, and reads a client coordinates, ask
+    # R of them, as Cassandra does, and all N only for this fraction: every peer call
+    # costs CPU, and R answers meet the quorum. The rest are repaired when a read does ask
+    # them, by hints, or by anti-entropy. 1.0 asks all N every time, as the paper's reads
+    # do (a node's one-key read always does).
     read_repair_chance: float = 0.1
     # Off: a strict quorum of the first N nodes only, no stand-ins and no hints.
     sloppy_quorum: bool = True
@@ -601,10 +601,10 @@ class StorageNode:
 
         async def send(_: str, items: list) -> None:
             by_target: dict[str, list] = {}
-            for dkey, wire, _hint in items:
+            for dkey, raw, _hint in items:
                 partition = codec.location(dkey)[0]
                 for target in self.ring.preference_list(partition)[: self.n]:
-                    by_target.setdefault(target, []).append((dkey, wire, None))
+                    by_target.setdefault(target, []).append((dkey, raw, None))
             acked = 0
             for target, batch in by_target.items():
                 try:
@@ -721,7 +721,7 @@ class StorageNode:
             except DynarayError as exc:
                 answers[index] = ("error", exc)
                 continue
-            direct = all(t.hint is None for t in targets) and any(
+            direct = all(t.hint is None and self.is_up(t.node) for t in targets) and any(
                 t.node == self.id for t in targets
             )
             if not direct or (kind == "get" and self._arriving(dkey)):
@@ -870,7 +870,7 @@ class StorageNode:
         await self._send_repairs(stale)
 
     async def _send_repairs(self, stale: dict[str, list]) -> None:
-        """Send each stale replica its merged versions ({node: [(dkey, wire, hint)]}), one
+        """Send each stale replica its merged versions ({node: [(dkey, encoded, hint)]}), one
         call per replica; one that cannot be reached is left to hints and anti-entropy."""
         for node, items in stale.items():
             self.metrics.count("read_repairs", len(items))
@@ -1040,7 +1040,7 @@ class StorageNode:
     ) -> tuple:
         """Coordinate one read: ask N replicas, answer after R with every sibling.
 
-        Returns ("ok", record wire | None) or ("quorum", answered, needed, asked).
+        Returns ("ok", record encoded as stored | None) or ("quorum", answered, needed, asked).
         """
         self._check_sender(sender)
         return await self._timed("get", self._get(bucket, key, r, n, forwarded))

@@ -1,7 +1,8 @@
 """Partition-aware request routing: the client half of Dynamo's request path.
 
-Routing caches the ring, refreshes it from a random node now and then, and sends each
-request straight to the key's coordinator (the first healthy node of its top N). It speaks
+Routing caches the ring, refreshes it from a random node now and then, sends each write
+straight to the key's coordinator (the first healthy node of its top N) and coordinates
+one-key reads itself, asking the replicas (client-driven coordination). It speaks
 only encoded bytes and wire clocks; the Client and the Router actor wrap it. The paper's
 other two paths stay selectable: through the Router actor, or to any node, which forwards.
 """

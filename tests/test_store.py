@@ -240,13 +240,28 @@ def _settled(cluster, key, count, attempts=50):
 
 
 def test_stats_report_requests_and_figures(cluster, client):
+    before = cluster.stats()
     client.put("counted", None, "v")
-    client.get("counted")
+    client.get("counted")  # coordinated by the client: counted where the replicas read it
+    cluster.client(path="any").get("counted")  # coordinated by a node: a get request
     stats = cluster.stats()
     assert set(stats) == set(cluster.nodes())
-    puts = sum(s["requests"].get("put.ok", {}).get("count", 0) for s in stats.values())
-    gets = sum(s["requests"].get("get.ok", {}).get("count", 0) for s in stats.values())
-    assert puts >= 1 and gets >= 1
+
+    def total(snapshot, figure) -> int:
+        return sum(figure(s) for s in snapshot.values())
+
+    def puts(s):
+        return s["requests"].get("put.ok", {}).get("count", 0)
+
+    def gets(s):
+        return s["requests"].get("get.ok", {}).get("count", 0)
+
+    def replica_reads(s):
+        return s.get("replica_reads", 0)
+
+    assert total(stats, puts) >= total(before, puts) + 1
+    assert total(stats, gets) >= total(before, gets) + 1
+    assert total(stats, replica_reads) >= total(before, replica_reads) + 2  # R=2
     assert sum(s["keys"] for s in stats.values()) >= 3
     assert all("lmdb_bytes" in s and "hints_held" in s for s in stats.values())
 
