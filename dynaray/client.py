@@ -179,7 +179,7 @@ class Client:
         """
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
-        results: dict = {}
+        results: dict = dict.fromkeys(keys)  # answers in the order the keys were given
         sent: list = []  # (key, bytes key, hashed)
         for key in keys:
             try:
@@ -203,7 +203,7 @@ class Client:
                 )
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
-        results: dict = {}
+        results: dict = dict.fromkeys(items)  # answers in the order the keys were given
         sent: list = []  # (key, bytes bucket, bytes key, hashed, op)
         for key, (context, value) in items.items():
             try:

@@ -662,11 +662,9 @@ class StorageNode:
     ) -> tuple[bytes, list[str], list]:
         if self.ring is None:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
-        partition, dkey = self._locate(bucket, key)
-        preference = list(self.ring.preference_list(partition))
-        if not self.options.sloppy_quorum:
-            preference = preference[:n]
-        return dkey, preference, quorum.select(preference, n, self.is_up, needed)
+        return quorum.route(
+            self.ring, bucket, key, n, needed, self.is_up, self.options.sloppy_quorum
+        )
 
     def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
         partition, segment = self.ring.locate(codec.hash_input(bucket, key))
@@ -825,9 +823,10 @@ class StorageNode:
         ask_all = self.transport.rng.random() < self.options.read_repair_chance
         for req, raw in zip(batch, self.store.get_many(DATA, [r.dkey for r in batch]), strict=True):
             req.replies = {self.id: (me, raw)}
-            if not ask_all:
-                # Ourselves and the next R-1 replicas in preference order.
-                req.targets = [me, *[t for t in req.targets if t.node != self.id][: req.needed - 1]]
+            # Ourselves first, then the next replicas in preference order.
+            req.targets = reads.narrowed(
+                [me, *[t for t in req.targets if t.node != self.id]], req.needed, ask_all
+            )
             req.start(self.id, self.is_up, per_peer)
         asks = {self._spawn(self._read_batch(peer, reqs)) for peer, reqs in per_peer.items()}
         await _until_decided(asks, batch)

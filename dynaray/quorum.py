@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dynaray import codec
+
+if TYPE_CHECKING:
+    from dynaray.ring import Ring
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,26 @@ def select(
         if primary not in covered:
             targets.append(Target(primary))
     return targets
+
+
+def route(
+    ring: Ring,
+    bucket: bytes,
+    key: bytes,
+    n: int,
+    needed: int,
+    is_up: Callable[[str], bool],
+    sloppy: bool = True,
+) -> tuple[bytes, list[str], list[Target]]:
+    """Where one request goes, for whoever coordinates it (a node, or a client reading):
+    the key's data key, its preference list (extended past N with spares when `sloppy`),
+    and the targets select() picks from it."""
+    partition, segment = ring.locate(codec.hash_input(bucket, key))
+    dkey = codec.data_key(partition, segment, bucket, key)
+    preference = list(ring.preference_list(partition))
+    if not sloppy:
+        preference = preference[:n]
+    return dkey, preference, select(preference, n, is_up, needed)
 
 
 class Tally:

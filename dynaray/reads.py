@@ -42,6 +42,16 @@ class Read:
         return records.merge_encoded([raw for _, raw in self.replies.values()])
 
 
+def narrowed(targets: list[quorum.Target], r: int, ask_all: bool) -> list[quorum.Target]:
+    """Whom a read asks: the first R targets, or all of them when `ask_all` (the share of
+    reads that lets read repair see every replica) or when a stand-in is among them (a
+    write answers after W copies, so stand-ins may not hold theirs yet when the live
+    primary does)."""
+    if ask_all or any(t.hint is not None for t in targets):
+        return targets
+    return targets[:r]
+
+
 async def read(
     read: Read,
     targets: list[quorum.Target],

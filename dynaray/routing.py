@@ -203,19 +203,11 @@ class Routing:
     async def _coordinate_get(self, bucket: bytes, key: bytes, r: int, n: int) -> bytes | None:
         ring = await self._ensure_ring()
         options = self.read_options
-        partition, segment = ring.locate(codec.hash_input(bucket, key))
-        dkey = codec.data_key(partition, segment, bucket, key)
-        preference = list(ring.preference_list(partition))
-        if not options.get("sloppy_quorum", True):
-            preference = preference[:n]
-        targets = quorum.select(preference, n, self._reachable, r)
-        if all(t.hint is None for t in targets) and self.rng.random() >= options.get(
-            "read_repair_chance", 0.1
-        ):
-            # R primaries answer a read; now and then all N do, so read repair sees them all.
-            # With a stand-in among them all N are asked: a write answers after W copies,
-            # so two stand-ins may not have theirs yet when the live primary has it.
-            targets = targets[:r]
+        dkey, preference, targets = quorum.route(
+            ring, bucket, key, n, r, self._reachable, options.get("sloppy_quorum", True)
+        )
+        ask_all = self.rng.random() < options.get("read_repair_chance", 0.1)
+        targets = reads.narrowed(targets, r, ask_all)
         request = reads.Read(dkey, quorum.Tally(preference, targets, r, self._reachable, n))
         timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
 

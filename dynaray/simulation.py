@@ -315,7 +315,10 @@ class SimNode:
     def read_local(self, key: str, hint: str | None) -> records.Record | None:
         record = self.data.get(key)
         if hint is not None:
-            record = self.merge(record, self.hints.get((hint, key)))
+            # As a node does: every hint held for the key, whichever primary it names.
+            for (_, hinted), held in sorted(self.hints.items()):
+                if hinted == key:
+                    record = self.merge(record, held)
         return record
 
     def update_local(self, key: str, me: quorum.Target, op: list, stamp: int) -> records.Record:

@@ -1,0 +1,92 @@
+"""One read, as node and client coordinators run it: fallbacks, deadlines, read repair."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dynaray import quorum, reads, records
+from dynaray.quorum import Target
+from dynaray.transport import PeerUnavailable
+
+PREF = ["a", "b", "c", "d"]
+
+
+def copy(value: bytes, node: str = "a", seen: list | None = None, stored=None) -> bytes:
+    record = records.update(stored, ["siblings", seen or [], value], node, 1)
+    return records.encode(record)
+
+
+def run_read(answers: dict, targets: list[Target], r: int = 2, deadline: float = 1.0):
+    """Run reads.read with a fetch that answers from `answers` (a value, an exception to
+    raise, or "hang")."""
+
+    async def main():
+        tasks: set[asyncio.Task] = set()
+
+        def spawn(coro):
+            task = asyncio.ensure_future(coro)
+            tasks.add(task)
+            return task
+
+        async def fetch(target: Target):
+            answer = answers[target.node]
+            if answer == "hang":
+                await asyncio.sleep(60)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        request = reads.Read(b"k", quorum.Tally(PREF, targets, r, lambda _: True, n=3))
+        ok = await reads.read(request, targets, fetch, spawn, deadline)
+        await asyncio.sleep(0)  # let cancellations land
+        return ok, request, tasks
+
+    return asyncio.run(main())
+
+
+def test_a_failed_replica_is_replaced_and_the_read_reaches_r():
+    v = copy(b"v")
+    ok, request, _ = run_read(
+        {"a": PeerUnavailable("a", "down"), "b": v, "c": v, "d": v},
+        [Target("a"), Target("b")],
+    )
+    assert ok
+    assert set(request.replies) == {"b", "c"}
+    assert request.merged == v
+
+
+def test_still_arriving_not_mine_and_errors_count_as_no_answer():
+    v = copy(b"v")
+    answers = {"a": reads.ARRIVING, "b": reads.NOT_MINE, "c": ValueError("corrupt"), "d": v}
+    ok, request, _ = run_read(answers, [Target("a"), Target("b"), Target("c")])
+    assert not ok  # only d answered, R=2
+    assert set(request.replies) == {"d"}
+    assert request.tally.failed == ["a", "b", "c"]
+
+
+def test_a_read_past_its_deadline_fails_and_stops_asking():
+    v = copy(b"v")
+    ok, request, tasks = run_read(
+        {"a": v, "b": "hang", "c": "hang", "d": "hang"},
+        [Target("a"), Target("b")],
+        deadline=0.2,
+    )
+    assert not ok
+    assert all(task.done() for task in tasks)
+
+
+def test_stale_replicas_get_the_merge_of_every_reply():
+    old = copy(b"old")
+    new = copy(b"new", seen=records.context_of(records.decode(old)), stored=records.decode(old))
+    replies = {"a": (Target("a"), new), "b": (Target("b"), old), "d": (Target("d", "c"), None)}
+    stale: dict = {}
+    reads.stale_replicas(b"k", replies, stale)
+    assert stale == {"b": [(b"k", new, None)], "d": [(b"k", new, "c")]}
+
+
+def test_narrowed_asks_r_unless_asked_for_all_or_a_stand_in_is_needed():
+    primaries = [Target("a"), Target("b"), Target("c")]
+    assert reads.narrowed(primaries, 2, ask_all=False) == primaries[:2]
+    assert reads.narrowed(primaries, 2, ask_all=True) == primaries
+    with_stand_in = [Target("a"), Target("d", "b"), Target("c")]
+    assert reads.narrowed(with_stand_in, 2, ask_all=False) == with_stand_in
