@@ -666,10 +666,6 @@ class StorageNode:
             self.ring, bucket, key, n, needed, self.is_up, self.options.sloppy_quorum
         )
 
-    def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
-        partition, segment = self.ring.locate(codec.hash_input(bucket, key))
-        return partition, codec.data_key(partition, segment, bucket, key)
-
     async def _call_batched(self, peer: str, method: str, item: Any) -> Any:
         try:
             return await self.transport.call_batched(
@@ -1055,9 +1051,7 @@ class StorageNode:
         async def fetch(target: quorum.Target) -> bytes | None:
             if target.node != self.id:
                 return await self._call_batched(target.node, "replica_get", (dkey, target.hint))
-            if target.hint is None and self._arriving(dkey):
-                return reads.ARRIVING
-            return self._read_encoded(dkey, target.hint)
+            return self._replica_answer(dkey, target.hint)
 
         if not await reads.read(
             request, targets, fetch, self._spawn, self.options.replica_timeout * 3
@@ -1094,7 +1088,7 @@ class StorageNode:
         if hint is not None:
             owners = {hint}
             if self.ring is not None:
-                owners.update(self.ring.preference_list(codec.location(dkey)[0])[: self.n])
+                owners.update(self._owners(dkey))
             for owner in sorted(owners):
                 raw = self.store.get(HINTS, hint_key(owner, dkey))
                 if raw is not None:
@@ -1152,7 +1146,11 @@ class StorageNode:
 
     def _replicates(self, dkey: bytes) -> bool:
         """Whether our ring names us one of the key's N owners."""
-        return self.id in self.ring.preference_list(codec.location(dkey)[0])[: self.n]
+        return self.id in self._owners(dkey)
+
+    def _owners(self, dkey: bytes) -> tuple[str, ...]:
+        """The key's N owners by our ring."""
+        return self.ring.preference_list(codec.location(dkey)[0])[: self.n]
 
     @ray.method(enable_task_events=False)
     async def replica_get(self, sender: str, items: list) -> list:
@@ -1160,17 +1158,17 @@ class StorageNode:
         self._check_sender(sender)
         # Reads a client coordinates itself never show as requests here: count them.
         self.metrics.count("replica_reads", len(items))
-        out: list = []
-        for dkey, hint in items:
-            if hint is None and self._arriving(dkey):
-                out.append(reads.ARRIVING)  # not ours to answer yet: the coordinator asks a spare
-            elif hint is None and self.ring is not None and not self._replicates(dkey):
-                # The reader's ring is older than ours: a copy we still hold may miss
-                # writes that went to the range's new owner.
-                out.append(reads.NOT_MINE)
-            else:
-                out.append(self._read_encoded(dkey, hint))
-        return out
+        return [self._replica_answer(dkey, hint) for dkey, hint in items]
+
+    def _replica_answer(self, dkey: bytes, hint: str | None) -> bytes | str | None:
+        """This replica's answer to a read of dkey (for `hint`'s primary, as a stand-in)."""
+        if hint is None and self._arriving(dkey):
+            return reads.ARRIVING  # not ours to answer yet: the reader asks a spare
+        if hint is None and self.ring is not None and not self._replicates(dkey):
+            # The reader's ring is older than ours: a copy we still hold may miss writes
+            # that went to the range's new owner.
+            return reads.NOT_MINE
+        return self._read_encoded(dkey, hint)
 
     def _arriving(self, dkey: bytes) -> bool:
         return bool(self.pending) and codec.location(dkey)[0] in self.pending
@@ -1181,7 +1179,7 @@ class StorageNode:
         """This node's own copy of a key (not hints) as a record wire, or None if absent."""
         if self.ring is None:
             return None
-        record = self._read_local(self._locate(bucket, key)[1], None)
+        record = self._read_local(quorum.locate(self.ring, bucket, key)[1], None)
         return None if record is None else records.to_wire(record)
 
     async def footprint(self, sample: int = 10_000) -> dict:

@@ -65,6 +65,12 @@ def select(
     return targets
 
 
+def locate(ring: Ring, bucket: bytes, key: bytes) -> tuple[int, bytes]:
+    """A key's partition on the ring and its data key (partition, segment, bucket, key)."""
+    partition, segment = ring.locate(codec.hash_input(bucket, key))
+    return partition, codec.data_key(partition, segment, bucket, key)
+
+
 def route(
     ring: Ring,
     bucket: bytes,
@@ -77,8 +83,7 @@ def route(
     """Where one request goes, for whoever coordinates it (a node, or a client reading):
     the key's data key, its preference list (extended past N with spares when `sloppy`),
     and the targets select() picks from it."""
-    partition, segment = ring.locate(codec.hash_input(bucket, key))
-    dkey = codec.data_key(partition, segment, bucket, key)
+    partition, dkey = locate(ring, bucket, key)
     preference = list(ring.preference_list(partition))
     if not sloppy:
         preference = preference[:n]

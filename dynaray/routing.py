@@ -277,7 +277,7 @@ class Routing:
             except PeerUnavailable as exc:
                 self._mark_down(node)
                 await asyncio.gather(
-                    *(self._one_key(kind, exc, answers, i, requests[i]) for i in indexes)
+                    *(self._one_key(kind, node, exc, answers, i, requests[i]) for i in indexes)
                 )
                 return
             except Exception as exc:  # noqa: BLE001 - the node refused the whole call
@@ -299,27 +299,47 @@ class Routing:
         return answers
 
     async def _one_key(
-        self, kind: str, failure: PeerUnavailable, answers: list, index: int, request: tuple
+        self,
+        kind: str,
+        node: str,
+        failure: PeerUnavailable,
+        answers: list,
+        index: int,
+        request: tuple,
     ) -> None:
         """A request of a batch whose coordinator failed: again on the one-key path, unless
         it is a write that may have been applied and must not be repeated."""
-        key = request[1]
         if kind == "put":
-            name = _op_name(kind, request[2])
-            sent = failure.reason not in ("unknown peer", "partitioned")
-            if "no answer" in failure.reason or (sent and not records.idempotent(request[2])):
-                answers[index] = RequestTimeout(
-                    name,
-                    key_repr(key),
-                    self.request_timeout,
-                    f"its coordinator failed during the request ({failure.reason}); the write "
-                    "may or may not have been applied: read the key to find out",
-                )
+            op = request[2]
+            error = self._unrepeatable(
+                _op_name(kind, op), request[1], node, failure, records.idempotent(op)
+            )
+            if error is not None:
+                answers[index] = error
                 return
         try:
             answers[index] = await (self.get if kind == "get" else self.put)(*request)
         except Exception as exc:  # noqa: BLE001 - each request keeps its own outcome
             answers[index] = exc
+
+    def _unrepeatable(
+        self, op: str, key: bytes, node: str, failure: PeerUnavailable, retry: bool
+    ) -> RequestTimeout | None:
+        """After coordinator `node` failed a request: the error to report when the request
+        must not go on to the next coordinator, or None when it may."""
+        if "no answer" in failure.reason:
+            # A coordinator that timed out may have done the work: do not repeat it.
+            return RequestTimeout(op, key_repr(key), self.request_timeout)
+        if not retry and _sent(failure):
+            return RequestTimeout(
+                op,
+                key_repr(key),
+                self.request_timeout,
+                f"coordinator {node} failed during the request ({failure.reason}); "
+                "the write may or may not have been applied, and repeating it "
+                "could apply it twice: read the key to find out",
+            )
+        return None
 
     async def _send(
         self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any, retry: bool = True
@@ -351,20 +371,10 @@ class Routing:
                 return reply
             except PeerUnavailable as exc:
                 self._mark_down(node)
-                sent = exc.reason not in ("unknown peer", "partitioned")
-                maybe_applied = maybe_applied or (sent and method == "coordinate_put")
-                if "no answer" in exc.reason:
-                    # A coordinator that timed out may have done the work: do not repeat it.
-                    raise RequestTimeout(op, key_repr(key), self.request_timeout) from None
-                if not retry and sent:
-                    raise RequestTimeout(
-                        op,
-                        key_repr(key),
-                        self.request_timeout,
-                        f"coordinator {node} failed during the request ({exc.reason}); "
-                        "the write may or may not have been applied, and repeating it "
-                        "could apply it twice: read the key to find out",
-                    ) from None
+                maybe_applied = maybe_applied or (_sent(exc) and method == "coordinate_put")
+                error = self._unrepeatable(op, key, node, exc, retry)
+                if error is not None:
+                    raise error from None
                 last = exc
         if maybe_applied:
             raise RequestTimeout(
@@ -378,6 +388,11 @@ class Routing:
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"
         )
+
+
+def _sent(failure: PeerUnavailable) -> bool:
+    """Whether a request may have reached the coordinator that failed."""
+    return failure.reason not in ("unknown peer", "partitioned")
 
 
 def _op_name(kind: str, op: Any) -> str:
