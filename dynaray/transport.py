@@ -132,8 +132,7 @@ class Transport:
                     if not isinstance(exc, Exception):
                         failure = PeerUnavailable(peer, "transport closed")
                     for _, future in taken:
-                        if not future.done():
-                            future.set_exception(failure)
+                        _fail(future, failure)
                     if failure is not exc:
                         raise
                     continue
@@ -143,8 +142,7 @@ class Transport:
         finally:
             batch.busy = False
             for _, future in batch.waiting:  # only left here if the flush was cancelled
-                if not future.done():
-                    future.set_exception(PeerUnavailable(peer, "transport closed"))
+                _fail(future, PeerUnavailable(peer, "transport closed"))
             batch.waiting = []
             if self._batches.get(slot) is batch:
                 del self._batches[slot]  # loops come and go (asyncio.run): keep no dead slots
@@ -166,3 +164,10 @@ class Transport:
         if faults.dropped(self.node_id, peer, self.rng):
             self.failed["dropped"] += 1
             raise PeerUnavailable(peer, "message dropped")
+
+
+def _fail(future: asyncio.Future, failure: BaseException) -> None:
+    """Tell a waiter its request failed, unless nobody can listen any more: it already has
+    its answer, or its event loop closed with the flush still pending (a script that ended)."""
+    if not future.done() and not future.get_loop().is_closed():
+        future.set_exception(failure)
