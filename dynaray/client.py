@@ -80,7 +80,11 @@ def _decode_crdt(value: object) -> object:
 def decode_result(key: bytes, hashed: bytes, raw: bytes | None) -> GetResult:
     """A coordinator's merged record (encoded as stored) as the user sees it."""
     record = records.decode(raw) if raw is not None else None
-    context = Context(versions.vv_from_wire(records.context_of(record)), key_tag(hashed))
+    if record is not None and record.kind == "siblings":
+        vv = versions.join(record.state)  # the state was validated as it was decoded
+    else:
+        vv = versions.vv_from_wire(records.context_of(record))
+    context = Context(vv, key_tag(hashed))
     return GetResult(key_repr(key), decode_values(record), context)
 
 

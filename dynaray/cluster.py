@@ -57,17 +57,17 @@ class Router:
 
     async def coordinate_put(
         self, sender: str, bucket: bytes, key: bytes, op: list, w: int, n: int
-    ) -> tuple:
+    ) -> list:
         try:
-            return ("ok", await self.routing.put(bucket, key, op, w, n))
+            return ["ok", await self.routing.put(bucket, key, op, w, n)]
         except QuorumError as exc:
-            return ("quorum", exc.answered, exc.needed, exc.asked)
+            return ["quorum", exc.answered, exc.needed, exc.asked]
 
-    async def coordinate_get(self, sender: str, bucket: bytes, key: bytes, r: int, n: int) -> tuple:
+    async def coordinate_get(self, sender: str, bucket: bytes, key: bytes, r: int, n: int) -> list:
         try:
-            return ("ok", await self.routing.get(bucket, key, r, n))
+            return ["ok", await self.routing.get(bucket, key, r, n)]
         except QuorumError as exc:
-            return ("quorum", exc.answered, exc.needed, exc.asked)
+            return ["quorum", exc.answered, exc.needed, exc.asked]
 
 
 def _ensure_ray(address: str | None) -> bool:

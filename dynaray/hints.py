@@ -90,7 +90,7 @@ class HintedHandoff:
                 if not items:
                     return total
                 await (send or self._send)(
-                    owner, [(_split(hkey)[1], raw, None) for hkey, raw in items]
+                    owner, [[_split(hkey)[1], raw, None] for hkey, raw in items]
                 )
                 await self.store.write(lambda txn, items=items: self._forget(txn, items))
                 total += len(items)

@@ -604,7 +604,7 @@ class StorageNode:
             for dkey, raw, _hint in items:
                 partition = codec.location(dkey)[0]
                 for target in self.ring.preference_list(partition)[: self.n]:
-                    by_target.setdefault(target, []).append((dkey, raw, None))
+                    by_target.setdefault(target, []).append([dkey, raw, None])
             acked = 0
             for target, batch in by_target.items():
                 try:
@@ -713,7 +713,7 @@ class StorageNode:
                 needed = rest[1] if kind == "put" else rest[0]
                 dkey, preference, targets = self._route(bucket, key, rest[-1], needed)
             except DynarayError as exc:
-                answers[index] = ("error", exc)
+                answers[index] = ["error", exc]
                 continue
             direct = all(t.hint is None and self.is_up(t.node) for t in targets) and any(
                 t.node == self.id for t in targets
@@ -739,7 +739,7 @@ class StorageNode:
             else:
                 answers[index] = await self.coordinate_get(sender, *args)
         except DynarayError as exc:
-            answers[index] = ("error", exc)
+            answers[index] = ["error", exc]
 
     async def _put_batch(self, batch: list[_Request], answers: list) -> None:
         """Puts whose coordinator is one of their N primaries, all up: one transaction here,
@@ -765,7 +765,7 @@ class StorageNode:
         orphans: list[tuple] = []
         for req, record in zip(batch, written, strict=True):
             if isinstance(record, DynarayError):
-                answers[req.index] = ("error", record)
+                answers[req.index] = ["error", record]
                 continue
             req.record, req.encoded = record
             req.start(self.id, self.is_up, per_peer)
@@ -779,16 +779,16 @@ class StorageNode:
         for req in live:
             tally = req.tally
             if tally.reached:
-                answers[req.index] = ("ok", records.context_of(req.record))
+                answers[req.index] = ["ok", records.context_of(req.record)]
             else:
-                answers[req.index] = ("quorum", len(tally.ok), req.needed, tally.asked)
+                answers[req.index] = ["quorum", len(tally.ok), req.needed, tally.asked]
             self.metrics.request("put", answers[req.index][0], elapsed)
 
     async def _replicate_batch(self, peer: str, batch: list[_Request]) -> None:
         """One replica_put carrying many keys; a key whose replica failed goes on to the
         next fallback on its own (sloppy quorum), as a one-key write does."""
         try:
-            await self._call(peer, "replica_put", [(r.dkey, r.encoded, None) for r in batch])
+            await self._call(peer, "replica_put", [[r.dkey, r.encoded, None] for r in batch])
         except (PeerUnavailable, DynarayError):
             fallbacks, orphans = [], []
             for req in batch:
@@ -843,7 +843,7 @@ class StorageNode:
 
     async def _read_batch(self, peer: str, batch: list[_Request]) -> None:
         try:
-            raws = await self._call(peer, "replica_get", [(r.dkey, None) for r in batch])
+            raws = await self._call(peer, "replica_get", [[r.dkey, None] for r in batch])
         except (PeerUnavailable, DynarayError):
             return
         target = quorum.Target(peer)
@@ -936,8 +936,8 @@ class StorageNode:
         tally.answered(self.id)
         await self._replicate(tally, others, dkey, encoded)
         if tally.reached:
-            return ("ok", records.context_of(record))
-        return ("quorum", len(tally.ok), w, tally.asked)
+            return ["ok", records.context_of(record)]
+        return ["quorum", len(tally.ok), w, tally.asked]
 
     def _update(
         self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int
@@ -1002,7 +1002,7 @@ class StorageNode:
 
         async def send(target: quorum.Target) -> None:
             try:
-                await self._call_batched(target.node, "replica_put", (dkey, encoded, target.hint))
+                await self._call_batched(target.node, "replica_put", [dkey, encoded, target.hint])
                 tally.answered(target.node)
             except PeerUnavailable:
                 replacement = tally.failure(target)
@@ -1050,16 +1050,16 @@ class StorageNode:
 
         async def fetch(target: quorum.Target) -> bytes | None:
             if target.node != self.id:
-                return await self._call_batched(target.node, "replica_get", (dkey, target.hint))
+                return await self._call_batched(target.node, "replica_get", [dkey, target.hint])
             return self._replica_answer(dkey, target.hint)
 
         if not await reads.read(
             request, targets, fetch, self._spawn, self.options.replica_timeout * 3
         ):
-            return ("quorum", len(request.tally.ok), r, request.tally.asked)
+            return ["quorum", len(request.tally.ok), r, request.tally.asked]
         if self.options.read_repair:
             self._spawn(self._read_repair(request))
-        return ("ok", self._answer(request.merged))
+        return ["ok", self._answer(request.merged)]
 
     def _answer(self, merged: bytes | None) -> bytes | None:
         """A read's answer, the merge of its replies: counted, then passed on."""
@@ -1158,17 +1158,36 @@ class StorageNode:
         self._check_sender(sender)
         # Reads a client coordinates itself never show as requests here: count them.
         self.metrics.count("replica_reads", len(items))
-        return [self._replica_answer(dkey, hint) for dkey, hint in items]
+        answers: list = [None] * len(items)
+        own: list[int] = []  # our own copies, read in one transaction
+        for index, (dkey, hint) in enumerate(items):
+            refusal = self._refusal(dkey, hint)
+            if refusal is not None:
+                answers[index] = refusal
+            elif hint is None:
+                own.append(index)
+            else:
+                answers[index] = self._read_encoded(dkey, hint)
+        raws = self.store.get_many(DATA, [items[index][0] for index in own])
+        for index, raw in zip(own, raws, strict=True):
+            answers[index] = raw
+        return answers
 
     def _replica_answer(self, dkey: bytes, hint: str | None) -> bytes | str | None:
         """This replica's answer to a read of dkey (for `hint`'s primary, as a stand-in)."""
-        if hint is None and self._arriving(dkey):
+        return self._refusal(dkey, hint) or self._read_encoded(dkey, hint)
+
+    def _refusal(self, dkey: bytes, hint: str | None) -> str | None:
+        """Why this replica does not answer a read of dkey for itself, or None if it does."""
+        if hint is not None:
+            return None
+        if self._arriving(dkey):
             return reads.ARRIVING  # not ours to answer yet: the reader asks a spare
-        if hint is None and self.ring is not None and not self._replicates(dkey):
+        if self.ring is not None and not self._replicates(dkey):
             # The reader's ring is older than ours: a copy we still hold may miss writes
             # that went to the range's new owner.
             return reads.NOT_MINE
-        return self._read_encoded(dkey, hint)
+        return None
 
     def _arriving(self, dkey: bytes) -> bool:
         return bool(self.pending) and codec.location(dkey)[0] in self.pending

@@ -103,7 +103,7 @@ def stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
         return
     for node, (target, raw) in list(replies.items()):
         if not records.same_encoded(raw, merged):
-            stale.setdefault(node, []).append((dkey, merged, target.hint))
+            stale.setdefault(node, []).append([dkey, merged, target.hint])
 
 
 async def stale_after(read: Read, wait: float) -> dict[str, list]:

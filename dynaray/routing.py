@@ -214,7 +214,7 @@ class Routing:
         async def fetch(target: quorum.Target) -> bytes | None:
             try:
                 raw = await self.transport.call_batched(
-                    target.node, "replica_get", (dkey, target.hint), timeout=timeout
+                    target.node, "replica_get", [dkey, target.hint], timeout=timeout
                 )
             except PeerUnavailable:
                 self._mark_down(target.node)
@@ -241,6 +241,11 @@ class Routing:
     async def _read_repair(self, request: reads.Read, timeout: float) -> None:
         """Send each stale replica the merged record, as a node coordinating would."""
         stale = await reads.stale_after(request, self.read_options.get("read_repair_wait", 0.5))
+        await self._send_repairs(stale, timeout)
+
+    async def _send_repairs(self, stale: dict[str, list], timeout: float) -> None:
+        """Send each stale replica its merged copies, one call per replica; one that cannot
+        be reached is left to anti-entropy."""
         for node, items in stale.items():
             with contextlib.suppress(PeerUnavailable):
                 await self.transport.call(node, "replica_repair", items, timeout=timeout)
@@ -263,9 +268,16 @@ class Routing:
         one = self.get if kind == "get" else self.put
         if self.path == "router":
             return await asyncio.gather(*(one(*req) for req in requests), return_exceptions=True)
+        if kind == "get" and self.path == "client":
+            return await self._coordinate_get_many(requests)
         groups: dict[str, list[int]] = {}
+        best: dict[int, str] = {}  # partition: its coordinator, looked up once per batch
+        ring = await self._ensure_ring()
         for index, (bucket, key, *rest) in enumerate(requests):
-            groups.setdefault((await self.coordinators(bucket, key, rest[-1]))[0], []).append(index)
+            partition = ring.partition_of(codec.hash_input(bucket, key))
+            if partition not in best:
+                best[partition] = (await self.coordinators(bucket, key, rest[-1]))[0]
+            groups.setdefault(best[partition], []).append(index)
         answers: list = [None] * len(requests)
 
         async def send(node: str, indexes: list[int]) -> None:
@@ -297,6 +309,101 @@ class Routing:
             )
         )
         return answers
+
+    async def _coordinate_get_many(self, requests: list[tuple]) -> list:
+        """Reads of many keys (bucket, key, r, n), coordinated here: one replica_get per
+        replica for every key it is asked for, not a call per key.
+
+        A key whose replicas are all up and whose first R (all N for a read_repair_chance
+        of batches, as one-key reads do) all answer is settled from their copies; stale
+        copies among them get read repair. The rest (a primary down, a replica that failed
+        or is still receiving its range) take the one-key read, which tries fallbacks.
+        """
+        ring = await self._ensure_ring()
+        options = self.read_options
+        sloppy = options.get("sloppy_quorum", True)
+        timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
+        ask_all = self.rng.random() < options.get("read_repair_chance", 0.1)
+        plans: dict[tuple[int, int, int], list[str] | None] = {}  # per partition, r, n
+        asked: list[tuple[bytes, list[str]] | None] = [None] * len(requests)
+        per_node: dict[str, list[int]] = {}
+        alone: list[int] = []
+        for index, (bucket, key, r, n) in enumerate(requests):
+            partition, dkey = quorum.locate(ring, bucket, key)
+            plan = (partition, r, n)
+            if plan not in plans:
+                plans[plan] = self._direct_replicas(ring, partition, r, n, sloppy, ask_all)
+            nodes = plans[plan]
+            if nodes is None:
+                alone.append(index)
+                continue
+            asked[index] = (dkey, nodes)
+            for node in nodes:
+                per_node.setdefault(node, []).append(index)
+        copies: list[list] = [[] for _ in requests]  # per request: [(node, copy)]
+
+        async def fetch(node: str, indexes: list[int]) -> None:
+            items = [[asked[i][0], None] for i in indexes]
+            try:
+                raws = await self.transport.call(node, "replica_get", items, timeout=timeout)
+            except PeerUnavailable:
+                self._mark_down(node)
+                return
+            for i, raw in zip(indexes, raws, strict=True):
+                if type(raw) is str and raw in reads.UNANSWERED:
+                    if raw == reads.NOT_MINE:
+                        self._stale_ring()
+                    continue
+                copies[i].append((node, raw))
+
+        await asyncio.gather(
+            *(
+                fetch(node, indexes[start : start + MANY_CHUNK])
+                for node, indexes in per_node.items()
+                for start in range(0, len(indexes), MANY_CHUNK)
+            )
+        )
+        answers: list = [None] * len(requests)
+        stale: dict[str, list] = {}
+        for index, plan in enumerate(asked):
+            if plan is None:
+                continue
+            replies = copies[index]
+            if len(replies) < requests[index][2]:
+                alone.append(index)
+                continue
+            first = replies[0][1]
+            if all(raw == first for _, raw in replies):
+                answers[index] = first  # the replicas agree: nothing to merge or repair
+                continue
+            try:
+                by_node = {node: (quorum.Target(node), raw) for node, raw in replies}
+                answers[index] = records.merge_encoded([raw for _, raw in replies])
+                reads.stale_replicas(plan[0], by_node, stale)
+            except ValueError as exc:  # a corrupt copy fails its own key only
+                answers[index] = exc
+        if stale and options.get("read_repair", True):
+            self._spawn(self._send_repairs(stale, timeout))
+
+        async def one(index: int) -> None:
+            try:
+                answers[index] = await self._coordinate_get(*requests[index])
+            except Exception as exc:  # noqa: BLE001 - each request keeps its own outcome
+                answers[index] = exc
+
+        await asyncio.gather(*(one(index) for index in alone))
+        return answers
+
+    def _direct_replicas(
+        self, ring: Ring, partition: int, r: int, n: int, sloppy: bool, ask_all: bool
+    ) -> list[str] | None:
+        """The replicas a batched read of the partition asks (all primaries, no stand-in),
+        or None when its read must take the one-key path."""
+        preference = ring.preference_list(partition)
+        targets = quorum.select(preference if sloppy else preference[:n], n, self._reachable, r)
+        if len(targets) < r or any(t.hint is not None for t in targets):
+            return None
+        return [t.node for t in reads.narrowed(targets, r, ask_all)]
 
     async def _one_key(
         self,

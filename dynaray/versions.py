@@ -169,6 +169,21 @@ def from_wire(obj: object) -> Clock:
     entries: list[Entry] = []
     previous: str | None = None
     for index, raw in enumerate(raw_entries):
+        # Fast path for a well-formed entry (every read decodes one); anything else gets the
+        # checks below, which say what is wrong.
+        if type(raw) is list and len(raw) == 3:
+            node, counter, vals = raw
+            if (
+                type(node) is str
+                and (previous is None or node > previous)
+                and type(counter) is int
+                and type(vals) is list
+                and len(vals) <= counter
+                and all(v is None or type(v) is bytes for v in vals)
+            ):
+                entries.append((node, counter, tuple(vals)))
+                previous = node
+                continue
         where = f"clock entry {index}"
         item = _sequence(raw, where)
         if len(item) != 3:

@@ -81,7 +81,7 @@ def test_stale_replicas_get_the_merge_of_every_reply():
     replies = {"a": (Target("a"), new), "b": (Target("b"), old), "d": (Target("d", "c"), None)}
     stale: dict = {}
     reads.stale_replicas(b"k", replies, stale)
-    assert stale == {"b": [(b"k", new, None)], "d": [(b"k", new, "c")]}
+    assert stale == {"b": [[b"k", new, None]], "d": [[b"k", new, "c"]]}
 
 
 def test_narrowed_asks_r_unless_asked_for_all_or_a_stand_in_is_needed():
