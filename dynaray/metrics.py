@@ -7,12 +7,14 @@ the node id; `cluster.stats()` returns the same figures as a dict.
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 
 log = logging.getLogger(__name__)
 
 # Latency buckets in seconds, from a fast local read to a request that hit its deadline.
 BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+LATENCY_SAMPLE = 512  # request latencies exported per interval, at most
 
 
 class NodeMetrics:
@@ -29,12 +31,22 @@ class NodeMetrics:
         self._exported_requests: Counter[tuple[str, str]] = Counter()
         self._ray: dict | None = None
         self._pending_latency: list[tuple[str, str, float]] = []
+        self._latency_seen = 0  # requests since the last export
+        self._rng = random.Random()
 
     def request(self, op: str, outcome: str, seconds: float) -> None:
         self.requests[(op, outcome)] += 1
         self.latency_sum[(op, outcome)] += seconds
-        if len(self._pending_latency) < 10_000:  # bounded between exports
+        # A uniform sample (reservoir) of the interval's requests feeds the histogram:
+        # Ray's observe() costs ~8 us on the event loop, so exporting every request of a
+        # busy interval would stall the node for tens of milliseconds; counts stay exact.
+        self._latency_seen += 1
+        if len(self._pending_latency) < LATENCY_SAMPLE:
             self._pending_latency.append((op, outcome, seconds))
+        else:
+            slot = self._rng.randrange(self._latency_seen)
+            if slot < LATENCY_SAMPLE:
+                self._pending_latency[slot] = (op, outcome, seconds)
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -77,6 +89,7 @@ class NodeMetrics:
                 metrics["requests"].inc(delta, tags={**tags, "op": op, "outcome": outcome})
                 self._exported_requests[(op, outcome)] = value
         pending, self._pending_latency = self._pending_latency, []
+        self._latency_seen = 0
         for op, outcome, seconds in pending:
             metrics["latency"].observe(seconds, tags={**tags, "op": op, "outcome": outcome})
         for name, value in self.gauges.items():

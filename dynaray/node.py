@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -660,11 +661,30 @@ class StorageNode:
     def _route(
         self, bucket: bytes, key: bytes, n: int, needed: int
     ) -> tuple[bytes, list[str], list]:
+        partition, dkey = self._locate(bucket, key)
+        return (
+            dkey,
+            *quorum.plan(self.ring, partition, n, needed, self.is_up, self.options.sloppy_quorum),
+        )
+
+    def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
         if self.ring is None:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
-        return quorum.route(
-            self.ring, bucket, key, n, needed, self.is_up, self.options.sloppy_quorum
+        return quorum.locate(self.ring, bucket, key)
+
+    def _plan(
+        self, partition: int, n: int, needed: int, is_up: Callable[[str], bool]
+    ) -> tuple[list[str], list, bool]:
+        """A batch's route for the keys of one partition: preference list, targets, and
+        whether this node coordinates them directly (all N primaries up, itself among
+        them); other requests take the one-key path."""
+        preference, targets = quorum.plan(
+            self.ring, partition, n, needed, is_up, self.options.sloppy_quorum
         )
+        direct = all(t.hint is None and is_up(t.node) for t in targets) and any(
+            t.node == self.id for t in targets
+        )
+        return preference, targets, direct
 
     async def _call_batched(self, peer: str, method: str, item: Any) -> Any:
         try:
@@ -708,16 +728,19 @@ class StorageNode:
         puts: list[_Request] = []
         gets: list[_Request] = []
         single: list[int] = []
+        plans: dict[tuple[int, int, int], tuple[list[str], list, bool]] = {}
+        is_up = functools.cache(self.is_up)  # one look at each peer's health per batch
         for index, (kind, bucket, key, *rest) in enumerate(requests):
             try:
                 needed = rest[1] if kind == "put" else rest[0]
-                dkey, preference, targets = self._route(bucket, key, rest[-1], needed)
+                partition, dkey = self._locate(bucket, key)
             except DynarayError as exc:
                 answers[index] = ["error", exc]
                 continue
-            direct = all(t.hint is None and self.is_up(t.node) for t in targets) and any(
-                t.node == self.id for t in targets
-            )
+            plan = (partition, needed, rest[-1])
+            if plan not in plans:
+                plans[plan] = self._plan(partition, rest[-1], needed, is_up)
+            preference, targets, direct = plans[plan]
             if not direct or (kind == "get" and self._arriving(dkey)):
                 single.append(index)
             elif kind == "put":
@@ -1112,8 +1135,7 @@ class StorageNode:
         """Merge (data key, encoded record, hint owner) items into our data or hints."""
         if not items:
             return 0
-        for _, raw, _ in items:
-            self.hlc.observe(records.stamp_of(raw))
+        self.hlc.observe(max(records.stamp_of(raw) for _, raw, _ in items))
 
         hinted = sum(1 for _, _, hint in items if hint is not None)
         if hinted:

@@ -84,10 +84,24 @@ def route(
     the key's data key, its preference list (extended past N with spares when `sloppy`),
     and the targets select() picks from it."""
     partition, dkey = locate(ring, bucket, key)
+    return (dkey, *plan(ring, partition, n, needed, is_up, sloppy))
+
+
+def plan(
+    ring: Ring,
+    partition: int,
+    n: int,
+    needed: int,
+    is_up: Callable[[str], bool],
+    sloppy: bool = True,
+) -> tuple[list[str], list[Target]]:
+    """The preference list of a partition (extended past N with spares when `sloppy`) and
+    the targets select() picks from it: the same for every key of the partition, so a
+    batch works it out once per partition."""
     preference = list(ring.preference_list(partition))
     if not sloppy:
         preference = preference[:n]
-    return dkey, preference, select(preference, n, is_up, needed)
+    return preference, select(preference, n, is_up, needed)
 
 
 class Tally:
@@ -111,13 +125,22 @@ class Tally:
     ) -> None:
         self.needed = needed
         self.targets = list(targets)
-        self._primaries = set(preference[:n])
-        used = {t.node for t in targets}
-        self._spares = [p for p in preference if p not in used and is_up(p)]
-        # Nodes that look down: asked only when the quorum cannot be reached otherwise.
-        self._doubtful = [p for p in preference if p not in used and not is_up(p)]
+        self._preference = preference
+        self._n = n
+        self._is_up = is_up
+        # Spares (healthy, unused) and doubtful nodes (look down: asked only when the quorum
+        # cannot be reached otherwise), worked out at the first failure: most requests
+        # never have one, and a coordinator tallies thousands of them a second.
+        self._spares: list[str] | None = None
+        self._doubtful: list[str] = []
         self.ok: list[str] = []
         self.failed: list[str] = []
+
+    def _find_spares(self) -> list[str]:
+        used = {t.node for t in self.targets}
+        unused = [p for p in self._preference if p not in used]
+        self._doubtful = [p for p in unused if not self._is_up(p)]
+        return [p for p in unused if p not in self._doubtful]
 
     @property
     def asked(self) -> int:
@@ -129,6 +152,8 @@ class Tally:
     def failure(self, target: Target) -> Target | None:
         """Record that target did not answer; return the fallback to ask instead, if any."""
         self.failed.append(target.node)
+        if self._spares is None:
+            self._spares = self._find_spares()
         if self._spares:
             node = self._spares.pop(0)
         elif self._doubtful and len(self.ok) + self.pending < self.needed:
@@ -138,7 +163,7 @@ class Tally:
         # A target without a hint is a primary (select() and failure() hint every stand-in),
         # so a stand-in for it, or for the primary it stood in for, carries that primary.
         primary = target.hint or target.node
-        in_person = node == primary or node in self._primaries
+        in_person = node == primary or node in self._preference[: self._n]
         replacement = Target(node, hint=None if in_person else primary)
         self.targets.append(replacement)
         return replacement

@@ -399,8 +399,7 @@ class Routing:
     ) -> list[str] | None:
         """The replicas a batched read of the partition asks (all primaries, no stand-in),
         or None when its read must take the one-key path."""
-        preference = ring.preference_list(partition)
-        targets = quorum.select(preference if sloppy else preference[:n], n, self._reachable, r)
+        _, targets = quorum.plan(ring, partition, n, r, self._reachable, sloppy)
         if len(targets) < r or any(t.hint is not None for t in targets):
             return None
         return [t.node for t in reads.narrowed(targets, r, ask_all)]

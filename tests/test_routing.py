@@ -1,0 +1,175 @@
+"""The client's batched reads (Routing._coordinate_get_many) against fake replicas, no Ray:
+which replicas are asked, how disagreeing copies are merged and repaired, and when a key
+falls back to the one-key read."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from dynaray import codec, quorum, reads, records
+from dynaray.errors import QuorumError
+from dynaray.ring import Ring
+from dynaray.routing import Routing
+from dynaray.transport import PeerUnavailable
+
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+BUCKET = codec.DEFAULT_BUCKET.encode()
+
+
+class _Method:
+    def __init__(self, replica: FakeReplica, name: str) -> None:
+        self.replica, self.name = replica, name
+
+    def remote(self, sender: str, items: list | None = None):
+        return self.replica.answer(self.name, items)
+
+
+class FakeReplica:
+    """Answers replica_get from a dict of data keys; records calls and repairs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.data: dict[bytes, bytes] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.repaired: list = []
+        self.dead = False
+        self.refuse: set[bytes] = set()  # keys answered with NOT_MINE
+        self.description: dict = {}  # what describe answers (a client refreshing its ring)
+
+    def __getattr__(self, method: str) -> _Method:
+        if not method.startswith("replica_") and method != "describe":
+            raise AttributeError(method)
+        return _Method(self, method)
+
+    async def answer(self, method: str, items: list):
+        self.calls.append((method, len(items or ())))
+        if self.dead:
+            raise PeerUnavailable(self.name, "RayActorError")
+        if method == "replica_get":
+            return [
+                reads.NOT_MINE if dkey in self.refuse else self.data.get(dkey) for dkey, _ in items
+            ]
+        if method == "describe":
+            return self.description
+        if method == "replica_repair":
+            self.repaired.extend(items)
+            return len(items)
+        raise AssertionError(f"unexpected call {method}")
+
+
+def _record(value: str, node: str = "n1", seen: list | None = None, stored=None) -> bytes:
+    op = ["siblings", seen or [], codec.encode_value(value)]
+    return records.encode(records.update(stored, op, node, 1))
+
+
+def _routing(chance: float = 0.0) -> tuple[Routing, dict[str, FakeReplica], Ring]:
+    replicas = {name: FakeReplica(name) for name in NODES}
+    routing = Routing(replicas, rng=random.Random(1))
+    ring = Ring.create(NODES, 16)
+    description = {
+        "ring": ring.to_wire(),
+        "config": {"n": 3, "r": 2, "w": 2},
+        "reads": {"read_repair_chance": chance, "replica_timeout": 1.0},
+    }
+    for replica in replicas.values():
+        replica.description = description
+    routing.adopt(description)
+    return routing, replicas, ring
+
+
+def _place(ring: Ring, replicas: dict, key: bytes, copies: dict[str, bytes]) -> bytes:
+    dkey = quorum.locate(ring, BUCKET, key)[1]
+    for node, raw in copies.items():
+        replicas[node].data[dkey] = raw
+    return dkey
+
+
+def _owners(ring: Ring, key: bytes) -> list[str]:
+    partition = quorum.locate(ring, BUCKET, key)[0]
+    return list(ring.preference_list(partition)[:3])
+
+
+def _read(routing: Routing, keys: list[bytes]) -> list:
+    async def go():
+        answers = await routing.many("get", [(BUCKET, k, 2, 3) for k in keys])
+        await asyncio.sleep(0.05)  # let background repairs run
+        return answers
+
+    return asyncio.run(go())
+
+
+def test_agreeing_copies_come_back_as_stored_from_one_call_per_replica():
+    routing, replicas, ring = _routing()
+    keys = [f"k{i}".encode() for i in range(60)]
+    stored = {}
+    for key in keys:
+        raw = _record(key.decode())
+        stored[key] = raw
+        _place(ring, replicas, key, dict.fromkeys(_owners(ring, key), raw))
+    answers = _read(routing, [*keys, b"absent"])
+    assert answers == [stored[k] for k in keys] + [None]
+    # One replica_get per replica asked, however many keys it serves; R=2 copies per key.
+    calls = [c for r in replicas.values() for c in r.calls]
+    assert all(method == "replica_get" for method, _ in calls)
+    assert len(calls) <= len(NODES)
+    assert sum(n for _, n in calls) == 2 * len(keys) + 2
+    assert not any(r.repaired for r in replicas.values())
+
+
+def test_disagreeing_copies_are_merged_and_the_stale_one_repaired():
+    routing, replicas, ring = _routing(chance=1.0)  # ask all three replicas
+    key = b"diverged"
+    old = _record("old")
+    new = _record("new", seen=records.context_of(records.decode(old)), stored=records.decode(old))
+    first, second, third = _owners(ring, key)
+    dkey = _place(ring, replicas, key, {first: new, second: new, third: old})
+    [answer] = _read(routing, [key])
+    assert records.same_encoded(answer, new)
+    assert replicas[third].repaired == [[dkey, answer, None]]
+    assert not replicas[first].repaired and not replicas[second].repaired
+
+
+def test_a_replica_that_fails_sends_its_keys_to_the_one_key_read():
+    routing, replicas, ring = _routing()
+    key = b"one-down"
+    raw = _record("v")
+    first, second, third = _owners(ring, key)
+    _place(ring, replicas, key, {first: raw, second: raw, third: raw})
+    replicas[first].dead = True  # the client still believes it up
+    [answer] = _read(routing, [key])
+    assert answer == raw  # from the second and third owners, on the one-key path
+    assert ("replica_get", 1) in replicas[third].calls
+
+
+def test_a_replica_whose_ring_moved_the_key_away_is_not_counted():
+    routing, replicas, ring = _routing()
+    key = b"moved"
+    raw = _record("v")
+    first, second, third = _owners(ring, key)
+    dkey = _place(ring, replicas, key, {first: raw, second: raw, third: raw})
+    replicas[second].refuse.add(dkey)
+    [answer] = _read(routing, [key])
+    assert answer == raw  # the second owner's NOT_MINE did not count towards R
+    assert any(method == "replica_get" for method, _ in replicas[third].calls)
+    refetched = [r.name for r in replicas.values() if ("describe", 0) in r.calls]
+    assert refetched, "a NOT_MINE answer makes the client refetch its ring"
+
+
+def test_a_key_that_misses_its_quorum_fails_alone():
+    routing, replicas, ring = _routing()
+    routing.read_options["sloppy_quorum"] = False  # no spares: two owners down is too many
+    lost = b"lost"
+    down = _owners(ring, lost)[:2]
+    fine = next(
+        key
+        for key in (f"fine{i}".encode() for i in range(1000))
+        if len(set(_owners(ring, key)) - set(down)) >= 2
+    )
+    for key in (lost, fine):
+        _place(ring, replicas, key, dict.fromkeys(_owners(ring, key), _record("v")))
+    for node in down:
+        replicas[node].dead = True
+    lost_answer, fine_answer = _read(routing, [lost, fine])
+    assert isinstance(lost_answer, QuorumError)
+    assert records.decode(fine_answer).kind == "siblings"
