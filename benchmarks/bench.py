@@ -3,7 +3,9 @@
 Workloads (YCSB's core mixes): A 50% read / 50% update, B 95/5, C read only, W write only;
 keys chosen by YCSB's scrambled zipfian (theta 0.99) or uniformly. Every target is loaded
 first (all keys written, concurrently), warmed up, then driven by `--clients` closed-loop
-asyncio clients in this one driver for `--duration` seconds.
+asyncio clients for `--duration` seconds: in this one driver process, or spread over
+`--processes` driver processes (Ray actors that reach the same store through its
+`spec()`; their HDR histograms are merged).
 
 Targets:
   dynaray  a store started here (embedded Ray unless this process is connected to one)
@@ -209,6 +211,23 @@ class Latencies:
         else:
             self._values.append(us)
 
+    def to_wire(self) -> dict:
+        """What another driver process sends back: the histogram encoded, or the values."""
+        if self._hist is not None:
+            return {"count": self.count, "sum": self._sum, "hdr": self._hist.encode()}
+        return {"count": self.count, "sum": self._sum, "values": self._values}
+
+    def add_wire(self, wire: dict) -> None:
+        """Merge another process's latencies into these."""
+        self.count += wire["count"]
+        self._sum += wire["sum"]
+        if self._hist is not None and "hdr" in wire:
+            self._hist.decode_and_add(wire["hdr"])
+        elif self._hist is None and "values" in wire:
+            self._values.extend(wire["values"])
+        else:
+            raise ValueError("driver processes disagree on whether hdrhistogram is installed")
+
     def percentile(self, p: float) -> float:
         if not self.count:
             return 0.0
@@ -249,6 +268,21 @@ class PhaseStats:
         name = type(exc).__name__
         self.errors.setdefault(op, Counter())[name] += 1
         self.error_samples.setdefault(name, str(exc)[:300])
+
+    def to_wire(self) -> dict:
+        return {
+            "latencies": {op: lat.to_wire() for op, lat in self.latencies.items()},
+            "errors": {op: dict(c) for op, c in self.errors.items()},
+            "error_samples": self.error_samples,
+        }
+
+    def add_wire(self, wire: dict) -> None:
+        for op, lat in wire["latencies"].items():
+            self.lat(op).add_wire(lat)
+        for op, counts in wire["errors"].items():
+            self.errors.setdefault(op, Counter()).update(counts)
+        for name, sample in wire["error_samples"].items():
+            self.error_samples.setdefault(name, sample)
 
 
 class Progress:
@@ -389,6 +423,16 @@ class Target:
     def session(self, client_id: int) -> Any:
         return self
 
+    def spec(self) -> dict:
+        """How a driver in another process reaches this same store (see `reach`)."""
+        raise NotImplementedError(f"{self.name} cannot be driven from several processes")
+
+    @classmethod
+    async def reach(cls, spec: dict, clients: int) -> Target:
+        """A client-side twin of the target `spec` describes, for `clients` clients; closing
+        it closes its connections and leaves the store running."""
+        raise NotImplementedError(f"{cls.name} cannot be driven from several processes")
+
     def describe(self) -> dict:
         return {}
 
@@ -418,6 +462,7 @@ class DynarayTarget(Target):
     def __init__(self, nodes: int, n: int, r: int, w: int, path: str = "client") -> None:
         self.nodes, self.n, self.r, self.w = nodes, n, r, w
         self.path = path
+        self.store = f"bench-{os.getpid()}"
         self.cluster: Any = None
         self.client: Any = None
         self.reset_extra()
@@ -425,11 +470,21 @@ class DynarayTarget(Target):
     async def setup(self) -> None:
         import dynaray
 
-        store = f"bench-{os.getpid()}"
         self.cluster = await asyncio.to_thread(
-            dynaray.start, self.nodes, self.n, self.r, self.w, None, store=store
+            dynaray.start, self.nodes, self.n, self.r, self.w, None, store=self.store
         )
         self.client = self.cluster.client(path=self.path)
+
+    def spec(self) -> dict:
+        return {"name": self.name, "store": self.store, "path": self.path, **self.describe()}
+
+    @classmethod
+    async def reach(cls, spec: dict, clients: int) -> DynarayTarget:
+        import dynaray
+
+        target = cls(spec["nodes"], spec["n"], spec["r"], spec["w"], spec["path"])
+        target.client = await asyncio.to_thread(dynaray.connect, spec["store"], path=spec["path"])
+        return target  # no cluster: closing it leaves the store running
 
     def use_path(self, path: str) -> None:
         """Send the following requests through another request path of the same store."""
@@ -499,16 +554,27 @@ class NaiveTarget(Target):
 
     def __init__(self) -> None:
         self.actor: Any = None
+        self.owner = False
 
     async def setup(self) -> None:
         import ray
 
         cls = ray.remote(_DictStore).options(num_cpus=0, max_concurrency=1000)
         self.actor = cls.remote()
+        self.owner = True
         await self.actor.get.remote("warm")
 
+    def spec(self) -> dict:
+        return {"name": self.name, "actor": self.actor}
+
+    @classmethod
+    async def reach(cls, spec: dict, clients: int) -> NaiveTarget:
+        target = cls()
+        target.actor = spec["actor"]
+        return target  # not the owner: closing it leaves the actor running
+
     async def close(self) -> None:
-        if self.actor is not None:
+        if self.actor is not None and self.owner:
             import ray
 
             ray.kill(self.actor, no_restart=True)
@@ -534,16 +600,33 @@ class RedisTarget(Target):
         self.proc: subprocess.Popen | None = None
         self.dir: str | None = None
         self.redis: Any = None
+        self.port = 0
         self.version = ""
+
+    def _connect(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis(
+            host=LOOPBACK, port=self.port, socket_timeout=30, max_connections=self.clients + 8
+        )
+
+    def spec(self) -> dict:
+        return {"name": self.name, "port": self.port, "version": self.version}
+
+    @classmethod
+    async def reach(cls, spec: dict, clients: int) -> RedisTarget:
+        target = cls(clients)
+        target.port, target.version = spec["port"], spec["version"]
+        target._connect()
+        return target  # no server process: closing it closes the connections only
 
     async def setup(self) -> None:
         reason = missing_requirement("redis")
         if reason:
             raise Skip(reason)
-        import redis.asyncio as aioredis
-
         self.dir = tempfile.mkdtemp(prefix="dynaray-bench-redis-")
         (port,) = free_ports(1)
+        self.port = port
         log = os.path.join(self.dir, "redis.log")
         self.proc = _spawn(
             [
@@ -568,9 +651,7 @@ class RedisTarget(Target):
             log,
             self.dir,
         )
-        self.redis = aioredis.Redis(
-            host=LOOPBACK, port=port, socket_timeout=30, max_connections=self.clients + 8
-        )
+        self._connect()
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
@@ -762,6 +843,16 @@ class EtcdTarget(Target):
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
 
+    def spec(self) -> dict:
+        return {"name": self.name, "urls": self.urls, "version": self.version}
+
+    @classmethod
+    async def reach(cls, spec: dict, clients: int) -> EtcdTarget:
+        target = cls(clients)
+        target.urls, target.version = list(spec["urls"]), spec["version"]
+        target.http = _Http(clients + 8)
+        return target  # no member processes: closing it closes the HTTP client only
+
     def session(self, client_id: int) -> _EtcdSession:
         assert self.http is not None
         return _EtcdSession(self.http, self.urls[client_id % len(self.urls)])
@@ -872,8 +963,31 @@ async def preload(target: Target, settings: Settings) -> dict:
     }
 
 
-async def drive(target: Target, settings: Settings, label: str) -> dict:
-    """Warm up, then measure: `settings.clients` closed-loop clients for `settings.duration`."""
+@dataclass
+class PhaseRun:
+    """What the clients of one driver process saw in one measured phase."""
+
+    stats: PhaseStats
+    measured: float  # seconds of the measured window
+    extra: dict  # the target's own counters over the window (maxima as they are)
+
+    def to_wire(self) -> dict:
+        return {"stats": self.stats.to_wire(), "measured": self.measured, "extra": self.extra}
+
+
+async def drive(target: Target, settings: Settings, label: str, processes: int = 1) -> dict:
+    """Warm up, then measure: `settings.clients` clients for `settings.duration`, in this
+    driver process or spread over `processes` driver processes."""
+    if processes > 1:
+        return _phase_report(await _spread(target, settings, label, processes), processes)
+    return _phase_report(await run_clients(target, settings, label), 1)
+
+
+async def run_clients(
+    target: Target, settings: Settings, label: str, first_client: int = 0
+) -> PhaseRun:
+    """`settings.clients` closed-loop (or paced) clients in this process, numbered from
+    `first_client`."""
     stats = PhaseStats()
     chooser = key_chooser(settings.distribution, settings.keys)
     read_fraction = settings.workload.read_fraction
@@ -889,11 +1003,12 @@ async def drive(target: Target, settings: Settings, label: str) -> dict:
     # (no coordinated omission).
     interval = settings.clients / settings.rate if settings.rate else None
 
-    async def client(cid: int) -> None:
+    async def client(index: int) -> None:
         nonlocal snapshot_taken
+        cid = first_client + index
         session = target.session(cid)
         rng = random.Random(settings.seed * 1_000_003 + cid)
-        due = start + (interval * cid / settings.clients if interval else 0.0)
+        due = start + (interval * index / settings.clients if interval else 0.0)
         while True:
             t0 = time.perf_counter()
             if interval:
@@ -933,14 +1048,20 @@ async def drive(target: Target, settings: Settings, label: str) -> dict:
             await ticker
         settings.progress.done()
     measured = max(time.perf_counter() - measure_from, 1e-9)
-    completed = sum(lat.count for lat in stats.latencies.values())
     # Counters over the measured window only; a maximum stays what it is.
     extra = {
         k: v if k.startswith("max_") else v - extra_at_measure.get(k, 0)
         for k, v in target.extra().items()
     }
+    return PhaseRun(stats, measured, extra)
+
+
+def _phase_report(run: PhaseRun, processes: int) -> dict:
+    stats, measured, extra = run.stats, run.measured, run.extra
+    completed = sum(lat.count for lat in stats.latencies.values())
     return {
         "status": "ok",
+        "driver_processes": processes,
         "measured_seconds": round(measured, 3),
         "throughput_ops_s": round(completed / measured, 1),
         "ops": {
@@ -952,6 +1073,65 @@ async def drive(target: Target, settings: Settings, label: str) -> dict:
         "error_samples": stats.error_samples,
         **({"extra": extra} if extra else {}),
     }
+
+
+class _Driver:
+    """A benchmark driver in a process of its own (a Ray actor): it reaches the target
+    the main driver set up and runs its share of the clients."""
+
+    async def run(self, spec: dict, settings: Settings, first_client: int) -> dict:
+        target = await reach(spec, settings.clients)
+        try:
+            return (await run_clients(target, settings, spec["name"], first_client)).to_wire()
+        finally:
+            await target.close()
+
+
+async def reach(spec: dict, clients: int) -> Target:
+    """A client-side Target for a store another driver set up, from its `spec()`."""
+    kinds = (DynarayTarget, NaiveTarget, RedisTarget, EtcdTarget)
+    return await next(k for k in kinds if k.name == spec["name"]).reach(spec, clients)
+
+
+async def _spread(target: Target, settings: Settings, label: str, processes: int) -> PhaseRun:
+    """Run the phase's clients in `processes` driver processes (Ray actors, no CPU
+    reserved), each with an even share of the clients and of a paced rate, and merge what
+    they saw: latencies through their HDR histograms, counts summed."""
+    import ray
+
+    shares = [
+        settings.clients // processes + (i < settings.clients % processes) for i in range(processes)
+    ]
+    shares = [share for share in shares if share]
+    spec = target.spec()
+    driver = ray.remote(_Driver).options(num_cpus=0)
+    drivers = [driver.remote() for _ in shares]
+    settings.progress.show(f"  {label:<16} run    on {len(shares)} driver processes")
+    try:
+        calls = []
+        first = 0
+        for actor, share in zip(drivers, shares, strict=True):
+            part = dataclasses.replace(
+                settings,
+                clients=share,
+                rate=settings.rate * share / settings.clients if settings.rate else None,
+                progress=Progress(False),
+            )
+            calls.append(actor.run.remote(spec, part, first))
+            first += share
+        wires = await asyncio.gather(*calls)
+    finally:
+        settings.progress.done()
+        for actor in drivers:
+            ray.kill(actor, no_restart=True)
+    merged = PhaseRun(PhaseStats(), 0.0, {})
+    for wire in wires:
+        merged.stats.add_wire(wire["stats"])
+        merged.measured = max(merged.measured, wire["measured"])
+        for key, value in wire["extra"].items():
+            old = merged.extra.get(key, 0)
+            merged.extra[key] = max(old, value) if key.startswith("max_") else old + value
+    return merged
 
 
 async def bulk(target: DynarayTarget, settings: Settings) -> dict:
@@ -1057,18 +1237,18 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
             for path in PATHS:
                 target.use_path(path)
                 label = name if path == "client" else f"{name}[{path}]"
-                results[label] = await drive(target, settings, label)
+                results[label] = await drive(target, settings, label, args.processes)
                 results[label]["preload"] = loaded
                 results[label]["config"] = target.describe()
         else:
-            results[name] = await drive(target, settings, name)
+            results[name] = await drive(target, settings, name, args.processes)
             results[name]["preload"] = loaded
             results[name]["config"] = target.describe()
             if args.half_peak and results[name]["throughput_ops_s"] > 0:
                 half = results[name]["throughput_ops_s"] / 2
                 paced = dataclasses.replace(settings, rate=half)
                 label = f"{name}@half"
-                results[label] = await drive(target, paced, label)
+                results[label] = await drive(target, paced, label, args.processes)
                 results[label]["offered_ops_s"] = round(half, 1)
                 results[label]["config"] = target.describe()
         if isinstance(target, DynarayTarget) and args.bulk:
@@ -1114,8 +1294,9 @@ def format_report(report: dict) -> str:
     lines = [
         f"workload {s['workload']} ({s['workload_text']}), {s['distribution']} keys"
         + (f" (scrambled, theta {ZIPFIAN_THETA})" if s["distribution"] == "zipfian" else "")
-        + f", {s['keys']:,} keys, {s['value_size']}-byte values, {s['clients']} clients, "
-        f"{s['duration']:g}s measured after {s['warmup']:g}s warmup, seed {s['seed']}",
+        + f", {s['keys']:,} keys, {s['value_size']}-byte values, {s['clients']} clients"
+        + (f" in {s['processes']} driver processes" if s.get("processes", 1) > 1 else "")
+        + f", {s['duration']:g}s measured after {s['warmup']:g}s warmup, seed {s['seed']}",
         f"dynaray: {s['nodes']} nodes, N={s['n']} R={s['r']} W={s['w']}; "
         f"machine: {report['environment']['cpus']} CPUs, Python {report['environment']['python']}",
         "",
@@ -1270,6 +1451,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--value-size", type=int, default=100, help="bytes per value (default 100)")
     p.add_argument("--clients", type=int, default=64, help="concurrent asyncio clients")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="driver processes the clients are spread over (default 1: all in this one)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     p.add_argument("--nodes", type=int, default=5, help="dynaray storage nodes")
@@ -1305,7 +1492,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or not targets:
         p.error(f"unknown target(s) {unknown}; choose from {', '.join(ALL_TARGETS)}")
     args.targets = list(dict.fromkeys(targets))
-    for name in ("keys", "value_size", "clients", "nodes"):
+    for name in ("keys", "value_size", "clients", "nodes", "processes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.op_timeout <= 0:
@@ -1359,8 +1546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
     )
     started_ray = False
-    if {"dynaray", "naive"} & set(args.targets):
-        started_ray = _start_ray()
+    if {"dynaray", "naive"} & set(args.targets) or args.processes > 1:
+        started_ray = _start_ray()  # several driver processes are Ray actors
     try:
         results = asyncio.run(run_all(args, settings))
     finally:
@@ -1379,6 +1566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "keys": args.keys,
             "value_size": args.value_size,
             "clients": args.clients,
+            "processes": args.processes,
             "duration": args.duration,
             "warmup": args.warmup,
             "nodes": args.nodes,

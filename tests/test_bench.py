@@ -24,41 +24,69 @@ def test_scrambled_zipfian_favours_few_keys_and_stays_in_range():
     assert top > 20_000 / 1000 * 10  # the hottest key is far above a uniform share
 
 
-@pytest.mark.timeout(300)
-def test_bench_smoke(tmp_path):
+def _run(tmp_path, *args: str) -> dict:
+    """Run the harness as `dynaray bench` would (it starts and stops its own Ray); its
+    exit status must be 0. Returns the JSON report."""
     if ray.is_initialized():  # another module's Ray: the harness starts and stops its own
         ray.shutdown()
-    targets = ["dynaray", "naive"]
-    targets += [t for t in ("redis", "etcd") if bench.missing_requirement(t) is None]
     out = tmp_path / "bench.json"
     try:
-        code = bench.main(
-            [
-                "--workload",
-                "A",
-                "--keys",
-                "200",
-                "--clients",
-                "8",
-                "--duration",
-                "2",
-                "--warmup",
-                "0.5",
-                "--nodes",
-                "3",
-                "--targets",
-                ",".join(targets),
-                "--json",
-                str(out),
-                "--no-progress",
-                "--half-peak",
-            ]
-        )
+        code = bench.main([*args, "--json", str(out), "--no-progress"])
     finally:
         if ray.is_initialized():
             ray.shutdown()
     assert code == 0
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def _targets() -> list[str]:
+    """dynaray and naive, and the baselines whose servers are installed."""
+    return ["dynaray", "naive"] + [
+        t for t in ("redis", "etcd") if bench.missing_requirement(t) is None
+    ]
+
+
+def test_latencies_of_several_driver_processes_merge_as_one():
+    import random
+
+    rng = random.Random(3)
+    samples = [rng.expovariate(200.0) for _ in range(5000)]
+    whole, first, second = bench.Latencies(), bench.Latencies(), bench.Latencies()
+    for i, seconds in enumerate(samples):
+        whole.record(seconds)
+        (first if i % 3 else second).record(seconds)
+    merged = bench.Latencies()
+    merged.add_wire(first.to_wire())
+    merged.add_wire(second.to_wire())
+    assert merged.summary() == whole.summary()
+
+
+@pytest.mark.timeout(300)
+def test_bench_spreads_clients_over_driver_processes(tmp_path):
+    targets = _targets()
+    report = _run(
+        tmp_path,
+        *("--keys", "100", "--clients", "6", "--processes", "2", "--nodes", "3"),
+        *("--duration", "1.5", "--warmup", "0.5", "--targets", ",".join(targets)),
+    )
+    assert report["settings"]["processes"] == 2
+    for name in targets:
+        result = report["targets"][name]
+        assert result["status"] == "ok", result
+        assert result["driver_processes"] == 2
+        assert result["error_count"] == 0, result["error_samples"]
+        for op in ("read", "update"):
+            assert result["ops"][op]["latency_us"]["count"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke(tmp_path):
+    targets = _targets()
+    report = _run(
+        tmp_path,
+        *("--workload", "A", "--keys", "200", "--clients", "8", "--nodes", "3"),
+        *("--duration", "2", "--warmup", "0.5", "--targets", ",".join(targets), "--half-peak"),
+    )
     assert report["settings"]["workload"] == "A"
     for name in targets:
         result = report["targets"][name]
