@@ -325,36 +325,40 @@ class Routing:
         timeout = options.get("replica_timeout", REPLICA_TIMEOUT)
         ask_all = self.rng.random() < options.get("read_repair_chance", 0.1)
         plans: dict[tuple[int, int, int], list[str] | None] = {}  # per partition, r, n
-        asked: list[tuple[bytes, list[str]] | None] = [None] * len(requests)
+        # Per request, its data key and the replicas asked (None: the one-key read). Few
+        # objects per key: a batch of thousands makes the garbage collector's work.
+        dkeys: list[bytes] = [b""] * len(requests)
+        asked: list[list[str] | None] = [None] * len(requests)
         per_node: dict[str, list[int]] = {}
         alone: list[int] = []
         for index, (bucket, key, r, n) in enumerate(requests):
-            partition, dkey = quorum.locate(ring, bucket, key)
+            partition, dkeys[index] = quorum.locate(ring, bucket, key)
             plan = (partition, r, n)
             if plan not in plans:
                 plans[plan] = self._direct_replicas(ring, partition, r, n, sloppy, ask_all)
-            nodes = plans[plan]
+            nodes = asked[index] = plans[plan]
             if nodes is None:
                 alone.append(index)
                 continue
-            asked[index] = (dkey, nodes)
             for node in nodes:
                 per_node.setdefault(node, []).append(index)
-        copies: list[list] = [[] for _ in requests]  # per request: [(node, copy)]
+        copies: dict[str, dict[int, bytes | None]] = {node: {} for node in per_node}
 
         async def fetch(node: str, indexes: list[int]) -> None:
-            items = [[asked[i][0], None] for i in indexes]
+            # Bare data keys: a replica reads them for itself (no hint).
+            items = [dkeys[i] for i in indexes]
             try:
                 raws = await self.transport.call(node, "replica_get", items, timeout=timeout)
             except PeerUnavailable:
                 self._mark_down(node)
                 return
+            got = copies[node]
             for i, raw in zip(indexes, raws, strict=True):
                 if type(raw) is str and raw in reads.UNANSWERED:
                     if raw == reads.NOT_MINE:
                         self._stale_ring()
                     continue
-                copies[i].append((node, raw))
+                got[i] = raw
 
         await asyncio.gather(
             *(
@@ -365,21 +369,21 @@ class Routing:
         )
         answers: list = [None] * len(requests)
         stale: dict[str, list] = {}
-        for index, plan in enumerate(asked):
-            if plan is None:
+        for index, nodes in enumerate(asked):
+            if nodes is None:
                 continue
-            replies = copies[index]
+            replies = [node for node in nodes if index in copies[node]]
             if len(replies) < requests[index][2]:
                 alone.append(index)
                 continue
-            first = replies[0][1]
-            if all(raw == first for _, raw in replies):
+            first = copies[replies[0]][index]
+            if all(copies[node][index] == first for node in replies):
                 answers[index] = first  # the replicas agree: nothing to merge or repair
                 continue
             try:
-                by_node = {node: (quorum.Target(node), raw) for node, raw in replies}
-                answers[index] = records.merge_encoded([raw for _, raw in replies])
-                reads.stale_replicas(plan[0], by_node, stale)
+                by_node = {node: (quorum.Target(node), copies[node][index]) for node in replies}
+                answers[index] = records.merge_encoded([raw for _, raw in by_node.values()])
+                reads.stale_replicas(dkeys[index], by_node, stale)
             except ValueError as exc:  # a corrupt copy fails its own key only
                 answers[index] = exc
         if stale and options.get("read_repair", True):

@@ -47,9 +47,8 @@ class FakeReplica:
         if self.dead:
             raise PeerUnavailable(self.name, "RayActorError")
         if method == "replica_get":
-            return [
-                reads.NOT_MINE if dkey in self.refuse else self.data.get(dkey) for dkey, _ in items
-            ]
+            dkeys = [item if isinstance(item, bytes) else item[0] for item in items]
+            return [reads.NOT_MINE if k in self.refuse else self.data.get(k) for k in dkeys]
         if method == "describe":
             return self.description
         if method == "replica_repair":
