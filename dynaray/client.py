@@ -178,8 +178,9 @@ class Client:
     async def aget_many(self, keys: list, *, r: int | None = None) -> dict:
         """Read many keys at once: {key: GetResult, or the exception that key's read raised}.
 
-        Requests to one coordinator travel together, so a batch costs a few actor calls,
-        not one per key; each key keeps its own quorum outcome.
+        The client asks the replicas itself, one call per replica for every key it holds,
+        so a batch costs a few actor calls, not one per key; each key keeps its own quorum
+        outcome.
         """
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)

@@ -107,7 +107,9 @@ class NodeMetrics:
             ),
             "latency": Histogram(
                 "dynaray_request_seconds",
-                description="Coordinator latency of requests, by operation and outcome.",
+                description="Coordinator latency of requests, by operation and outcome: a "
+                "uniform sample of at most 512 requests per export interval (dynaray_requests "
+                "counts them all).",
                 boundaries=BOUNDARIES,
                 tag_keys=("node", "op", "outcome"),
             ),

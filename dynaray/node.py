@@ -722,7 +722,7 @@ class StorageNode:
         """Coordinate many client requests at once (the client's calls, coalesced).
 
         Each request is ["put", bucket, key, op, w, n] or ["get", bucket, key, r, n]; each
-        answer is what coordinate_put / coordinate_get return, or ("error", exception) for
+        answer is what coordinate_put / coordinate_get return, or ["error", exception] for
         a request this node refused, so one bad request never fails its neighbours.
 
         The common case, keys this node holds whose N primaries are all up, is done for the
@@ -862,10 +862,10 @@ class StorageNode:
             if not req.tally.reached:
                 again.append(self._coordinate_into(answers, req.index, sender, requests[req.index]))
                 continue
-            answers[req.index] = (
+            answers[req.index] = [
                 "ok",
                 self._answer(records.merge_encoded([raw for _, raw in req.replies.values()])),
-            )
+            ]
             self.metrics.request("get", "ok", elapsed)
         if self.options.read_repair:
             self._spawn(self._repair_batch(batch, asks))
@@ -917,16 +917,16 @@ class StorageNode:
         w: int,
         n: int,
         forwarded: bool = False,
-    ) -> tuple:
+    ) -> list:
         """Coordinate one write: apply op here, replicate to N, answer after W acks.
 
-        op is a records.update operation. Returns ("ok", context wire) or
-        ("quorum", answered, needed, asked).
+        op is a records.update operation. Returns ["ok", context wire] or
+        ["quorum", answered, needed, asked] (lists: Ray serializes them faster than tuples).
         """
         self._check_sender(sender)
         return await self._timed("put", self._put(bucket, key, op, w, n, forwarded))
 
-    async def _timed(self, op: str, work: Coroutine) -> tuple:
+    async def _timed(self, op: str, work: Coroutine) -> list:
         """Run one coordinated request, recording its latency and outcome."""
         started = time.perf_counter()
         outcome = "error"
@@ -1062,15 +1062,15 @@ class StorageNode:
     @ray.method(enable_task_events=False)
     async def coordinate_get(
         self, sender: str, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool = False
-    ) -> tuple:
+    ) -> list:
         """Coordinate one read: ask N replicas, answer after R with every sibling.
 
-        Returns ("ok", record encoded as stored | None) or ("quorum", answered, needed, asked).
+        Returns ["ok", record encoded as stored | None] or ["quorum", answered, needed, asked].
         """
         self._check_sender(sender)
         return await self._timed("get", self._get(bucket, key, r, n, forwarded))
 
-    async def _get(self, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool) -> tuple:
+    async def _get(self, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool) -> list:
         dkey, preference, targets = self._route(bucket, key, n, r)
         if not any(t.node == self.id for t in targets) and not forwarded:
             answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)

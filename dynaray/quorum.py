@@ -107,7 +107,8 @@ def plan(
 class Tally:
     """Answers of one request's replicas against its quorum of `needed`.
 
-    A replica that fails is replaced by the next unused healthy fallback, which then
+    A replica that fails is replaced by the next unused fallback that looks healthy at the
+    request's first failure (not at its start: most requests never fail), which then
     stands in for the failed replica's primary; when no healthy one is left and the
     quorum needs it, by a node that looks down. A replacement that is itself one of the
     key's `n` primaries is asked in person (no hint): it keeps its own copy, which its

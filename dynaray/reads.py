@@ -95,20 +95,21 @@ async def read(
     return read.tally.reached
 
 
-def stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> None:
-    """Add to stale {node: [(dkey, merged record, hint)]} each replier whose copy of dkey
-    is not the merge of all the replies (records encoded, as stored)."""
+def stale_replicas(dkey: bytes, replies: dict, stale: dict[str, list]) -> bytes | None:
+    """Add to stale {node: [[dkey, merged record, hint]]} each replier whose copy of dkey
+    is not the merge of all the replies (records encoded, as stored); returns the merge."""
     merged = records.merge_encoded([raw for _, raw in replies.values()])
     if merged is None:
-        return
+        return None
     for node, (target, raw) in list(replies.items()):
         if not records.same_encoded(raw, merged):
             stale.setdefault(node, []).append([dkey, merged, target.hint])
+    return merged
 
 
 async def stale_after(read: Read, wait: float) -> dict[str, list]:
     """For read repair, once the read is answered: wait up to `wait` seconds for the
-    replicas still being asked, then {node: [(dkey, merged record, hint)]} of stale ones."""
+    replicas still being asked, then {node: [[dkey, merged record, hint]]} of stale ones."""
     if read.pending:
         await asyncio.wait(read.pending, timeout=wait)
     stale: dict[str, list] = {}

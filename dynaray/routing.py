@@ -2,7 +2,7 @@
 
 Routing caches the ring, refreshes it from a random node now and then, sends each write
 straight to the key's coordinator (the first healthy node of its top N) and coordinates
-one-key reads itself, asking the replicas (client-driven coordination). It speaks
+reads itself, one key or a batch, asking the replicas (client-driven coordination). It speaks
 only encoded bytes and wire clocks; the Client and the Router actor wrap it. The paper's
 other two paths stay selectable: through the Router actor, or to any node, which forwards.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -22,12 +23,14 @@ from dynaray.errors import QuorumError, RequestTimeout, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
 
+log = logging.getLogger(__name__)
+
 PATHS = ("client", "router", "any")
 REQUEST_TIMEOUT = 10.0
 RING_REFRESH = 5.0
 RETRY_AFTER = 1.0
 REPLICA_TIMEOUT = 2.0  # until the nodes tell theirs
-MANY_CHUNK = 512  # requests per coordinate_batch call of a get_many / put_many
+MANY_CHUNK = 512  # keys per call of a get_many / put_many (coordinate_batch, replica_get)
 
 
 class Routing:
@@ -259,7 +262,9 @@ class Routing:
 
     async def many(self, kind: str, requests: list[tuple]) -> list:
         """Many requests of one kind ("get": (bucket, key, r, n); "put": (bucket, key, op,
-        w, n)) in one coordinate_batch call per coordinator, not one task per key.
+        w, n)) in a few calls, not one task per key: writes in one coordinate_batch call per
+        coordinator; reads, on the client path, in one replica_get per replica
+        (`_coordinate_get_many`).
 
         Returns, per request, what get() or put() would return, or the exception it would
         raise. A coordinator that cannot be reached sends its requests the one-key way,
@@ -317,7 +322,9 @@ class Routing:
         A key whose replicas are all up and whose first R (all N for a read_repair_chance
         of batches, as one-key reads do) all answer is settled from their copies; stale
         copies among them get read repair. The rest (a primary down, a replica that failed
-        or is still receiving its range) take the one-key read, which tries fallbacks.
+        or is still receiving its range) take the one-key read, which tries fallbacks. A
+        batch waits for all its calls (each has the replica deadline), so a replica that is
+        slow to answer holds up its batch where a one-key read would stop after R answers.
         """
         ring = await self._ensure_ring()
         options = self.read_options
@@ -349,8 +356,11 @@ class Routing:
             items = [dkeys[i] for i in indexes]
             try:
                 raws = await self.transport.call(node, "replica_get", items, timeout=timeout)
-            except PeerUnavailable:
-                self._mark_down(node)
+            except Exception as exc:  # noqa: BLE001 - its keys take the one-key read
+                if isinstance(exc, PeerUnavailable):
+                    self._mark_down(node)
+                else:
+                    log.warning("batched read from %s failed: %r", node, exc)
                 return
             got = copies[node]
             for i, raw in zip(indexes, raws, strict=True):
@@ -382,8 +392,7 @@ class Routing:
                 continue
             try:
                 by_node = {node: (quorum.Target(node), copies[node][index]) for node in replies}
-                answers[index] = records.merge_encoded([raw for _, raw in by_node.values()])
-                reads.stale_replicas(dkeys[index], by_node, stale)
+                answers[index] = reads.stale_replicas(dkeys[index], by_node, stale)
             except ValueError as exc:  # a corrupt copy fails its own key only
                 answers[index] = exc
         if stale and options.get("read_repair", True):
@@ -401,10 +410,12 @@ class Routing:
     def _direct_replicas(
         self, ring: Ring, partition: int, r: int, n: int, sloppy: bool, ask_all: bool
     ) -> list[str] | None:
-        """The replicas a batched read of the partition asks (all primaries, no stand-in),
-        or None when its read must take the one-key path."""
+        """The replicas a batched read of the partition asks (primaries that look up, no
+        stand-in), or None when its read must take the one-key path."""
         _, targets = quorum.plan(ring, partition, n, r, self._reachable, sloppy)
-        if len(targets) < r or any(t.hint is not None for t in targets):
+        if len(targets) < r or any(
+            t.hint is not None or not self._reachable(t.node) for t in targets
+        ):
             return None
         return [t.node for t in reads.narrowed(targets, r, ask_all)]
 

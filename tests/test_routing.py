@@ -8,7 +8,7 @@ import asyncio
 import random
 
 from dynaray import codec, quorum, reads, records
-from dynaray.errors import QuorumError
+from dynaray.errors import NodeError, QuorumError
 from dynaray.ring import Ring
 from dynaray.routing import Routing
 from dynaray.transport import PeerUnavailable
@@ -34,6 +34,7 @@ class FakeReplica:
         self.calls: list[tuple[str, int]] = []
         self.repaired: list = []
         self.dead = False
+        self.broken: Exception | None = None  # raised by every call (a replica's own error)
         self.refuse: set[bytes] = set()  # keys answered with NOT_MINE
         self.description: dict = {}  # what describe answers (a client refreshing its ring)
 
@@ -46,6 +47,8 @@ class FakeReplica:
         self.calls.append((method, len(items or ())))
         if self.dead:
             raise PeerUnavailable(self.name, "RayActorError")
+        if self.broken is not None and method == "replica_get":
+            raise self.broken
         if method == "replica_get":
             dkeys = [item if isinstance(item, bytes) else item[0] for item in items]
             return [reads.NOT_MINE if k in self.refuse else self.data.get(k) for k in dkeys]
@@ -172,3 +175,15 @@ def test_a_key_that_misses_its_quorum_fails_alone():
     lost_answer, fine_answer = _read(routing, [lost, fine])
     assert isinstance(lost_answer, QuorumError)
     assert records.decode(fine_answer).kind == "siblings"
+
+
+def test_a_replica_that_answers_with_an_error_fails_no_other_key():
+    routing, replicas, ring = _routing()
+    keys = [f"e{i}".encode() for i in range(30)]
+    stored = {}
+    for key in keys:
+        stored[key] = _record(key.decode())
+        _place(ring, replicas, key, dict.fromkeys(_owners(ring, key), stored[key]))
+    replicas["n2"].broken = NodeError("node n2 store is closed")
+    answers = _read(routing, keys)
+    assert answers == [stored[k] for k in keys]  # n2's keys were read from other replicas
