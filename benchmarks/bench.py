@@ -483,8 +483,9 @@ class DynarayTarget(Target):
         import dynaray
 
         target = cls(spec["nodes"], spec["n"], spec["r"], spec["w"], spec["path"])
+        target.store = spec["store"]
         target.client = await asyncio.to_thread(dynaray.connect, spec["store"], path=spec["path"])
-        return target  # no cluster: closing it leaves the store running
+        return target  # no cluster: closing it closes the client and leaves the store running
 
     def use_path(self, path: str) -> None:
         """Send the following requests through another request path of the same store."""
@@ -492,6 +493,8 @@ class DynarayTarget(Target):
         self.client = self.cluster.client(path=path)
 
     async def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             await asyncio.to_thread(cluster.shutdown)
@@ -979,18 +982,21 @@ async def drive(target: Target, settings: Settings, label: str, processes: int =
     """Warm up, then measure: `settings.clients` clients for `settings.duration`, in this
     driver process or spread over `processes` driver processes."""
     if processes > 1:
-        return _phase_report(await _spread(target, settings, label, processes), processes)
+        return _phase_report(*await _spread(target, settings, label, processes))
     return _phase_report(await run_clients(target, settings, label), 1)
 
 
 async def run_clients(
-    target: Target, settings: Settings, label: str, first_client: int = 0
+    target: Target, settings: Settings, label: str, first_client: int = 0, at: float = 0.0
 ) -> PhaseRun:
     """`settings.clients` closed-loop (or paced) clients in this process, numbered from
-    `first_client`."""
+    `first_client`, starting at wall-clock time `at` (at once if it has passed), so the
+    drivers of one phase measure the same window."""
     stats = PhaseStats()
     chooser = key_chooser(settings.distribution, settings.keys)
     read_fraction = settings.workload.read_fraction
+    if at > time.time():
+        await asyncio.sleep(at - time.time())
     start = time.perf_counter()
     measure_from = start + settings.warmup
     end = measure_from + settings.duration
@@ -1077,14 +1083,21 @@ def _phase_report(run: PhaseRun, processes: int) -> dict:
 
 class _Driver:
     """A benchmark driver in a process of its own (a Ray actor): it reaches the target
-    the main driver set up and runs its share of the clients."""
+    the main driver set up, then runs its share of the clients from an agreed moment."""
 
-    async def run(self, spec: dict, settings: Settings, first_client: int) -> dict:
-        target = await reach(spec, settings.clients)
-        try:
-            return (await run_clients(target, settings, spec["name"], first_client)).to_wire()
-        finally:
-            await target.close()
+    def __init__(self) -> None:
+        self.target: Target | None = None
+
+    async def prepare(self, spec: dict, clients: int) -> None:
+        self.target = await reach(spec, clients)
+
+    async def run(self, settings: Settings, label: str, first_client: int, at: float) -> dict:
+        assert self.target is not None
+        return (await run_clients(self.target, settings, label, first_client, at)).to_wire()
+
+    async def close(self) -> None:
+        if self.target is not None:
+            await self.target.close()
 
 
 async def reach(spec: dict, clients: int) -> Target:
@@ -1093,10 +1106,14 @@ async def reach(spec: dict, clients: int) -> Target:
     return await next(k for k in kinds if k.name == spec["name"]).reach(spec, clients)
 
 
-async def _spread(target: Target, settings: Settings, label: str, processes: int) -> PhaseRun:
+async def _spread(
+    target: Target, settings: Settings, label: str, processes: int
+) -> tuple[PhaseRun, int]:
     """Run the phase's clients in `processes` driver processes (Ray actors, no CPU
-    reserved), each with an even share of the clients and of a paced rate, and merge what
-    they saw: latencies through their HDR histograms, counts summed."""
+    reserved), each with an even share of the clients and of a paced rate, all starting
+    at one moment once every driver has reached the target, and merge what they saw:
+    latencies through their HDR histograms, counts summed. Returns the merge and how many
+    processes ran (no more than there are clients)."""
     import ray
 
     shares = [
@@ -1108,20 +1125,25 @@ async def _spread(target: Target, settings: Settings, label: str, processes: int
     drivers = [driver.remote() for _ in shares]
     settings.progress.show(f"  {label:<16} run    on {len(shares)} driver processes")
     try:
+        pairs = list(zip(drivers, shares, strict=True))
+        await asyncio.gather(*(actor.prepare.remote(spec, share) for actor, share in pairs))
+        at = time.time() + 0.5  # one start for all: the drivers' windows line up
         calls = []
         first = 0
-        for actor, share in zip(drivers, shares, strict=True):
+        for actor, share in pairs:
             part = dataclasses.replace(
                 settings,
                 clients=share,
                 rate=settings.rate * share / settings.clients if settings.rate else None,
                 progress=Progress(False),
             )
-            calls.append(actor.run.remote(spec, part, first))
+            calls.append(actor.run.remote(part, label, first, at))
             first += share
         wires = await asyncio.gather(*calls)
     finally:
         settings.progress.done()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(actor.close.remote() for actor in drivers))
         for actor in drivers:
             ray.kill(actor, no_restart=True)
     merged = PhaseRun(PhaseStats(), 0.0, {})
@@ -1131,7 +1153,7 @@ async def _spread(target: Target, settings: Settings, label: str, processes: int
         for key, value in wire["extra"].items():
             old = merged.extra.get(key, 0)
             merged.extra[key] = max(old, value) if key.startswith("max_") else old + value
-    return merged
+    return merged, len(shares)
 
 
 async def bulk(target: DynarayTarget, settings: Settings) -> dict:
