@@ -668,16 +668,18 @@ class StorageNode:
     def _route(
         self, bucket: bytes, key: bytes, n: int, needed: int
     ) -> tuple[bytes, list[str], list]:
-        partition, dkey = self._locate(bucket, key)
-        return (
-            dkey,
-            *quorum.plan(self.ring, partition, n, needed, self.is_up, self.options.sloppy_quorum),
+        return quorum.route(
+            self._ring(), bucket, key, n, needed, self.is_up, self.options.sloppy_quorum
         )
 
     def _locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes]:
+        return quorum.locate(self._ring(), bucket, key)
+
+    def _ring(self) -> Ring:
+        """Our ring, for coordinating a request; NodeError while the store is starting."""
         if self.ring is None:
             raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
-        return quorum.locate(self.ring, bucket, key)
+        return self.ring
 
     def _plan(
         self, partition: int, n: int, needed: int, is_up: Callable[[str], bool]
@@ -688,9 +690,7 @@ class StorageNode:
         preference, targets = quorum.plan(
             self.ring, partition, n, needed, is_up, self.options.sloppy_quorum
         )
-        direct = all(t.hint is None and is_up(t.node) for t in targets) and any(
-            t.node == self.id for t in targets
-        )
+        direct = quorum.all_in_person(targets, is_up) and any(t.node == self.id for t in targets)
         return preference, targets, direct
 
     async def _call_batched(self, peer: str, method: str, item: Any) -> Any:
@@ -878,7 +878,7 @@ class StorageNode:
             return
         target = quorum.Target(peer)
         for req, raw in zip(batch, raws, strict=True):
-            if raw in reads.UNANSWERED:
+            if reads.unanswered(raw):
                 continue
             req.replies[peer] = (target, raw)
             req.tally.answered(peer)

@@ -104,6 +104,12 @@ def plan(
     return preference, select(preference, n, is_up, needed)
 
 
+def all_in_person(targets: Sequence[Target], is_up: Callable[[str], bool]) -> bool:
+    """Every target is a primary asked for its own copy (no stand-in) and looks up: a
+    batch can take such keys together; the rest take the one-key path's fallbacks."""
+    return all(t.hint is None and is_up(t.node) for t in targets)
+
+
 class Tally:
     """Answers of one request's replicas against its quorum of `needed`.
 
@@ -137,11 +143,11 @@ class Tally:
         self.ok: list[str] = []
         self.failed: list[str] = []
 
-    def _find_spares(self) -> list[str]:
+    def _find_spares(self) -> None:
         used = {t.node for t in self.targets}
         unused = [p for p in self._preference if p not in used]
-        self._doubtful = [p for p in unused if not self._is_up(p)]
-        return [p for p in unused if p not in self._doubtful]
+        self._spares = [p for p in unused if self._is_up(p)]
+        self._doubtful = [p for p in unused if p not in self._spares]
 
     @property
     def asked(self) -> int:
@@ -154,7 +160,7 @@ class Tally:
         """Record that target did not answer; return the fallback to ask instead, if any."""
         self.failed.append(target.node)
         if self._spares is None:
-            self._spares = self._find_spares()
+            self._find_spares()
         if self._spares:
             node = self._spares.pop(0)
         elif self._doubtful and len(self.ok) + self.pending < self.needed:

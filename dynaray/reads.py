@@ -27,6 +27,11 @@ NOT_MINE = "not an owner by my ring"
 UNANSWERED = (ARRIVING, NOT_MINE)
 
 
+def unanswered(raw: object) -> bool:
+    """Whether a replica's answer counts as no answer (one of UNANSWERED, not a copy)."""
+    return type(raw) is str and raw in UNANSWERED
+
+
 @dataclass
 class Read:
     """One key's read: the replies so far and the tasks still asking."""
@@ -71,7 +76,7 @@ async def read(
     async def ask(target: quorum.Target) -> None:
         try:
             raw = await fetch(target)
-            if isinstance(raw, str) and raw in UNANSWERED:
+            if unanswered(raw):
                 raise PeerUnavailable(target.node, raw)
             read.replies[target.node] = (target, raw)
             read.tally.answered(target.node)

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from dynaray import codec, quorum, reads, records
@@ -306,13 +306,7 @@ class Routing:
                 name = _op_name(kind, rest[0])
                 answers[i] = reply[1] if reply[0] == "error" else _answer(name, key, reply)
 
-        await asyncio.gather(
-            *(
-                send(node, chunk[start : start + MANY_CHUNK])
-                for node, chunk in groups.items()
-                for start in range(0, len(chunk), MANY_CHUNK)
-            )
-        )
+        await asyncio.gather(*(send(node, chunk) for node, chunk in _chunks(groups)))
         return answers
 
     async def _coordinate_get_many(self, requests: list[tuple]) -> list:
@@ -364,19 +358,13 @@ class Routing:
                 return
             got = copies[node]
             for i, raw in zip(indexes, raws, strict=True):
-                if type(raw) is str and raw in reads.UNANSWERED:
+                if reads.unanswered(raw):
                     if raw == reads.NOT_MINE:
                         self._stale_ring()
                     continue
                 got[i] = raw
 
-        await asyncio.gather(
-            *(
-                fetch(node, indexes[start : start + MANY_CHUNK])
-                for node, indexes in per_node.items()
-                for start in range(0, len(indexes), MANY_CHUNK)
-            )
-        )
+        await asyncio.gather(*(fetch(node, chunk) for node, chunk in _chunks(per_node)))
         answers: list = [None] * len(requests)
         stale: dict[str, list] = {}
         for index, nodes in enumerate(asked):
@@ -413,9 +401,7 @@ class Routing:
         """The replicas a batched read of the partition asks (primaries that look up, no
         stand-in), or None when its read must take the one-key path."""
         _, targets = quorum.plan(ring, partition, n, r, self._reachable, sloppy)
-        if len(targets) < r or any(
-            t.hint is not None or not self._reachable(t.node) for t in targets
-        ):
+        if len(targets) < r or not quorum.all_in_person(targets, self._reachable):
             return None
         return [t.node for t in reads.narrowed(targets, r, ask_all)]
 
@@ -509,6 +495,13 @@ class Routing:
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"
         )
+
+
+def _chunks(groups: dict[str, list[int]]) -> Iterator[tuple[str, list[int]]]:
+    """(node, up to MANY_CHUNK request indexes) for every node's requests: one call each."""
+    for node, indexes in groups.items():
+        for start in range(0, len(indexes), MANY_CHUNK):
+            yield node, indexes[start : start + MANY_CHUNK]
 
 
 def _sent(failure: PeerUnavailable) -> bool:

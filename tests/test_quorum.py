@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynaray.quorum import Tally, Target, check_quorum, select
+from dynaray.quorum import Tally, Target, all_in_person, check_quorum, select
 
 PREF = ["a", "b", "c", "d", "e", "f"]
 
@@ -273,3 +273,10 @@ def test_tally_a_primary_that_replaces_another_takes_its_own_copy():
     assert tally.failure(Target("c")) == Target("b")
     # past the first N a replacement still stands in with a hint
     assert tally.failure(Target("b")) == Target("d", hint="b")
+
+
+def test_all_in_person_needs_every_target_a_primary_that_looks_up():
+    up = {"a", "b", "c"}.__contains__
+    assert all_in_person([Target("a"), Target("b")], up)
+    assert not all_in_person([Target("a"), Target("c", hint="d")], up)
+    assert not all_in_person([Target("a"), Target("e")], up)

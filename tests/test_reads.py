@@ -90,3 +90,9 @@ def test_narrowed_asks_r_unless_asked_for_all_or_a_stand_in_is_needed():
     assert reads.narrowed(primaries, 2, ask_all=True) == primaries
     with_stand_in = [Target("a"), Target("d", "b"), Target("c")]
     assert reads.narrowed(with_stand_in, 2, ask_all=False) == with_stand_in
+
+
+def test_only_a_refusal_counts_as_unanswered():
+    assert reads.unanswered(reads.ARRIVING) and reads.unanswered(reads.NOT_MINE)
+    assert not reads.unanswered(None)  # absent is an answer
+    assert not reads.unanswered(reads.NOT_MINE.encode())  # a copy's bytes never are
