@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GetResult:
     """What a get returns: every causally unrelated value and one context covering them."""
 
@@ -52,14 +52,10 @@ def decode_values(record: records.Record | None) -> list:
     if record is None:
         return []
     if record.kind == "siblings":
-        seen: set[bytes] = set()
-        values = []
-        for raw in versions.values(record.state):
-            if raw is None or raw in seen:
-                continue
-            seen.add(raw)
-            values.append(codec.decode_value(raw))
-        return values
+        raws = [raw for raw in versions.values(record.state) if raw is not None]
+        if len(raws) > 1:
+            raws = list(dict.fromkeys(raws))  # identical siblings once, in order
+        return [codec.decode_value(raw) for raw in raws]
     if record.kind == "lww":
         raw = record.state[2]
         return [] if raw == records.LWW_DELETED else [codec.decode_value(raw)]
@@ -152,7 +148,7 @@ class Client:
             op = op(hashed)
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
-        return _new_context(await self._routing.put(b, k, op, w, n), hashed)
+        return _new_context(hashed, await self._routing.put(b, k, op, w, n))
 
     # -- async API --------------------------------------------------------------------------
 
@@ -195,7 +191,7 @@ class Client:
             sent.append((key, b, k, hashed))
         answers = await self._routing.many("get", [(b, k, r, n) for _, b, k, _ in sent])
         for (key, _, k, hashed), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, lambda raw, k=k, h=hashed: decode_result(k, h, raw))
+            results[key] = _settle(answer, decode_result, k, hashed)
         return results
 
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
@@ -220,7 +216,7 @@ class Client:
             sent.append((key, b, k, hashed, op))
         answers = await self._routing.many("put", [(b, k, op, w, n) for _, b, k, _, op in sent])
         for (key, _, _, hashed, _), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, lambda wire, h=hashed: _new_context(wire, h))
+            results[key] = _settle(answer, _new_context, hashed)
         return results
 
     def bucket(
@@ -282,18 +278,18 @@ class Client:
         return self._routing.nodes
 
 
-def _new_context(wire: list, hashed: bytes) -> Context:
+def _new_context(hashed: bytes, wire: list) -> Context:
     """The context a write answers with, tied to its key."""
     return Context(versions.vv_from_wire(wire), key_tag(hashed))
 
 
-def _settle(answer: Any, fn: Callable[[Any], T]) -> T | Exception:
-    """One key's outcome in a batch: fn(answer), or the exception the request raised or fn
-    raised, so one key's bad answer fails only that key."""
+def _settle(answer: Any, fn: Callable[..., T], *args: Any) -> T | Exception:
+    """One key's outcome in a batch: fn(*args, answer), or the exception the request raised
+    or fn raised, so one key's bad answer fails only that key."""
     if isinstance(answer, Exception):
         return answer
     try:
-        return fn(answer)
+        return fn(*args, answer)
     except Exception as exc:  # noqa: BLE001
         return exc
 

@@ -98,7 +98,7 @@ def check_key(bucket: bytes, key: bytes) -> None:
 def data_key(partition: int, segment: int, bucket: bytes, key: bytes) -> bytes:
     """LMDB key: partition, then Merkle segment, both big-endian, so one partition and one
     segment of it are each one contiguous range of the data database."""
-    return _PARTITION.pack(partition) + _SEGMENT.pack(segment) + hash_input(bucket, key)
+    return segment_prefix(partition, segment) + hash_input(bucket, key)
 
 
 def partition_prefix(partition: int) -> bytes:
@@ -118,6 +118,11 @@ def split_data_key(dkey: bytes) -> tuple[int, int, bytes, bytes]:
     blen = dkey[_PREFIX]
     start = _PREFIX + 1
     return partition, segment, dkey[start : start + blen], dkey[start + blen :]
+
+
+def key_partition(dkey: bytes) -> int:
+    """The partition of a data key (its first field)."""
+    return _PARTITION.unpack_from(dkey)[0]
 
 
 def location(dkey: bytes) -> tuple[int, int]:

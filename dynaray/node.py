@@ -116,6 +116,7 @@ class StorageNode:
         self.transport = Transport(node_id)
         self.hlc = HybridClock()
         self.ring: Ring | None = None
+        self._replicated_known: tuple[Ring, int, frozenset[int]] | None = None
         self.config: dict = {}
         self.catalog = Catalog()
         self._down_until: dict[str, float] = {}
@@ -610,7 +611,7 @@ class StorageNode:
         async def send(_: str, items: list) -> None:
             by_target: dict[str, list] = {}
             for dkey, raw, _hint in items:
-                partition = codec.location(dkey)[0]
+                partition = codec.key_partition(dkey)
                 for target in self.ring.preference_list(partition)[: self.n]:
                     by_target.setdefault(target, []).append([dkey, raw, None])
             acked = 0
@@ -1175,11 +1176,21 @@ class StorageNode:
 
     def _replicates(self, dkey: bytes) -> bool:
         """Whether our ring names us one of the key's N owners."""
-        return self.id in self._owners(dkey)
+        return codec.key_partition(dkey) in self._replicated()
+
+    def _replicated(self) -> frozenset[int]:
+        """The partitions our ring has us replicate: worked out once per ring and N, as
+        every key of every replica read is checked against it."""
+        ring, n = self.ring, self.n
+        known = self._replicated_known
+        if known is None or known[0] is not ring or known[1] != n:
+            known = (ring, n, frozenset(ring.replicated_partitions(self.id, n)))
+            self._replicated_known = known
+        return known[2]
 
     def _owners(self, dkey: bytes) -> tuple[str, ...]:
         """The key's N owners by our ring."""
-        return self.ring.preference_list(codec.location(dkey)[0])[: self.n]
+        return self.ring.preference_list(codec.key_partition(dkey))[: self.n]
 
     @ray.method(enable_task_events=False)
     async def replica_get(self, sender: str, items: list) -> list:
@@ -1223,7 +1234,7 @@ class StorageNode:
         return None
 
     def _arriving(self, dkey: bytes) -> bool:
-        return bool(self.pending) and codec.location(dkey)[0] in self.pending
+        return bool(self.pending) and codec.key_partition(dkey) in self.pending
 
     # -- inspection -------------------------------------------------------------------------
 

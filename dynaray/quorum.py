@@ -67,8 +67,9 @@ def select(
 
 def locate(ring: Ring, bucket: bytes, key: bytes) -> tuple[int, bytes]:
     """A key's partition on the ring and its data key (partition, segment, bucket, key)."""
-    partition, segment = ring.locate(codec.hash_input(bucket, key))
-    return partition, codec.data_key(partition, segment, bucket, key)
+    hashed = codec.hash_input(bucket, key)
+    partition, segment = ring.locate(hashed)
+    return partition, codec.segment_prefix(partition, segment) + hashed
 
 
 def route(

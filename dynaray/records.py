@@ -42,10 +42,13 @@ def to_wire(record: Record) -> list:
 def from_wire(obj: object) -> Record:
     if not isinstance(obj, list | tuple) or len(obj) != 3:
         raise ValueError("record must be [kind, state, stamp]")
-    kind, state, stamp = obj
+    return _checked(*obj)
+
+
+def _checked(kind: object, state: object, stamp: object) -> Record:
     if kind not in POLICIES:
         raise ValueError(f"unknown record kind {kind!r}")
-    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+    if not _is_stamp(stamp):
         raise ValueError("record stamp must be a non-negative integer")
     if kind == "siblings":
         return Record(kind, versions.from_wire(state), stamp)
@@ -71,9 +74,9 @@ def decode(data: bytes) -> Record:
         obj = codec.unpack(data)
     except Exception as exc:
         raise ValueError(f"record is not valid msgpack: {exc}") from exc
-    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != FORMAT:
+    if type(obj) is not list or len(obj) != 4 or obj[0] != FORMAT:
         raise ValueError(f"record has an unknown format (expected format {FORMAT})")
-    return from_wire(obj[1:])
+    return _checked(obj[1], obj[2], obj[3])
 
 
 def merge(a: Record | None, b: Record | None) -> Record | None:
@@ -134,9 +137,14 @@ def stamp_of(raw: bytes) -> int:
     if not isinstance(obj, list) or len(obj) != 4 or obj[0] != FORMAT or obj[1] not in POLICIES:
         raise ValueError(f"record has an unknown format (expected format {FORMAT})")
     stamp = obj[3]
-    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+    if not _is_stamp(stamp):
         raise ValueError("record stamp must be a non-negative integer")
     return stamp
+
+
+def _is_stamp(stamp: object) -> bool:
+    # Exactly int: a bool is an int subclass but never a timestamp.
+    return type(stamp) is int and stamp >= 0
 
 
 def same_encoded(a: bytes | None, b: bytes | None) -> bool:

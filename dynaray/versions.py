@@ -162,28 +162,16 @@ def to_wire(c: Clock) -> list[object]:
 
 def from_wire(obj: object) -> Clock:
     """Decode and validate a clock from to_wire form (lists or tuples); ValueError if malformed."""
+    clock = _well_formed(obj)
+    if clock is not None:
+        return clock
+    # Something is off (or it came as tuples): the checks below say what.
     pair = _sequence(obj, "clock")
     if len(pair) != 2:
         raise ValueError(f"clock must be [entries, anonymous], got {len(pair)} items")
-    raw_entries = _sequence(pair[0], "clock entries")
     entries: list[Entry] = []
     previous: str | None = None
-    for index, raw in enumerate(raw_entries):
-        # Fast path for a well-formed entry (every read decodes one); anything else gets the
-        # checks below, which say what is wrong.
-        if type(raw) is list and len(raw) == 3:
-            node, counter, vals = raw
-            if (
-                type(node) is str
-                and (previous is None or node > previous)
-                and type(counter) is int
-                and type(vals) is list
-                and len(vals) <= counter
-                and all(v is None or type(v) is bytes for v in vals)
-            ):
-                entries.append((node, counter, tuple(vals)))
-                previous = node
-                continue
+    for index, raw in enumerate(_sequence(pair[0], "clock entries")):
         where = f"clock entry {index}"
         item = _sequence(raw, where)
         if len(item) != 3:
@@ -199,6 +187,43 @@ def from_wire(obj: object) -> Clock:
         entries.append((node, counter, vals))
         previous = node
     return tuple(entries), _values(pair[1], "clock anonymous values")
+
+
+def _well_formed(obj: object) -> Clock | None:
+    """The clock, if obj is a well-formed wire clock as msgpack decodes one; else None.
+
+    Every read and every replica write decodes clocks, so the usual case is checked with
+    the fewest operations (exact types, plain loops); from_wire explains any failure.
+    """
+    if type(obj) is not list or len(obj) != 2:
+        return None
+    raw_entries, anonymous = obj
+    if type(raw_entries) is not list or type(anonymous) is not list:
+        return None
+    entries: list[Entry] = []
+    previous: str | None = None
+    for raw in raw_entries:
+        if type(raw) is not list or len(raw) != 3:
+            return None
+        node, counter, vals = raw
+        if (
+            type(node) is not str
+            or (previous is not None and node <= previous)
+            or type(counter) is not int
+            or counter < 0
+            or type(vals) is not list
+            or len(vals) > counter
+        ):
+            return None
+        for value in vals:
+            if value is not None and type(value) is not bytes:
+                return None
+        entries.append((node, counter, tuple(vals)))
+        previous = node
+    for value in anonymous:
+        if value is not None and type(value) is not bytes:
+            return None
+    return tuple(entries), tuple(anonymous)
 
 
 def vv_to_wire(vv: VersionVector) -> list[object]:
