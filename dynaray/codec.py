@@ -98,7 +98,12 @@ def check_key(bucket: bytes, key: bytes) -> None:
 def data_key(partition: int, segment: int, bucket: bytes, key: bytes) -> bytes:
     """LMDB key: partition, then Merkle segment, both big-endian, so one partition and one
     segment of it are each one contiguous range of the data database."""
-    return segment_prefix(partition, segment) + hash_input(bucket, key)
+    return placed_key(partition, segment, hash_input(bucket, key))
+
+
+def placed_key(partition: int, segment: int, hashed: bytes) -> bytes:
+    """data_key from the key's hash input, for a caller that has it already."""
+    return segment_prefix(partition, segment) + hashed
 
 
 def partition_prefix(partition: int) -> bytes:
@@ -127,4 +132,4 @@ def key_partition(dkey: bytes) -> int:
 
 def location(dkey: bytes) -> tuple[int, int]:
     """(partition, segment) of a data key."""
-    return _PARTITION.unpack_from(dkey)[0], _SEGMENT.unpack_from(dkey, _PARTITION.size)[0]
+    return key_partition(dkey), _SEGMENT.unpack_from(dkey, _PARTITION.size)[0]

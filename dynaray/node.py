@@ -290,7 +290,7 @@ class StorageNode:
         """Delete ranges this node no longer replicates (after the new owners have them)."""
         if self.ring is None:
             return 0
-        mine = set(self.ring.replicated_partitions(self.id, self.n))
+        mine = self._replicated()
         dropped = 0
         for partition in self.ranges.held():
             if partition not in mine and partition not in self.pending:
@@ -1182,11 +1182,13 @@ class StorageNode:
         """The partitions our ring has us replicate: worked out once per ring and N, as
         every key of every replica read is checked against it."""
         ring, n = self.ring, self.n
-        known = self._replicated_known
-        if known is None or known[0] is not ring or known[1] != n:
-            known = (ring, n, frozenset(ring.replicated_partitions(self.id, n)))
-            self._replicated_known = known
-        return known[2]
+        if self._replicated_known is not None:
+            known_ring, known_n, partitions = self._replicated_known
+            if known_ring is ring and known_n == n:
+                return partitions
+        partitions = frozenset(ring.replicated_partitions(self.id, n))
+        self._replicated_known = (ring, n, partitions)
+        return partitions
 
     def _owners(self, dkey: bytes) -> tuple[str, ...]:
         """The key's N owners by our ring."""
@@ -1280,7 +1282,7 @@ class StorageNode:
             "path": self.path,
             "keys": self.store.count(DATA),
             "hints": self.handoff.count(),
-            "ranges": len(self.ring.replicated_partitions(self.id, self.n)) if self.ring else 0,
+            "ranges": len(self._replicated()) if self.ring else 0,
             "ranges_arriving": len(self.pending),
             "last_exchange": self.last_exchange,
             "hints_delivered": self.handoff.delivered,

@@ -69,7 +69,7 @@ def locate(ring: Ring, bucket: bytes, key: bytes) -> tuple[int, bytes]:
     """A key's partition on the ring and its data key (partition, segment, bucket, key)."""
     hashed = codec.hash_input(bucket, key)
     partition, segment = ring.locate(hashed)
-    return partition, codec.segment_prefix(partition, segment) + hashed
+    return partition, codec.placed_key(partition, segment, hashed)
 
 
 def route(

@@ -134,7 +134,7 @@ def stamp_of(raw: bytes) -> int:
         obj = codec.unpack(raw)
     except Exception as exc:
         raise ValueError(f"record is not valid msgpack: {exc}") from exc
-    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != FORMAT or obj[1] not in POLICIES:
+    if type(obj) is not list or len(obj) != 4 or obj[0] != FORMAT or obj[1] not in POLICIES:
         raise ValueError(f"record has an unknown format (expected format {FORMAT})")
     stamp = obj[3]
     if not _is_stamp(stamp):
@@ -143,7 +143,7 @@ def stamp_of(raw: bytes) -> int:
 
 
 def _is_stamp(stamp: object) -> bool:
-    # Exactly int: a bool is an int subclass but never a timestamp.
+    # Exactly int, as msgpack and the hybrid clock make them (a bool is never a timestamp).
     return type(stamp) is int and stamp >= 0
 
 

@@ -413,6 +413,40 @@ def test_from_wire_rejects_malformed(obj: object) -> None:
         V.from_wire(obj)
 
 
+# Wire clocks that are often well formed and often off by one thing: odd types, unsorted or
+# repeated ids, negative or boolean counters, more values than dots.
+_ATOMS = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.text("ab", max_size=2))
+_WIRE_VALUES = st.lists(st.one_of(st.none(), st.binary(max_size=2), _ATOMS), max_size=3)
+_WIRE_ENTRIES = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(-1, 4), _WIRE_VALUES).map(list),
+        st.lists(_ATOMS, max_size=4),
+        _ATOMS,
+    ),
+    max_size=3,
+)
+_WIRE_CLOCKS = st.one_of(st.tuples(_WIRE_ENTRIES, _WIRE_VALUES).map(list), _WIRE_ENTRIES, _ATOMS)
+
+
+def _as_tuples(obj: object) -> object:
+    return tuple(_as_tuples(item) for item in obj) if isinstance(obj, list) else obj
+
+
+@settings(max_examples=400, deadline=None)
+@given(_WIRE_CLOCKS)
+def test_quick_check_agrees_with_the_full_checks(obj: object) -> None:
+    # As tuples, a clock always takes the full checks; as lists, the quick one when it can.
+    try:
+        expected = V.from_wire(_as_tuples(obj))
+    except ValueError:
+        assert V._well_formed(obj) is None
+        with pytest.raises(ValueError):
+            V.from_wire(obj)
+        return
+    assert V.from_wire(obj) == expected
+    assert V._well_formed(obj) in (None, expected)
+
+
 MALFORMED_VVS = [
     None,
     "a",

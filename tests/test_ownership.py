@@ -1,0 +1,67 @@
+"""Which keys a storage node answers reads for, as its ring and N change.
+
+The node object is used in-process, without Ray: replica_get is a plain coroutine here, and
+its peers are never called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dynaray import codec, quorum, reads
+from dynaray.node import StorageNode
+from dynaray.ring import Ring
+
+BUCKET = b"default"
+
+
+@pytest.fixture
+def node(tmp_path):
+    made = StorageNode("n1", str(tmp_path / "n1"))
+    yield made
+    asyncio.run(made.stop())
+
+
+def _keys_by_role(ring: Ring, n: int, count: int = 400) -> tuple[list[bytes], list[bytes]]:
+    """Data keys that n1 replicates with this ring and N, and data keys it does not."""
+    mine, others = [], []
+    for i in range(count):
+        partition, dkey = quorum.locate(ring, BUCKET, f"k{i}".encode())
+        (mine if "n1" in ring.preference_list(partition)[:n] else others).append(dkey)
+    return mine, others
+
+
+def _answers(node: StorageNode, dkeys: list[bytes]) -> list:
+    return asyncio.run(node.replica_get("client", dkeys))
+
+
+def test_a_node_refuses_reads_of_ranges_it_lost_to_a_joining_node(node) -> None:
+    before = Ring.create(["n1", "n2", "n3", "n4"], 32)
+    node._adopt(before)
+    node.config = {"n": 2}
+    mine, others = _keys_by_role(before, 2)
+    assert mine and others
+    assert all(answer is None for answer in _answers(node, mine))  # ours, not written yet
+    assert all(answer == reads.NOT_MINE for answer in _answers(node, others))
+
+    after = before.with_node("n5")
+    node._adopt(after)
+    still, lost = _keys_by_role(after, 2)
+    lost = [dkey for dkey in mine if dkey not in set(still)]
+    assert lost, "the joining node should take some of n1's ranges"
+    assert all(answer == reads.NOT_MINE for answer in _answers(node, lost))
+    assert all(answer is None for answer in _answers(node, still))
+
+
+def test_a_node_answers_for_more_ranges_when_n_grows(node) -> None:
+    ring = Ring.create(["n1", "n2", "n3", "n4"], 32)
+    node._adopt(ring)
+    node.config = {"n": 2}
+    _, others = _keys_by_role(ring, 2)
+    assert all(answer == reads.NOT_MINE for answer in _answers(node, others))
+
+    node.config = {"n": 4}  # every node now replicates every range
+    assert all(answer is None for answer in _answers(node, others))
+    assert codec.key_partition(others[0]) in node._replicated()
