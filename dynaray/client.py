@@ -8,6 +8,8 @@ in Ray tasks and in notebooks. Values are serialized here and only here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from dynaray.buckets import Bucket
 
 T = TypeVar("T")
+_CLOSE_WAIT = 5.0  # seconds close() waits for cancelled work, then for the loop's thread
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,34 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """Cancel what still runs on the loop, then stop it and its thread.
+
+        What can still run after a sync call returned is background work: read repairs
+        (a shortcut; anti-entropy does the same later) and batched calls whose waiters
+        have gone. Stopping the loop without cancelling them would leave them pending
+        forever, holding their Ray references.
+        """
+        if threading.current_thread() is self._thread:  # closed from its own loop
+            self.loop.stop()
+            return
+        # A loop that is stuck or already closed: stopping it is all that is left to do.
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            cancelling = asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop)
+            cancelling.result(_CLOSE_WAIT + 1)
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(_CLOSE_WAIT)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task of the running loop and wait (briefly) until they end."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=_CLOSE_WAIT)
 
 
 class Client:
@@ -128,9 +158,12 @@ class Client:
         return self._loop.run(coro)
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.close()
-            self._loop = None
+        """Stop the private event loop of the sync API, cancelling background read repairs
+        still in flight. The async twins run on the caller's loop and need no closing."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
 
     # -- the one read path and the one write path ------------------------------------------
 

@@ -8,6 +8,7 @@ import asyncio
 import random
 
 from dynaray import codec, quorum, reads, records
+from dynaray.client import Client
 from dynaray.errors import NodeError, QuorumError
 from dynaray.ring import Ring
 from dynaray.routing import Routing
@@ -187,3 +188,32 @@ def test_a_replica_that_answers_with_an_error_fails_no_other_key():
     replicas["n2"].broken = NodeError("node n2 store is closed")
     answers = _read(routing, keys)
     assert answers == [stored[k] for k in keys]  # n2's keys were read from other replicas
+
+
+def test_closing_a_client_cancels_its_read_repairs_in_flight():
+    routing, replicas, ring = _routing(chance=1.0)  # ask all three replicas
+    routing.read_options["replica_timeout"] = 60.0  # the repair would wait a minute
+    key = b"repair-pending"
+    old = _record("old")
+    new = _record("new", seen=records.context_of(records.decode(old)), stored=records.decode(old))
+    first, second, third = _owners(ring, key)
+    _place(ring, replicas, key, {first: new, second: new, third: old})
+    stuck = replicas[third]
+    answer = stuck.answer
+
+    async def never_repairs(method: str, items: list):
+        if method == "replica_repair":
+            await asyncio.Event().wait()  # a replica that takes the repair and never answers
+        return await answer(method, items)
+
+    stuck.answer = never_repairs
+    client = Client(routing)
+    assert client.get(key.decode()).values == ["new"]
+    background = list(routing._tasks)
+    assert background and not any(task.done() for task in background)  # the read repair
+    thread = client._loop._thread
+    client.close()
+    assert all(task.cancelled() for task in background)
+    assert not thread.is_alive()
+    assert client.get(key.decode()).values == ["new"]  # a closed client opens a new loop
+    client.close()
