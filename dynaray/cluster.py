@@ -135,9 +135,22 @@ def start(
         resources = _placement(nodes)
         options = {"sync": sync, **(node_options or {})}
         node_ids = [f"n{i}" for i in range(1, nodes + 1)]
-        for node_id in node_ids:
+        # A store started again on several machines: each node goes back to the machine
+        # that holds its directory, and those start first so no other node takes the place.
+        homes = {}
+        if resources and not ephemeral:
+            homes = homes_for(node_ids, _directories_on_machines(root))
+        pinned = sorted(homes, key=_node_sort_key)
+        for node_id in pinned:
             path = os.path.join(root, node_id)
-            handles[node_id] = _create_node(store, node_id, path, options, resources)
+            handles[node_id] = _create_node(
+                store, node_id, path, options, resources, ray_node=homes[node_id]
+            )
+        ray.get([handles[node].describe.remote() for node in pinned], timeout=_STARTUP_TIMEOUT)
+        for node_id in node_ids:
+            if node_id not in homes:
+                path = os.path.join(root, node_id)
+                handles[node_id] = _create_node(store, node_id, path, options, resources)
         descriptions = ray.get(
             [h.describe.remote() for h in handles.values()], timeout=_STARTUP_TIMEOUT
         )
@@ -186,6 +199,65 @@ def _placement(nodes: int) -> dict[str, float]:
             f"machines with the {KVNODE!r} resource; add machines or ask for fewer nodes"
         )
     return {KVNODE: 1}
+
+
+def homes_for(node_ids: list[str], holding: dict[str, list[str]]) -> dict[str, str]:
+    """The machine each store node must start on, from which machines hold which node
+    directories ({Ray node id: [store node ids]}): the one machine that holds a node's
+    directory. Nodes not in the answer may start anywhere: their directory is nowhere yet,
+    or every machine sees it (shared storage).
+
+    Raises DynarayError, before anything starts, when two machines (not all) hold a
+    directory of the same node, or one machine holds the directories of two nodes (one
+    store node runs per machine): which copy is the node's is for a person to decide.
+    """
+    machines = sorted(holding)
+    homes: dict[str, str] = {}
+    for node in node_ids:
+        where = [m for m in machines if node in holding[m]]
+        if len(where) == 1 and len(machines) > 1:
+            homes[node] = where[0]
+        elif 1 < len(where) < len(machines):
+            raise DynarayError(
+                f"the directory of node {node!r} exists on {len(where)} machines (Ray nodes "
+                f"{', '.join(m[:12] for m in where)}); nothing was started. Keep the one with "
+                "the node's data, move the others away, and start again"
+            )
+    crowded = {m: [n for n, home in homes.items() if home == m] for m in set(homes.values())}
+    for machine, nodes in crowded.items():
+        if len(nodes) > 1:
+            raise DynarayError(
+                f"one machine (Ray node {machine[:12]}) holds the directories of nodes "
+                f"{', '.join(sorted(nodes, key=_node_sort_key))}, and a machine runs one store "
+                "node; nothing was started. Move all but one of them to machines of their own "
+                "(the same path there) and start again"
+            )
+    return homes
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _node_directories(root: str) -> list[str]:
+    """The store node directories (with an LMDB environment) under root on this machine."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "data.mdb"))
+    )
+
+
+def _directories_on_machines(root: str) -> dict[str, list[str]]:
+    """{Ray node id: store node directories under root there} for every live machine that
+    can run a store node."""
+    machines = [
+        m["NodeID"] for m in ray.nodes() if m.get("Alive") and m.get("Resources", {}).get(KVNODE)
+    ]
+    asks = {
+        machine: _node_directories.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(machine, soft=False)
+        ).remote(root)
+        for machine in machines
+    }
+    return {machine: ray.get(ask, timeout=_CALL_TIMEOUT) for machine, ask in asks.items()}
 
 
 def _create_node(

@@ -67,3 +67,55 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
             cluster.restart(victim)
     finally:
         cluster.shutdown()
+
+
+def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
+    machines, tmp_path, monkeypatch
+):
+    data = str(tmp_path / "data")
+    first = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64)
+    try:
+        homes = {node: i["ray_node"] for node, i in first.info().items()}
+        client = first.client()
+        for i in range(20):
+            client.put(f"k{i}", None, f"v{i}")
+    finally:
+        first.shutdown()
+
+    # These machines share one disk, so each sees every directory: the store may start
+    # each node anywhere (shared storage), and finds its data.
+    seen = dynaray.cluster._directories_on_machines(data)
+    assert all(dirs == ["n1", "n2", "n3"] for dirs in seen.values())
+    assert dynaray.cluster.homes_for(["n1", "n2", "n3"], seen) == {}
+
+    # As machines with disks of their own, where each directory is on one machine: n1's
+    # on the machine n2 had, and so on round. Each node must start where its directory is.
+    moved = {"n1": homes["n2"], "n2": homes["n3"], "n3": homes["n1"]}
+    holding = {m: [n for n, home in moved.items() if home == m] for m in seen}
+    monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", lambda root: holding)
+    again = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64)
+    try:
+        assert {node: i["ray_node"] for node, i in again.info().items()} == moved
+        client = again.client()
+        assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
+    finally:
+        again.shutdown()
+
+
+def test_machines_for_a_restarted_store():
+    homes_for = dynaray.cluster.homes_for
+    nodes = ["n1", "n2", "n3"]
+    # Directories on machines of their own: each node goes back to its machine.
+    assert homes_for(nodes, {"a": ["n1"], "b": ["n2", "x"], "c": [], "d": ["n3"]}) == {
+        "n1": "a",
+        "n2": "b",
+        "n3": "d",
+    }
+    # Nowhere yet (a new store) or everywhere (shared storage): anywhere.
+    assert homes_for(nodes, {"a": [], "b": []}) == {}
+    assert homes_for(nodes, {"a": nodes, "b": nodes}) == {}
+    assert homes_for(nodes, {"a": nodes}) == {}  # one machine: nothing to choose
+    with pytest.raises(dynaray.DynarayError, match="node 'n2' exists on 2 machines"):
+        homes_for(nodes, {"a": ["n2"], "b": ["n2"], "c": []})
+    with pytest.raises(dynaray.DynarayError, match="directories of nodes n1, n3"):
+        homes_for(nodes, {"a": ["n1", "n3"], "b": ["n2"]})
