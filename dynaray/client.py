@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dynaray import codec, crdt, records, versions
 from dynaray.context import Context, check_context, key_tag
-from dynaray.errors import ConflictError
+from dynaray.errors import ConflictError, DynarayError
 from dynaray.routing import Routing, key_repr
 
 if TYPE_CHECKING:
@@ -94,6 +94,10 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
+        # Submitting a call and starting to close exclude each other, so every call
+        # submitted before close() is cancelled by it, and none is submitted after.
+        self._guard = threading.Lock()
+        self._closing = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -106,7 +110,18 @@ class _LoopThread:
                 "a sync dynaray call was made inside a running event loop; use the async twin "
                 "(aget, aput, adelete, ...) there"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with self._guard:
+            if self._closing:
+                coro.close()
+                raise DynarayError("the client was closed; make the call on an open client")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise DynarayError(
+                "the client was closed during the call; a write may or may not have been "
+                "applied: read the key to find out"
+            ) from None
 
     def close(self) -> None:
         """Cancel what still runs on the loop, then stop it and its thread.
@@ -116,13 +131,19 @@ class _LoopThread:
         have gone. Stopping the loop without cancelling them would leave them pending
         forever, holding their Ray references.
         """
-        if threading.current_thread() is self._thread:  # closed from its own loop
-            self.loop.stop()
+        with self._guard:
+            self._closing = True
+        if threading.current_thread() is self._thread:  # closed from a callback on the loop
+            self.loop.call_soon(self.loop.stop)  # after the callback has returned
+            return
+        if not self._thread.is_alive():
+            if not self.loop.is_closed():
+                self.loop.close()
             return
         # A loop that is stuck or already closed: stopping it is all that is left to do.
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             cancelling = asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop)
-            cancelling.result(_CLOSE_WAIT + 1)
+            cancelling.result(_CLOSE_WAIT + 1)  # a loop blocked in a callback: stop anyway
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(_CLOSE_WAIT)
@@ -155,7 +176,8 @@ class Client:
         with self._lock:
             if self._loop is None:
                 self._loop = _LoopThread()
-        return self._loop.run(coro)
+            loop = self._loop
+        return loop.run(coro)
 
     def close(self) -> None:
         """Stop the private event loop of the sync API, cancelling background read repairs

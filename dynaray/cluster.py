@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dynaray import codec, faults, quorum, records
@@ -146,7 +146,14 @@ def start(
             handles[node_id] = _create_node(
                 store, node_id, path, options, resources, ray_node=homes[node_id]
             )
-        ray.get([handles[node].describe.remote() for node in pinned], timeout=_STARTUP_TIMEOUT)
+        try:
+            ray.get([handles[node].describe.remote() for node in pinned], timeout=_STARTUP_TIMEOUT)
+        except GetTimeoutError:
+            raise DynarayError(
+                f"nodes {', '.join(pinned)} must start on the machines that hold their "
+                f"directories, and did not start within {_STARTUP_TIMEOUT:.0f} s; is a "
+                f"machine's {KVNODE!r} taken (by another store: `ray status`)?"
+            ) from None
         for node_id in node_ids:
             if node_id not in homes:
                 path = os.path.join(root, node_id)
@@ -201,53 +208,70 @@ def _placement(nodes: int) -> dict[str, float]:
     return {KVNODE: 1}
 
 
-def homes_for(node_ids: list[str], holding: dict[str, list[str]]) -> dict[str, str]:
+def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[str, str]:
     """The machine each store node must start on, from which machines hold which node
-    directories ({Ray node id: [store node ids]}): the one machine that holds a node's
-    directory. Nodes not in the answer may start anywhere: their directory is nowhere yet,
-    or every machine sees it (shared storage).
+    directories ({Ray node id: {store node id: fingerprint of its data file}}).
 
-    Raises DynarayError, before anything starts, when two machines (not all) hold a
-    directory of the same node, or one machine holds the directories of two nodes (one
-    store node runs per machine): which copy is the node's is for a person to decide.
+    A directory that one machine holds pins its node there. One that several machines see
+    with the same fingerprint (the same file: shared storage) may be opened from anywhere,
+    as may one that is nowhere yet. Raises DynarayError, before anything starts, when
+    machines hold different copies of a node's directory, or one machine holds the
+    directories of two nodes (one store node runs per machine): which copy is the node's
+    is for a person to decide.
     """
     machines = sorted(holding)
     homes: dict[str, str] = {}
     for node in node_ids:
         where = [m for m in machines if node in holding[m]]
+        if len({tuple(holding[m][node]) for m in where}) > 1:
+            raise DynarayError(
+                f"machines hold different copies of node {node!r}'s directory (Ray nodes "
+                f"{', '.join(m[:12] for m in where)}); nothing was started. Keep the one with "
+                "the node's data, move the others away, and start again. (On storage shared "
+                "by the machines, check that every machine has it mounted.)"
+            )
         if len(where) == 1 and len(machines) > 1:
             homes[node] = where[0]
-        elif 1 < len(where) < len(machines):
-            raise DynarayError(
-                f"the directory of node {node!r} exists on {len(where)} machines (Ray nodes "
-                f"{', '.join(m[:12] for m in where)}); nothing was started. Keep the one with "
-                "the node's data, move the others away, and start again"
-            )
-    crowded = {m: [n for n, home in homes.items() if home == m] for m in set(homes.values())}
-    for machine, nodes in crowded.items():
-        if len(nodes) > 1:
+    for machine in machines:
+        local = sorted((n for n, home in homes.items() if home == machine), key=_node_sort_key)
+        if len(local) > 1:
             raise DynarayError(
                 f"one machine (Ray node {machine[:12]}) holds the directories of nodes "
-                f"{', '.join(sorted(nodes, key=_node_sort_key))}, and a machine runs one store "
-                "node; nothing was started. Move all but one of them to machines of their own "
-                "(the same path there) and start again"
+                f"{', '.join(local)}, and a machine runs one store node; nothing was "
+                "started. Move all but one of them to machines of their own (the same path "
+                "there) and start again"
             )
+    missing = [n for n in node_ids if not any(n in holding[m] for m in machines)]
+    if homes and missing:
+        log.warning(
+            "no running machine holds the directories of %s: they start empty and are "
+            "refilled from their replicas (if a machine is still joining, stop the store "
+            "and start it again once `ray status` shows it)",
+            ", ".join(missing),
+        )
     return homes
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _node_directories(root: str) -> list[str]:
-    """The store node directories (with an LMDB environment) under root on this machine."""
+def _node_directories(root: str) -> dict[str, list]:
+    """{store node id: fingerprint} of the node directories (with an LMDB environment)
+    under root on this machine: the data file's inode, size and modification time, equal
+    wherever the same file is seen."""
+    found: dict[str, list] = {}
     if not os.path.isdir(root):
-        return []
-    return sorted(
-        name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "data.mdb"))
-    )
+        return found
+    for name in sorted(os.listdir(root)):
+        try:
+            info = os.stat(os.path.join(root, name, "data.mdb"))
+        except OSError:
+            continue
+        found[name] = [info.st_ino, info.st_size, info.st_mtime_ns]
+    return found
 
 
-def _directories_on_machines(root: str) -> dict[str, list[str]]:
-    """{Ray node id: store node directories under root there} for every live machine that
-    can run a store node."""
+def _directories_on_machines(root: str) -> dict[str, dict[str, list]]:
+    """{Ray node id: node directories under root there} for every live machine that can
+    run a store node."""
     machines = [
         m["NodeID"] for m in ray.nodes() if m.get("Alive") and m.get("Resources", {}).get(KVNODE)
     ]
@@ -257,7 +281,13 @@ def _directories_on_machines(root: str) -> dict[str, list[str]]:
         ).remote(root)
         for machine in machines
     }
-    return {machine: ray.get(ask, timeout=_CALL_TIMEOUT) for machine, ask in asks.items()}
+    try:
+        return {machine: ray.get(ask, timeout=_CALL_TIMEOUT) for machine, ask in asks.items()}
+    except (GetTimeoutError, RayError) as exc:
+        raise DynarayError(
+            f"could not list the node directories under {root!r} on every machine ({exc}); "
+            "nothing was started. Check that the machines in `ray status` are up"
+        ) from exc
 
 
 def _create_node(

@@ -85,13 +85,14 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
     # These machines share one disk, so each sees every directory: the store may start
     # each node anywhere (shared storage), and finds its data.
     seen = dynaray.cluster._directories_on_machines(data)
-    assert all(dirs == ["n1", "n2", "n3"] for dirs in seen.values())
+    assert all(sorted(dirs) == ["n1", "n2", "n3"] for dirs in seen.values())
+    assert len({str(dirs) for dirs in seen.values()}) == 1  # the same files, seen from each
     assert dynaray.cluster.homes_for(["n1", "n2", "n3"], seen) == {}
 
     # As machines with disks of their own, where each directory is on one machine: n1's
     # on the machine n2 had, and so on round. Each node must start where its directory is.
     moved = {"n1": homes["n2"], "n2": homes["n3"], "n3": homes["n1"]}
-    holding = {m: [n for n, home in moved.items() if home == m] for m in seen}
+    holding = {m: {n: [n] for n, home in moved.items() if home == m} for m in seen}
     monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", lambda root: holding)
     again = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64)
     try:
@@ -105,17 +106,26 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
 def test_machines_for_a_restarted_store():
     homes_for = dynaray.cluster.homes_for
     nodes = ["n1", "n2", "n3"]
+
+    def on(*names: str, copy: int = 0) -> dict:  # directories, by fingerprint
+        return {name: [name, copy] for name in names}
+
     # Directories on machines of their own: each node goes back to its machine.
-    assert homes_for(nodes, {"a": ["n1"], "b": ["n2", "x"], "c": [], "d": ["n3"]}) == {
+    assert homes_for(nodes, {"a": on("n1"), "b": on("n2", "x"), "c": {}, "d": on("n3")}) == {
         "n1": "a",
         "n2": "b",
         "n3": "d",
     }
-    # Nowhere yet (a new store) or everywhere (shared storage): anywhere.
-    assert homes_for(nodes, {"a": [], "b": []}) == {}
-    assert homes_for(nodes, {"a": nodes, "b": nodes}) == {}
-    assert homes_for(nodes, {"a": nodes}) == {}  # one machine: nothing to choose
-    with pytest.raises(dynaray.DynarayError, match="node 'n2' exists on 2 machines"):
-        homes_for(nodes, {"a": ["n2"], "b": ["n2"], "c": []})
+    # Nowhere yet (a new store) or the same files everywhere (shared storage): anywhere.
+    assert homes_for(nodes, {"a": {}, "b": {}}) == {}
+    assert homes_for(nodes, {"a": on(*nodes), "b": on(*nodes)}) == {}
+    assert homes_for(nodes, {"a": on(*nodes)}) == {}  # one machine: nothing to choose
+    # Copies that differ, on two machines or on all of them: a person must choose.
+    for holding in (
+        {"a": on("n2"), "b": on("n2", copy=1), "c": {}},
+        {"a": on("n1", "n2"), "b": on("n1", "n2", copy=1)},  # two machines, one swap
+    ):
+        with pytest.raises(dynaray.DynarayError, match="different copies of node 'n"):
+            homes_for(nodes, holding)
     with pytest.raises(dynaray.DynarayError, match="directories of nodes n1, n3"):
-        homes_for(nodes, {"a": ["n1", "n3"], "b": ["n2"]})
+        homes_for(nodes, {"a": on("n1", "n3"), "b": on("n2")})

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 from dynaray import codec, quorum, reads, records
 from dynaray.client import Client
-from dynaray.errors import NodeError, QuorumError
+from dynaray.errors import DynarayError, NodeError, QuorumError
 from dynaray.ring import Ring
 from dynaray.routing import Routing
 from dynaray.transport import PeerUnavailable
@@ -217,3 +218,33 @@ def test_closing_a_client_cancels_its_read_repairs_in_flight():
     assert not thread.is_alive()
     assert client.get(key.decode()).values == ["new"]  # a closed client opens a new loop
     client.close()
+
+
+def test_a_call_in_flight_when_its_client_closes_says_so():
+    routing, replicas, ring = _routing()
+    routing.read_options["replica_timeout"] = 60.0
+    asked = threading.Event()
+
+    async def never_answers(method: str, items: list):
+        asked.set()
+        await asyncio.Event().wait()
+
+    for replica in replicas.values():
+        replica.answer = never_answers
+    client = Client(routing)
+    outcome: list = []
+    caller = threading.Thread(target=lambda: outcome.append(_outcome(client.get, "k")))
+    caller.start()
+    assert asked.wait(30)
+    client.close()
+    caller.join(30)
+    assert not caller.is_alive()
+    [error] = outcome
+    assert isinstance(error, DynarayError) and "closed during the call" in str(error)
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test looks at what was raised
+        return exc
