@@ -98,6 +98,7 @@ class _LoopThread:
         # submitted before close() is cancelled by it, and none is submitted after.
         self._guard = threading.Lock()
         self._closing = False
+        self._calls: set[concurrent.futures.Future] = set()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -115,6 +116,7 @@ class _LoopThread:
                 coro.close()
                 raise DynarayError("the client was closed; make the call on an open client")
             future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._calls.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -122,6 +124,9 @@ class _LoopThread:
                 "the client was closed during the call; a write may or may not have been "
                 "applied: read the key to find out"
             ) from None
+        finally:
+            with self._guard:
+                self._calls.discard(future)
 
     def close(self) -> None:
         """Cancel what still runs on the loop, then stop it and its thread.
@@ -134,7 +139,7 @@ class _LoopThread:
         with self._guard:
             self._closing = True
         if threading.current_thread() is self._thread:  # closed from a callback on the loop
-            self.loop.call_soon(self.loop.stop)  # after the callback has returned
+            self.loop.create_task(_cancel_others()).add_done_callback(lambda _: self.loop.stop())
             return
         if not self._thread.is_alive():
             if not self.loop.is_closed():
@@ -149,6 +154,9 @@ class _LoopThread:
         self._thread.join(_CLOSE_WAIT)
         if not self._thread.is_alive():
             self.loop.close()
+        with self._guard:  # a call whose task outlived the loop must not wait for ever
+            for future in self._calls:
+                future.cancel()
 
 
 async def _cancel_others() -> None:

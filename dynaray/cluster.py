@@ -223,12 +223,16 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
     homes: dict[str, str] = {}
     for node in node_ids:
         where = [m for m in machines if node in holding[m]]
-        if len({tuple(holding[m][node]) for m in where}) > 1:
+        differ = len({tuple(holding[m][node]) for m in where}) > 1
+        if differ or 1 < len(where) < len(machines):
             raise DynarayError(
-                f"machines hold different copies of node {node!r}'s directory (Ray nodes "
-                f"{', '.join(m[:12] for m in where)}); nothing was started. Keep the one with "
-                "the node's data, move the others away, and start again. (On storage shared "
-                "by the machines, check that every machine has it mounted.)"
+                f"node {node!r}'s directory is on {len(where)} of {len(machines)} machines "
+                f"(Ray nodes {', '.join(m[:12] for m in where)})"
+                + (" in different copies" if differ else "")
+                + "; nothing was started. With disks of their own: keep the copy with the "
+                "node's data, move the others away, and start again. With storage shared by "
+                "the machines: mount it on every one of them, or wait a minute (file "
+                "attributes may be cached) and start again; delete nothing"
             )
         if len(where) == 1 and len(machines) > 1:
             homes[node] = where[0]
@@ -242,7 +246,7 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
                 "there) and start again"
             )
     missing = [n for n in node_ids if not any(n in holding[m] for m in machines)]
-    if homes and missing:
+    if missing and any(holding.values()):
         log.warning(
             "no running machine holds the directories of %s: they start empty and are "
             "refilled from their replicas (if a machine is still joining, stop the store "
@@ -262,7 +266,9 @@ def _node_directories(root: str) -> dict[str, list]:
         return found
     for name in sorted(os.listdir(root)):
         try:
-            info = os.stat(os.path.join(root, name, "data.mdb"))
+            # Opened first: on NFS an open asks the server, a bare stat may read a cache.
+            with open(os.path.join(root, name, "data.mdb"), "rb") as data:
+                info = os.fstat(data.fileno())
         except OSError:
             continue
         found[name] = [info.st_ino, info.st_size, info.st_mtime_ns]

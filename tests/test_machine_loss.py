@@ -125,7 +125,10 @@ def test_machines_for_a_restarted_store():
         {"a": on("n2"), "b": on("n2", copy=1), "c": {}},
         {"a": on("n1", "n2"), "b": on("n1", "n2", copy=1)},  # two machines, one swap
     ):
-        with pytest.raises(dynaray.DynarayError, match="different copies of node 'n"):
+        with pytest.raises(dynaray.DynarayError, match="in different copies"):
             homes_for(nodes, holding)
+    # The same file on some machines but not all: storage not mounted everywhere.
+    with pytest.raises(dynaray.DynarayError, match="is on 2 of 3 machines"):
+        homes_for(nodes, {"a": on(*nodes), "b": on(*nodes), "c": {}})
     with pytest.raises(dynaray.DynarayError, match="directories of nodes n1, n3"):
         homes_for(nodes, {"a": on("n1", "n3"), "b": on("n2")})
