@@ -70,13 +70,19 @@ def _check_lww(state: object) -> list:
 
 
 def decode(data: bytes) -> Record:
+    obj = _envelope(data)
+    return _checked(obj[1], obj[2], obj[3])
+
+
+def _envelope(data: bytes) -> list:
+    """The [format, kind, state, stamp] list of an encoded record, its format checked."""
     try:
         obj = codec.unpack(data)
     except Exception as exc:
         raise ValueError(f"record is not valid msgpack: {exc}") from exc
     if type(obj) is not list or len(obj) != 4 or obj[0] != FORMAT:
         raise ValueError(f"record has an unknown format (expected format {FORMAT})")
-    return _checked(obj[1], obj[2], obj[3])
+    return obj
 
 
 def merge(a: Record | None, b: Record | None) -> Record | None:
@@ -130,11 +136,8 @@ def merge_into(stored: bytes | None, incoming: bytes) -> bytes | None:
 def stamp_of(raw: bytes) -> int:
     """The hybrid-clock stamp of an encoded record; ValueError if it is not one. Checks the
     envelope only: a peer's record was validated where it was made."""
-    try:
-        obj = codec.unpack(raw)
-    except Exception as exc:
-        raise ValueError(f"record is not valid msgpack: {exc}") from exc
-    if type(obj) is not list or len(obj) != 4 or obj[0] != FORMAT or obj[1] not in POLICIES:
+    obj = _envelope(raw)
+    if obj[1] not in POLICIES:
         raise ValueError(f"record has an unknown format (expected format {FORMAT})")
     stamp = obj[3]
     if not _is_stamp(stamp):

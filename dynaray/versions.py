@@ -213,17 +213,22 @@ def _well_formed(obj: object) -> Clock | None:
             or counter < 0
             or type(vals) is not list
             or len(vals) > counter
+            or not _stored_values(vals)
         ):
             return None
-        for value in vals:
-            if value is not None and type(value) is not bytes:
-                return None
         entries.append((node, counter, tuple(vals)))
         previous = node
-    for value in anonymous:
-        if value is not None and type(value) is not bytes:
-            return None
+    if not _stored_values(anonymous):
+        return None
     return tuple(entries), tuple(anonymous)
+
+
+def _stored_values(vals: list) -> bool:
+    """Whether every value is bytes or None (a tombstone), as a clock holds them."""
+    for value in vals:  # noqa: SIM110 - a plain loop: all() over a generator costs more here
+        if value is not None and type(value) is not bytes:
+            return False
+    return True
 
 
 def vv_to_wire(vv: VersionVector) -> list[object]:
