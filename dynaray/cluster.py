@@ -32,6 +32,8 @@ DEFAULT_STORE = "default"
 KVNODE = "kvnode"
 _STARTUP_TIMEOUT = 120.0
 _CALL_TIMEOUT = 60.0
+# How long kill() waits for Ray to end the actor.
+_KILL_WAIT = 10.0
 
 
 def node_name(store: str, node_id: str) -> str:
@@ -135,16 +137,24 @@ def start(
         resources = _placement(nodes)
         options = {"sync": sync, **(node_options or {})}
         node_ids = [f"n{i}" for i in range(1, nodes + 1)]
-        # A store started again on several machines: each node goes back to the machine
-        # that holds its directory, and those start first so no other node takes the place.
         homes = {}
-        if resources and not ephemeral:
-            homes = homes_for(node_ids, _directories_on_machines(root))
+        fresh = True
+        if not ephemeral:
+            # A store started again: its nodes are those of the ring it kept. On several
+            # machines each goes back to the machine that holds its directory, and those
+            # start first so no other node takes the place.
+            found = _directories_on_machines(root) if resources else {"": _node_directories(root)}
+            node_ids, fresh = members_for(nodes, found)
+            if resources:
+                files = {
+                    m: {node: d["file"] for node, d in dirs.items()} for m, dirs in found.items()
+                }
+                homes = homes_for(node_ids, files)
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
             handles[node_id] = _create_node(
-                store, node_id, path, options, resources, ray_node=homes[node_id]
+                store, node_id, path, options, resources, ray_node=homes[node_id], fresh=fresh
             )
         try:
             ray.get([handles[node].describe.remote() for node in pinned], timeout=_STARTUP_TIMEOUT)
@@ -157,7 +167,9 @@ def start(
         for node_id in node_ids:
             if node_id not in homes:
                 path = os.path.join(root, node_id)
-                handles[node_id] = _create_node(store, node_id, path, options, resources)
+                handles[node_id] = _create_node(
+                    store, node_id, path, options, resources, fresh=fresh
+                )
         descriptions = ray.get(
             [h.describe.remote() for h in handles.values()], timeout=_STARTUP_TIMEOUT
         )
@@ -208,6 +220,46 @@ def _placement(nodes: int) -> dict[str, float]:
     return {KVNODE: 1}
 
 
+def members_for(nodes: int, found: dict[str, dict[str, dict]]) -> tuple[list[str], bool]:
+    """The ids of the nodes to start, from the node directories found ({machine:
+    _node_directories there}): those of the newest ring the directories kept (a store
+    started again), else n1 to n{nodes} (a new store); and whether the store is new.
+
+    Nodes that joined since the store was created keep their ids, and the directories of
+    nodes that left stay shut. Raises DynarayError when the stored ring has another number
+    of nodes than `nodes`.
+    """
+    rings = []
+    for dirs in found.values():
+        for node, d in dirs.items():
+            if d["ring"] is None:
+                continue
+            try:
+                rings.append(Ring.from_wire(d["ring"]))
+            except ValueError as exc:
+                raise DynarayError(
+                    f"node {node!r}'s directory holds a ring this version cannot read ({exc}); "
+                    "nothing was started. Start the store with the version that wrote it"
+                ) from None
+    if not rings:
+        return [f"n{i}" for i in range(1, nodes + 1)], True
+    newest = max(rings, key=lambda ring: ring.version)
+    members = sorted(newest.nodes(), key=_node_sort_key)
+    if len(members) != nodes:
+        raise DynarayError(
+            f"the data directory holds a store of {len(members)} nodes "
+            f"({', '.join(members)}); start it with nodes={len(members)} or use another "
+            "data_dir"
+        )
+    left = sorted({n for dirs in found.values() for n in dirs} & set(newest.departed))
+    if left:
+        log.info(
+            "not starting %s: they left the store (their directories may be deleted)",
+            ", ".join(sorted(left, key=_node_sort_key)),
+        )
+    return members, False
+
+
 def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[str, str]:
     """The machine each store node must start on, from which machines hold which node
     directories ({Ray node id: {store node id: fingerprint of its data file}}).
@@ -256,33 +308,42 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
     return homes
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def _node_directories(root: str) -> dict[str, list]:
-    """{store node id: fingerprint} of the node directories (with an LMDB environment)
-    under root on this machine: the data file's inode, size and modification time, equal
-    wherever the same file is seen."""
-    found: dict[str, list] = {}
+def _node_directories(root: str) -> dict[str, dict]:
+    """The node directories (with an LMDB environment) under root on this machine:
+    {store node id: {"file": fingerprint, "ring": the ring it kept, or None}}. The
+    fingerprint is the data file's inode, size and modification time, equal wherever the
+    same file is seen."""
+    from dynaray.node import stored_ring
+
+    found: dict[str, dict] = {}
     if not os.path.isdir(root):
         return found
     for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
         try:
             # Opened first: on NFS an open asks the server, a bare stat may read a cache.
-            with open(os.path.join(root, name, "data.mdb"), "rb") as data:
+            with open(os.path.join(path, "data.mdb"), "rb") as data:
                 info = os.fstat(data.fileno())
         except OSError:
             continue
-        found[name] = [info.st_ino, info.st_size, info.st_mtime_ns]
+        found[name] = {
+            "file": [info.st_ino, info.st_size, info.st_mtime_ns],
+            "ring": stored_ring(path),
+        }
     return found
 
 
-def _directories_on_machines(root: str) -> dict[str, dict[str, list]]:
-    """{Ray node id: node directories under root there} for every live machine that can
-    run a store node."""
+_node_directories_there = ray.remote(num_cpus=0, max_retries=0)(_node_directories)
+
+
+def _directories_on_machines(root: str) -> dict[str, dict[str, dict]]:
+    """{Ray node id: node directories under root there (_node_directories)} for every live
+    machine that can run a store node."""
     machines = [
         m["NodeID"] for m in ray.nodes() if m.get("Alive") and m.get("Resources", {}).get(KVNODE)
     ]
     asks = {
-        machine: _node_directories.options(
+        machine: _node_directories_there.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(machine, soft=False)
         ).remote(root)
         for machine in machines
@@ -303,7 +364,9 @@ def _create_node(
     options: dict,
     resources: dict,
     ray_node: str | None = None,
+    fresh: bool = False,
 ):
+    """The node's actor. `fresh`: its id has never been used in this store (StorageNode)."""
     from dynaray.node import StorageNode
 
     placement = {}
@@ -323,7 +386,7 @@ def _create_node(
             max_concurrency=1000,
             **placement,
         )
-        .remote(node_id, path, options)
+        .remote(node_id, path, options, fresh)
     )
 
 
@@ -500,8 +563,21 @@ class Cluster:
     # -- temporary failures -----------------------------------------------------------------
 
     def kill(self, node: str) -> None:
-        """Crash a node's actor at once, with no graceful shutdown; its directory stays."""
-        ray.kill(self._handles[self._known(node)], no_restart=True)
+        """Crash a node's actor at once, with no graceful shutdown; its directory stays.
+        Returns once the actor is dead (ray.kill only starts that), so a restart() right
+        after it finds the node gone."""
+        handle = self._handles[self._known(node)]
+        ray.kill(handle, no_restart=True)
+        deadline = time.monotonic() + _KILL_WAIT
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.ping.remote(), timeout=1.0)
+            except RayActorError:
+                return
+            except GetTimeoutError:
+                continue
+            time.sleep(0.05)
+        log.warning("node %s was killed but still answered after %.0f s", node, _KILL_WAIT)
 
     def restart(self, node: str) -> None:
         """Start a killed node again on its machine and directory; it rejoins and catches up."""
@@ -630,12 +706,11 @@ class Cluster:
     def add_node(self, progress=None) -> str:
         """A new node joins: it takes its share of the ring and receives its data."""
         old, config = self._ring()
-        number = max(int(n[1:]) for n in self._handles if n[1:].isdigit()) + 1
-        node = f"n{number}"
+        node = old.unused_id()
         path = os.path.join(os.path.dirname(next(iter(self._homes.values()))[1]), node)
         if self._resources:
             _placement(len(self._handles) + 1)
-        handle = _create_node(self.store, node, path, self._options, self._resources)
+        handle = _create_node(self.store, node, path, self._options, self._resources, fresh=True)
         self._handles[node] = handle
         ray.get(handle.set_peers.remote(self._handles), timeout=_STARTUP_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)

@@ -14,6 +14,7 @@ import functools
 import gc
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -33,7 +34,7 @@ from dynaray.membership import Membership
 from dynaray.metrics import NodeMetrics
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
-from dynaray.storage import DATA, HINTS, META, Store, Txn
+from dynaray.storage import DATA, HINTS, META, Store, Txn, peek
 from dynaray.transport import PeerUnavailable, Refused, Transport
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
+_ACTOR = b"actor"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
@@ -103,16 +105,26 @@ def _log_as(node_id: str) -> None:
     logger.propagate = False
 
 
+def stored_ring(path: str) -> dict | None:
+    """The wire form of the ring a stopped node kept in its directory, if any."""
+    raw = peek(path, META, _RING)
+    return codec.unpack(raw) if raw is not None else None
+
+
 class StorageNode:
     """One store node. Created by dynaray.cluster as a detached, named async actor."""
 
-    def __init__(self, node_id: str, path: str, options: dict | None = None) -> None:
+    def __init__(
+        self, node_id: str, path: str, options: dict | None = None, fresh: bool = False
+    ) -> None:
+        """`fresh`: node_id has never issued a dot (a new store, or an id never used)."""
         _log_as(node_id)
         gc.set_threshold(*GC_THRESHOLDS)
         self.id = node_id
         self.options = NodeOptions(**(options or {}))
         self.path = path
         self.store = Store(path, node_id, sync=self.options.sync)
+        self.actor = self._actor(fresh)
         self.transport = Transport(node_id)
         self.hlc = HybridClock()
         self.ring: Ring | None = None
@@ -143,6 +155,26 @@ class StorageNode:
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
+
+    def _actor(self, fresh: bool) -> str:
+        """The id this node's writes carry in version vectors and CRDTs, kept with its data.
+
+        A node's dots are numbered from what its own copy of a key holds. A node back with
+        an empty directory (a replaced disk, a directory lost) has forgotten its old dots,
+        while its peers' copies still carry them: under its old id it would issue them
+        again, and the peers would drop those writes as already seen. So an emptied node
+        writes under an id of its own for this life.
+        """
+        actor = self.id
+        if self.store.created and not fresh:
+            actor = f"{self.id}@{secrets.token_hex(4)}"
+            log.warning(
+                "node %s starts with an empty directory in a store that had it: its writes "
+                "carry the id %s, so they cannot be mistaken for those of its earlier life",
+                self.id,
+                actor,
+            )
+        return self.store.setdefault(META, _ACTOR, actor.encode()).decode()
 
     def _load_ring(self) -> None:
         raw = self.store.get(META, _RING)
@@ -978,7 +1010,7 @@ class StorageNode:
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
-        actor = self.id
+        actor = self.actor
         if me.hint is not None:
             self.metrics.count("sloppy_writes")
             # A stand-in's copy is not the key's full history (it may hold another copy for

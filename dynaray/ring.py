@@ -18,6 +18,8 @@ _HASH_BITS = 32
 # replica load then follows ownership, which the claim rules keep balanced.
 _SPACING = 3
 _WIRE_KEYS = frozenset({"v", "partitions", "owners", "version"})
+# Written since 0.2.0; a ring stored by an earlier version has none.
+_OPTIONAL_WIRE_KEYS = frozenset({"departed"})
 
 
 # Each partition is cut into 2**SEGMENT_BITS segments by the hash bits below the partition
@@ -81,11 +83,18 @@ def _crowded(owners: Sequence[str], p: int) -> bool:
 
 @dataclass(frozen=True)
 class Ring:
-    """An immutable partition-to-node assignment; membership changes return a new Ring."""
+    """An immutable partition-to-node assignment; membership changes return a new Ring.
+
+    ``departed`` names every node that has left the ring. Such an id is never given out
+    again: a node's id is the actor of the dots it issues, and a newcomer reusing one would
+    start counting from 1 where the old node's dots still sit in the keys' version vectors,
+    so its writes would look already seen and be dropped.
+    """
 
     partitions: int
     owners: tuple[str, ...]
     version: int = 1
+    departed: tuple[str, ...] = ()
     # Derived once in __post_init__ (the Ring never changes), so lookups are plain indexing.
     _shift: int = field(init=False, repr=False, compare=False)
     _nodes: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -109,16 +118,23 @@ class Ring:
         owned: dict[str, list[int]] = {}
         for p, node in enumerate(owners):
             owned.setdefault(_check_node_id(node), []).append(p)
+        if isinstance(self.departed, str) or not isinstance(self.departed, tuple | list):
+            raise ValueError(f"departed must be a sequence of node ids, got {self.departed!r}")
+        departed = tuple(sorted({_check_node_id(node) for node in self.departed}))
+        back = sorted(set(departed) & owned.keys())
+        if back:
+            raise ValueError(f"departed nodes {', '.join(map(repr, back))} own partitions")
         # Frozen dataclass: object.__setattr__ is the sanctioned way to fill derived fields.
         object.__setattr__(self, "owners", owners)
+        object.__setattr__(self, "departed", departed)
         object.__setattr__(self, "_shift", _HASH_BITS - (q.bit_length() - 1))
         object.__setattr__(self, "_nodes", tuple(sorted(owned)))
         object.__setattr__(self, "_owned", {n: tuple(ps) for n, ps in owned.items()})
 
-    def __reduce__(self) -> tuple[type[Ring], tuple[int, tuple[str, ...], int]]:
-        # Ship only the three real fields (Ray pickles rings between actors); the caches, which
-        # can hold Q * nodes entries, are rebuilt on the other side.
-        return (type(self), (self.partitions, self.owners, self.version))
+    def __reduce__(self) -> tuple[type[Ring], tuple[int, tuple[str, ...], int, tuple[str, ...]]]:
+        # Ship only the real fields (Ray pickles rings between actors); the caches, which can
+        # hold Q * nodes entries, are rebuilt on the other side.
+        return (type(self), (self.partitions, self.owners, self.version, self.departed))
 
     @classmethod
     def create(cls, nodes: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> Ring:
@@ -192,6 +208,14 @@ class Ring:
         """The distinct node ids, sorted."""
         return self._nodes
 
+    def unused_id(self) -> str:
+        """An id for a joining node that no node of this ring has had: "n" and one above the
+        highest number among its nodes and the departed ones."""
+        used = (
+            int(n[1:]) for n in (*self._nodes, *self.departed) if n[:1] == "n" and n[1:].isdigit()
+        )
+        return f"n{max(used, default=0) + 1}"
+
     def partitions_of(self, node: str) -> tuple[int, ...]:
         """The partitions ``node`` owns (primary), ascending; empty for an unknown node."""
         return self._owned.get(node, ())
@@ -212,6 +236,11 @@ class Ring:
         _check_node_id(node)
         if node in self._owned:
             raise ValueError(f"node {node!r} is already in the ring")
+        if node in self.departed:
+            raise ValueError(
+                f"node id {node!r} belonged to a node that left the ring; give the new node "
+                "an id never used before"
+            )
         q = self.partitions
         k = len(self._nodes)
         if k + 1 > q:
@@ -257,7 +286,7 @@ class Ring:
                     crowded.add(p)
                 else:
                     crowded.discard(p)
-        return Ring(q, tuple(owners), self.version + 1)
+        return Ring(q, tuple(owners), self.version + 1, self.departed)
 
     def without_node(self, node: str) -> Ring:
         """The ring after ``node`` leaves: each of its partitions goes to a least-loaded remaining
@@ -292,7 +321,7 @@ class Ring:
             load[chosen] += 1
             if load[chosen] == floor + 1:
                 highs += 1
-        return Ring(q, tuple(owners), self.version + 1)
+        return Ring(q, tuple(owners), self.version + 1, (*self.departed, node))
 
     def to_wire(self) -> dict[str, object]:
         """A msgpack-able dict; ``from_wire`` reverses it."""
@@ -301,6 +330,7 @@ class Ring:
             "partitions": self.partitions,
             "owners": list(self.owners),
             "version": self.version,
+            "departed": list(self.departed),
         }
 
     @classmethod
@@ -311,7 +341,7 @@ class Ring:
         missing = _WIRE_KEYS - obj.keys()
         if missing:
             raise ValueError(f"ring wire form lacks {', '.join(sorted(missing))}")
-        unknown = obj.keys() - _WIRE_KEYS
+        unknown = obj.keys() - _WIRE_KEYS - _OPTIONAL_WIRE_KEYS
         if unknown:
             raise ValueError(f"ring wire form has unknown keys {sorted(map(repr, unknown))}")
         fmt = obj["v"]
@@ -322,7 +352,10 @@ class Ring:
         owners = obj["owners"]
         if not isinstance(owners, list | tuple):
             raise ValueError(f"ring wire owners must be a list, got {type(owners).__name__}")
+        departed = obj.get("departed", [])
+        if not isinstance(departed, list | tuple):
+            raise ValueError(f"ring wire departed must be a list, got {type(departed).__name__}")
         try:
-            return cls(obj["partitions"], tuple(owners), obj["version"])
+            return cls(obj["partitions"], tuple(owners), obj["version"], tuple(departed))
         except ValueError as exc:
             raise ValueError(f"invalid ring wire form: {exc}") from None

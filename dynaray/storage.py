@@ -102,6 +102,8 @@ class Store:
     def _check_stamp(self) -> None:
         with self.env.begin(write=True) as txn:
             stamp = txn.get(_STAMP, db=self.dbs[META])
+            # A directory without the stamp is new: the node starts with nothing.
+            self.created = stamp is None
             if stamp is None:
                 txn.put(_STAMP, self.node_id.encode(), db=self.dbs[META])
             elif stamp.decode() != self.node_id:
@@ -126,6 +128,15 @@ class Store:
         with self._resize, self.env.begin(db=self.dbs[db]) as txn:
             cursor = txn.cursor()
             return cursor.key() if cursor.set_range(key) else None
+
+    def setdefault(self, db: bytes, key: bytes, value: bytes) -> bytes:
+        """The key's value, after writing `value` at once if it had none (used at start-up)."""
+        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
+            stored = txn.get(key)
+            if stored is None:
+                txn.put(key, value)
+                return value
+            return bytes(stored)
 
     def increment(self, db: bytes, key: bytes) -> int:
         """Add one to a counter at once, in its own transaction (used at start-up)."""
@@ -264,3 +275,20 @@ def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def peek(path: str, db: bytes, key: bytes) -> bytes | None:
+    """One value of a node's store that no node has open (a stopped store, read before it
+    starts again). Read-only: nothing on disk changes. None when the directory, database
+    or key is missing or unreadable."""
+    try:
+        env = lmdb.open(path, readonly=True, max_dbs=8, create=False)
+    except lmdb.Error:
+        return None
+    try:
+        with env.begin() as txn:
+            return txn.get(key, db=env.open_db(db, txn=txn, create=False))
+    except lmdb.Error:
+        return None
+    finally:
+        env.close()

@@ -257,6 +257,60 @@ def test_membership_changes_check_their_input(loaded):
         cluster.remove_node("n5")
 
 
+def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
+    data = str(tmp_path / "data")
+    kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}
+    cluster = dynaray.start(nodes=4, **kw)
+    try:
+        client = cluster.client()
+        for i in range(30):
+            client.put(f"k{i}", None, f"v{i}", w=3)
+        assert cluster.add_node() == "n5"
+        cluster.remove_node("n5")
+        # A newcomer named n5 again would issue dots n5:1, n5:2, ... that the keys' version
+        # vectors already cover, so its writes would be dropped as already seen.
+        assert cluster.add_node() == "n6"
+        cluster.remove_node("n2")
+        assert cluster.nodes() == ["n1", "n3", "n4", "n6"]
+    finally:
+        cluster.shutdown()
+
+    with pytest.raises(dynaray.DynarayError, match=r"store of 4 nodes \(n1, n3, n4, n6\)"):
+        dynaray.start(nodes=5, **kw)
+    again = dynaray.start(nodes=4, **kw)
+    try:
+        assert again.nodes() == ["n1", "n3", "n4", "n6"]  # not n2, nor n5: they left
+        client = again.client()
+        assert [client.get(f"k{i}").value for i in range(30)] == [f"v{i}" for i in range(30)]
+        assert again.add_node() == "n7"
+    finally:
+        again.shutdown()
+
+
+def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, tmp_path):
+    import shutil
+
+    kw = {"node_options": ALONE, "partitions": 16, "store": "emptied"}
+    cluster = dynaray.start(nodes=4, data_dir=str(tmp_path / "data"), **kw)
+    try:
+        client = cluster.client()
+        key = next(f"k{i}" for i in range(1000) if owners(cluster, f"k{i}")[0] == "n2")
+        context = None
+        for value in ("v1", "v2", "v3"):  # n2 coordinates: its dots n2:1..n2:3
+            context = client.put(key, context, value, w=3)
+        path = cluster.info()["n2"]["path"]
+        cluster.kill("n2")
+        shutil.rmtree(path)  # the disk is replaced
+        cluster.restart("n2")
+        wait_for(lambda: all_see_all_up(cluster), what="n2 up again")
+        # A blind write coordinated by the emptied n2: with its old id it would be dot
+        # n2:1, which the other replicas have seen, and the write would vanish.
+        client.put(key, None, "after", w=3)
+        assert sorted(client.get(key, r=3).values) == ["after", "v3"]
+    finally:
+        cluster.shutdown()
+
+
 def _settled(cluster, client, written: dict) -> bool:
     try:
         _all_on_owners(cluster, client, written)

@@ -85,14 +85,16 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
     # These machines share one disk, so each sees every directory: the store may start
     # each node anywhere (shared storage), and finds its data.
     seen = dynaray.cluster._directories_on_machines(data)
-    assert all(sorted(dirs) == ["n1", "n2", "n3"] for dirs in seen.values())
-    assert len({str(dirs) for dirs in seen.values()}) == 1  # the same files, seen from each
-    assert dynaray.cluster.homes_for(["n1", "n2", "n3"], seen) == {}
+    files = {m: {node: d["file"] for node, d in dirs.items()} for m, dirs in seen.items()}
+    assert all(sorted(dirs) == ["n1", "n2", "n3"] for dirs in files.values())
+    assert len({str(dirs) for dirs in files.values()}) == 1  # the same files, seen from each
+    assert dynaray.cluster.homes_for(["n1", "n2", "n3"], files) == {}
+    assert dynaray.cluster.members_for(3, seen) == (["n1", "n2", "n3"], False)  # as kept
 
     # As machines with disks of their own, where each directory is on one machine: n1's
     # on the machine n2 had, and so on round. Each node must start where its directory is.
     moved = {"n1": homes["n2"], "n2": homes["n3"], "n3": homes["n1"]}
-    holding = {m: {n: [n] for n, home in moved.items() if home == m} for m in seen}
+    holding = {m: {n: seen[m][n] for n, home in moved.items() if home == m} for m in seen}
     monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", lambda root: holding)
     again = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64)
     try:
@@ -101,6 +103,33 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
         assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
     finally:
         again.shutdown()
+
+
+def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
+    from dynaray.ring import Ring
+
+    members_for = dynaray.cluster.members_for
+    old = Ring.create(["n1", "n2", "n3", "n4"], 16)
+    new = old.with_node("n5").without_node("n2")
+
+    def kept(ring: Ring | None) -> dict:
+        return {"file": [1, 2, 3], "ring": ring.to_wire() if ring else None}
+
+    # Nothing kept: a new store of n1..nN.
+    assert members_for(3, {}) == (["n1", "n2", "n3"], True)
+    assert members_for(3, {"a": {"n1": kept(None)}}) == (["n1", "n2", "n3"], True)
+    # The newest ring wins, wherever it was found; n2 left, so its directory stays shut.
+    found = {"a": {"n1": kept(new), "n2": kept(old)}, "b": {"n3": kept(old), "n5": kept(new)}}
+    with caplog.at_level("INFO", logger="dynaray.cluster"):
+        assert members_for(4, found) == (["n1", "n3", "n4", "n5"], False)
+    assert "not starting n2: they left the store" in caplog.text
+    with pytest.raises(
+        dynaray.DynarayError, match=r"4 nodes \(n1, n3, n4, n5\); start it with nodes=4"
+    ):
+        members_for(5, found)
+    broken = {"a": {"n1": {"file": [1], "ring": {"v": 99}}}}
+    with pytest.raises(dynaray.DynarayError, match="node 'n1'.s directory holds a ring this"):
+        members_for(4, broken)
 
 
 def test_machines_for_a_restarted_store():

@@ -291,8 +291,14 @@ def test_wire_round_trip_through_msgpack() -> None:
     assert back.preference_list(10) == ring.preference_list(10)
 
 
+def test_a_ring_stored_before_departed_ids_still_reads() -> None:
+    wire = Ring.create(ids(3), 8).to_wire()
+    del wire["departed"]
+    assert Ring.from_wire(wire).departed == ()
+
+
 def test_pickle_round_trip() -> None:
-    ring = Ring.create(ids(5), 64)
+    ring = Ring.create(ids(5), 64).without_node("node-003")
     ring.preference_list(0)  # populate the cache; it must not be what travels
     back = pickle.loads(pickle.dumps(ring))
     assert back == ring
@@ -319,11 +325,34 @@ GOOD = Ring.create(["a", "b", "c"], 8).to_wire()
         ({**GOOD, "owners": ["a"] * 7 + [["a"]]}, "non-empty string"),
         ({**GOOD, "version": 0}, "version"),
         ({**GOOD, "version": "1"}, "version"),
+        ({**GOOD, "departed": "a"}, "departed must be a list"),
+        ({**GOOD, "departed": [""]}, "non-empty string"),
+        ({**GOOD, "departed": ["b"]}, "departed nodes 'b' own partitions"),
     ],
 )
 def test_from_wire_rejects_malformed_input(obj: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Ring.from_wire(obj)
+
+
+# --- node ids ---
+
+
+def test_a_departed_id_is_never_given_out_again() -> None:
+    ring = Ring.create(["n1", "n2", "n3", "n4"], 16)
+    assert ring.unused_id() == "n5"
+    ring = ring.with_node("n5").without_node("n5")  # the highest number left
+    assert ring.departed == ("n5",) and ring.unused_id() == "n6"
+    ring = ring.without_node("n2").with_node("n6")
+    assert ring.departed == ("n2", "n5") and ring.unused_id() == "n7"
+    with pytest.raises(ValueError, match="left the ring; give the new node an id never used"):
+        ring.with_node("n2")
+    # Departures are remembered through every later change and over the wire.
+    ring = ring.with_node("n7").without_node("n1")
+    assert ring.departed == ("n1", "n2", "n5")
+    assert Ring.from_wire(ring.to_wire()).departed == ring.departed
+    # Ids of another shape never collide with the numbered ones.
+    assert Ring.create(["a", "b", "n"], 8).unused_id() == "n1"
 
 
 # --- random membership changes ---
@@ -339,6 +368,7 @@ def test_random_joins_and_leaves_keep_invariants(
     q: int, start: int, ops: list[tuple[bool, int]]
 ) -> None:
     ring = Ring.create(ids(start), q)
+    left: set[str] = set()
     for serial, (join, pick) in enumerate(ops):
         k = len(ring.nodes())
         if join and k < q:
@@ -349,6 +379,7 @@ def test_random_joins_and_leaves_keep_invariants(
             node = ring.nodes()[pick % k]
             after = ring.without_node(node)
             assert set(moved(ring, after)) == set(ring.partitions_of(node))
+            left.add(node)
         else:
             continue
         assert after.version == ring.version + 1
@@ -358,3 +389,5 @@ def test_random_joins_and_leaves_keep_invariants(
         assert_balanced(ring)
         assert_preference_lists(ring)
         assert Ring.from_wire(ring.to_wire()) == ring
+        assert set(ring.departed) == left and not left & set(ring.nodes())
+        assert ring.unused_id() not in left | set(ring.nodes())
