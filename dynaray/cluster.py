@@ -336,6 +336,11 @@ def _node_directories(root: str) -> dict[str, dict]:
 _node_directories_there = ray.remote(num_cpus=0, max_retries=0)(_node_directories)
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _delete_directory(path: str) -> None:
+    shutil.rmtree(path)
+
+
 def _directories_on_machines(root: str) -> dict[str, dict[str, dict]]:
     """{Ray node id: node directories under root there (_node_directories)} for every live
     machine that can run a store node."""
@@ -578,6 +583,21 @@ class Cluster:
                 continue
             time.sleep(0.05)
         log.warning("node %s was killed but still answered after %.0f s", node, _KILL_WAIT)
+
+    def lose_disk(self, node: str) -> None:
+        """Crash a node and delete its directory, as if its disk were lost: restart() then
+        brings it back empty, to be refilled by hinted handoff, read repair and
+        anti-entropy."""
+        self.kill(node)
+        ray_node, path = self._homes[node]
+        where = NodeAffinitySchedulingStrategy(ray_node, soft=False)
+        try:
+            ray.get(_delete_directory.options(scheduling_strategy=where).remote(path), timeout=30)
+        except (GetTimeoutError, RayError) as exc:
+            raise DynarayError(
+                f"node {node!r} was killed, but its directory {path!r} could not be deleted "
+                f"({exc}); it keeps its data when restarted"
+            ) from exc
 
     def restart(self, node: str) -> None:
         """Start a killed node again on its machine and directory; it rejoins and catches up."""

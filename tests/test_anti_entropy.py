@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -288,8 +289,6 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
 
 
 def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, tmp_path):
-    import shutil
-
     kw = {"node_options": ALONE, "partitions": 16, "store": "emptied"}
     cluster = dynaray.start(nodes=4, data_dir=str(tmp_path / "data"), **kw)
     try:
@@ -298,15 +297,23 @@ def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, 
         context = None
         for value in ("v1", "v2", "v3"):  # n2 coordinates: its dots n2:1..n2:3
             context = client.put(key, context, value, w=3)
+        votes = client.bucket("votes", policy="counter")
+        counted = next(
+            f"c{i}" for i in range(1000) if cluster.preference_list(f"c{i}", "votes")[0] == "n2"
+        )
+        for _ in range(3):  # n2's entry of the counter: 3
+            votes.increment(counted, w=3)
         path = cluster.info()["n2"]["path"]
-        cluster.kill("n2")
-        shutil.rmtree(path)  # the disk is replaced
+        cluster.lose_disk("n2")
+        assert not os.path.exists(path)
         cluster.restart("n2")
         wait_for(lambda: all_see_all_up(cluster), what="n2 up again")
         # A blind write coordinated by the emptied n2: with its old id it would be dot
         # n2:1, which the other replicas have seen, and the write would vanish.
         client.put(key, None, "after", w=3)
         assert sorted(client.get(key, r=3).values) == ["after", "v3"]
+        votes.increment(counted, w=3)  # as n2 again, it would count from 0: lost in the max
+        assert votes.get(counted, r=3).value == 4
     finally:
         cluster.shutdown()
 
