@@ -15,7 +15,13 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dynaray import codec, faults, quorum, records
@@ -226,30 +232,33 @@ def members_for(nodes: int, found: dict[str, dict[str, dict]]) -> tuple[list[str
     started again), else n1 to n{nodes} (a new store); and whether the store is new.
 
     Nodes that joined since the store was created keep their ids, and the directories of
-    nodes that left stay shut. Raises DynarayError when the stored ring has another number
-    of nodes than `nodes`.
+    nodes that left stay shut. The store is new only when no node directory exists at all.
+    Raises DynarayError when the stored ring has another number of nodes than `nodes`, or
+    a directory's ring cannot be read.
     """
     rings = []
     for dirs in found.values():
         for node, d in dirs.items():
-            if d["ring"] is None:
-                continue
             try:
-                rings.append(Ring.from_wire(d["ring"]))
+                if "error" in d:
+                    raise ValueError(d["error"])
+                if d["ring"] is not None:
+                    rings.append(Ring.from_wire(d["ring"]))
             except ValueError as exc:
                 raise DynarayError(
-                    f"node {node!r}'s directory holds a ring this version cannot read ({exc}); "
-                    "nothing was started. Start the store with the version that wrote it"
+                    f"node {node!r}'s directory cannot be read ({exc}); nothing was started. "
+                    "Move it away if it is not a dynaray node directory, or start the store "
+                    "with the dynaray version that wrote it"
                 ) from None
     if not rings:
-        return [f"n{i}" for i in range(1, nodes + 1)], True
+        return [f"n{i}" for i in range(1, nodes + 1)], not any(found.values())
     newest = max(rings, key=lambda ring: ring.version)
     members = sorted(newest.nodes(), key=_node_sort_key)
     if len(members) != nodes:
         raise DynarayError(
             f"the data directory holds a store of {len(members)} nodes "
-            f"({', '.join(members)}); start it with nodes={len(members)} or use another "
-            "data_dir"
+            f"({', '.join(members)}); start it with nodes={len(members)} (`dynaray up "
+            f"--nodes {len(members)}`) or use another data directory"
         )
     left = sorted({n for dirs in found.values() for n in dirs} & set(newest.departed))
     if left:
@@ -310,9 +319,9 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
 
 def _node_directories(root: str) -> dict[str, dict]:
     """The node directories (with an LMDB environment) under root on this machine:
-    {store node id: {"file": fingerprint, "ring": the ring it kept, or None}}. The
-    fingerprint is the data file's inode, size and modification time, equal wherever the
-    same file is seen."""
+    {store node id: {"file": fingerprint, "ring": the ring it kept, or None}}, plus
+    "error" where the ring could not be read. The fingerprint is the data file's inode,
+    size and modification time, equal wherever the same file is seen."""
     from dynaray.node import stored_ring
 
     found: dict[str, dict] = {}
@@ -326,10 +335,11 @@ def _node_directories(root: str) -> dict[str, dict]:
                 info = os.fstat(data.fileno())
         except OSError:
             continue
-        found[name] = {
-            "file": [info.st_ino, info.st_size, info.st_mtime_ns],
-            "ring": stored_ring(path),
-        }
+        found[name] = {"file": [info.st_ino, info.st_size, info.st_mtime_ns], "ring": None}
+        try:
+            found[name]["ring"] = stored_ring(path)
+        except Exception as exc:  # noqa: BLE001 - reported by members_for, which refuses
+            found[name]["error"] = f"{type(exc).__name__}: {exc}"
     return found
 
 
@@ -577,12 +587,17 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 ray.get(handle.ping.remote(), timeout=1.0)
-            except RayActorError:
+            except ActorDiedError:
                 return
-            except GetTimeoutError:
-                continue
+            except (ActorUnavailableError, GetTimeoutError):
+                continue  # dying, or not answering yet: not dead yet
             time.sleep(0.05)
-        log.warning("node %s was killed but still answered after %.0f s", node, _KILL_WAIT)
+        log.warning(
+            "node %s was killed but is not reported dead after %.0f s; restart() refuses "
+            "until it is (check `ray list actors`)",
+            node,
+            _KILL_WAIT,
+        )
 
     def lose_disk(self, node: str) -> None:
         """Crash a node and delete its directory, as if its disk were lost: restart() then
@@ -727,10 +742,16 @@ class Cluster:
         """A new node joins: it takes its share of the ring and receives its data."""
         old, config = self._ring()
         node = old.unused_id()
+        while node in self._handles:  # an actor a failed add_node left outside the ring
+            node = f"n{int(node[1:]) + 1}"
         path = os.path.join(os.path.dirname(next(iter(self._homes.values()))[1]), node)
         if self._resources:
             _placement(len(self._handles) + 1)
-        handle = _create_node(self.store, node, path, self._options, self._resources, fresh=True)
+        # A ring that may not know every node that left cannot vouch for the id's novelty;
+        # the node then writes under an id of its own (StorageNode, Store._check_stamp).
+        handle = _create_node(
+            self.store, node, path, self._options, self._resources, fresh=old.departures_known
+        )
         self._handles[node] = handle
         ray.get(handle.set_peers.remote(self._handles), timeout=_STARTUP_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)

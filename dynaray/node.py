@@ -14,7 +14,6 @@ import functools
 import gc
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -50,7 +49,6 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
-_ACTOR = b"actor"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
@@ -123,8 +121,17 @@ class StorageNode:
         self.id = node_id
         self.options = NodeOptions(**(options or {}))
         self.path = path
-        self.store = Store(path, node_id, sync=self.options.sync)
-        self.actor = self._actor(fresh)
+        self.store = Store(path, node_id, sync=self.options.sync, fresh=fresh)
+        # The id this node's writes carry in version vectors and CRDTs (Store._check_stamp).
+        self.actor = self.store.actor
+        if self.actor != node_id and self.store.created:
+            log.warning(
+                "node %s starts with an empty directory in a store that may have had it: "
+                "its writes carry the id %s, so they cannot be mistaken for those of an "
+                "earlier life",
+                node_id,
+                self.actor,
+            )
         self.transport = Transport(node_id)
         self.hlc = HybridClock()
         self.ring: Ring | None = None
@@ -155,26 +162,6 @@ class StorageNode:
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
-
-    def _actor(self, fresh: bool) -> str:
-        """The id this node's writes carry in version vectors and CRDTs, kept with its data.
-
-        A node's dots are numbered from what its own copy of a key holds. A node back with
-        an empty directory (a replaced disk, a directory lost) has forgotten its old dots,
-        while its peers' copies still carry them: under its old id it would issue them
-        again, and the peers would drop those writes as already seen. So an emptied node
-        writes under an id of its own for this life.
-        """
-        actor = self.id
-        if self.store.created and not fresh:
-            actor = f"{self.id}@{secrets.token_hex(4)}"
-            log.warning(
-                "node %s starts with an empty directory in a store that had it: its writes "
-                "carry the id %s, so they cannot be mistaken for those of its earlier life",
-                self.id,
-                actor,
-            )
-        return self.store.setdefault(META, _ACTOR, actor.encode()).decode()
 
     def _load_ring(self) -> None:
         raw = self.store.get(META, _RING)
@@ -1016,7 +1003,7 @@ class StorageNode:
             # A stand-in's copy is not the key's full history (it may hold another copy for
             # another primary, or have handed an earlier one over), so its own id could issue
             # a dot twice: each stand-in write gets an actor id of its own instead.
-            actor = f"{self.id}~{stamp:x}"
+            actor = f"{self.actor}~{stamp:x}"
         record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
         if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
             log.warning("key %r has %d siblings", dkey, versions.size(record.state))
@@ -1309,6 +1296,7 @@ class StorageNode:
     async def info(self) -> dict:
         return {
             "node": self.id,
+            "actor": self.actor,
             "pid": os.getpid(),
             "ray_node": ray.get_runtime_context().get_node_id(),
             "path": self.path,

@@ -20,6 +20,9 @@ _SPACING = 3
 _WIRE_KEYS = frozenset({"v", "partitions", "owners", "version"})
 # Written since 0.2.0; a ring stored by an earlier version has none.
 _OPTIONAL_WIRE_KEYS = frozenset({"departed"})
+# Stands in `departed` for nodes that may have left before departures were recorded (a
+# changed ring written by 0.1.0): their ids are not known, so no id is known unused.
+UNKNOWN_DEPARTED = "*"
 
 
 # Each partition is cut into 2**SEGMENT_BITS segments by the hash bits below the partition
@@ -121,6 +124,8 @@ class Ring:
         if isinstance(self.departed, str) or not isinstance(self.departed, tuple | list):
             raise ValueError(f"departed must be a sequence of node ids, got {self.departed!r}")
         departed = tuple(sorted({_check_node_id(node) for node in self.departed}))
+        if UNKNOWN_DEPARTED in owned:
+            raise ValueError(f"{UNKNOWN_DEPARTED!r} is not a node id")
         back = sorted(set(departed) & owned.keys())
         if back:
             raise ValueError(f"departed nodes {', '.join(map(repr, back))} own partitions")
@@ -209,12 +214,20 @@ class Ring:
         return self._nodes
 
     def unused_id(self) -> str:
-        """An id for a joining node that no node of this ring has had: "n" and one above the
-        highest number among its nodes and the departed ones."""
+        """An id for a joining node that no node of this ring has had (as far as the ring
+        knows: `departures_known`): "n" and one above the highest number among its nodes
+        and the departed ones."""
         used = (
-            int(n[1:]) for n in (*self._nodes, *self.departed) if n[:1] == "n" and n[1:].isdigit()
+            int(n[1:])
+            for n in (*self._nodes, *self.departed)
+            if n[:1] == "n" and n[1:].isascii() and n[1:].isdigit()
         )
         return f"n{max(used, default=0) + 1}"
+
+    @property
+    def departures_known(self) -> bool:
+        """Whether `departed` names every node that ever left this ring."""
+        return UNKNOWN_DEPARTED not in self.departed
 
     def partitions_of(self, node: str) -> tuple[int, ...]:
         """The partitions ``node`` owns (primary), ascending; empty for an unknown node."""
@@ -352,7 +365,9 @@ class Ring:
         owners = obj["owners"]
         if not isinstance(owners, list | tuple):
             raise ValueError(f"ring wire owners must be a list, got {type(owners).__name__}")
-        departed = obj.get("departed", [])
+        # A changed ring written before departures were recorded: some may have left.
+        unknown = [UNKNOWN_DEPARTED] if obj["version"] != 1 else []
+        departed = obj.get("departed", unknown)
         if not isinstance(departed, list | tuple):
             raise ValueError(f"ring wire departed must be a list, got {type(departed).__name__}")
         try:

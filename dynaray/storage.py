@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ META = b"meta"
 MERKLE = b"merkle"
 DOTS = b"dots"
 _STAMP = b"node_id"
+_ACTOR = b"actor"
 _INITIAL_MAP_SIZE = 64 << 20
 _MAX_BATCH = 2048
 _STOP = object()
@@ -66,7 +68,8 @@ class Txn:
 class Store:
     """One node's LMDB environment. Create it in the actor, close it when the actor stops."""
 
-    def __init__(self, path: str, node_id: str, *, sync: bool = True) -> None:
+    def __init__(self, path: str, node_id: str, *, sync: bool = True, fresh: bool = False) -> None:
+        """`fresh`: node_id has never written anywhere (a new store, a never-used id)."""
         self.path = path
         self.node_id = node_id
         try:
@@ -89,7 +92,7 @@ class Store:
         # Called with (key, old value, new value) for every change to a database, after the
         # change committed: how Merkle trees stay current on every write.
         self.observers: dict[bytes, Callable[[bytes, bytes | None, bytes | None], None]] = {}
-        self._check_stamp()
+        self._check_stamp(fresh)
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
         self._resize = threading.Lock()
@@ -99,19 +102,36 @@ class Store:
         self._writer.daemon = True
         self._writer.start()
 
-    def _check_stamp(self) -> None:
+    def _check_stamp(self, fresh: bool) -> None:
+        """The directory's identity: the node it belongs to, and `actor`, the id its writes
+        carry in version vectors and CRDTs, written together when the directory is new.
+
+        A node's dots are numbered from what its own copy of a key holds. A node that
+        starts over with an empty directory (a replaced disk, a deleted directory) has
+        forgotten its old dots while its peers' copies still carry them: under its old id
+        it would issue them again, and the peers would drop those writes as already seen.
+        So an empty directory of a node that may have written before gets an actor id of
+        its own (node id, "@", random).
+        """
+        meta = self.dbs[META]
         with self.env.begin(write=True) as txn:
-            stamp = txn.get(_STAMP, db=self.dbs[META])
+            stamp = txn.get(_STAMP, db=meta)
             # A directory without the stamp is new: the node starts with nothing.
             self.created = stamp is None
             if stamp is None:
-                txn.put(_STAMP, self.node_id.encode(), db=self.dbs[META])
+                actor = self.node_id if fresh else f"{self.node_id}@{secrets.token_hex(4)}"
+                txn.put(_STAMP, self.node_id.encode(), db=meta)
+                txn.put(_ACTOR, actor.encode(), db=meta)
             elif stamp.decode() != self.node_id:
                 self.env.close()
                 raise NodeError(
                     f"directory {self.path!r} belongs to node {stamp.decode()!r}, not "
                     f"{self.node_id!r}; nothing was changed. Give each node its own directory."
                 )
+            else:
+                # A directory from before actor ids were kept writes under its node id.
+                actor = bytes(txn.get(_ACTOR, db=meta) or self.node_id.encode()).decode()
+        self.actor = actor
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -128,15 +148,6 @@ class Store:
         with self._resize, self.env.begin(db=self.dbs[db]) as txn:
             cursor = txn.cursor()
             return cursor.key() if cursor.set_range(key) else None
-
-    def setdefault(self, db: bytes, key: bytes, value: bytes) -> bytes:
-        """The key's value, after writing `value` at once if it had none (used at start-up)."""
-        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
-            stored = txn.get(key)
-            if stored is None:
-                txn.put(key, value)
-                return value
-            return bytes(stored)
 
     def increment(self, db: bytes, key: bytes) -> int:
         """Add one to a counter at once, in its own transaction (used at start-up)."""
@@ -279,16 +290,15 @@ def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
 
 def peek(path: str, db: bytes, key: bytes) -> bytes | None:
     """One value of a node's store that no node has open (a stopped store, read before it
-    starts again). Read-only: nothing on disk changes. None when the directory, database
-    or key is missing or unreadable."""
-    try:
-        env = lmdb.open(path, readonly=True, max_dbs=8, create=False)
-    except lmdb.Error:
-        return None
+    starts again). Read-only: nothing on disk changes. None when the database or the key is
+    missing; lmdb.Error when the directory holds no environment this can read."""
+    env = lmdb.open(path, readonly=True, max_dbs=8, create=False)
     try:
         with env.begin() as txn:
-            return txn.get(key, db=env.open_db(db, txn=txn, create=False))
-    except lmdb.Error:
-        return None
+            try:
+                handle = env.open_db(db, txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return None
+            return txn.get(key, db=handle)
     finally:
         env.close()

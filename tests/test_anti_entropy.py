@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import pytest
@@ -278,12 +279,17 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
 
     with pytest.raises(dynaray.DynarayError, match=r"store of 4 nodes \(n1, n3, n4, n6\)"):
         dynaray.start(nodes=5, **kw)
+    shutil.rmtree(os.path.join(data, "n3"))  # lost while the store was stopped
     again = dynaray.start(nodes=4, **kw)
     try:
         assert again.nodes() == ["n1", "n3", "n4", "n6"]  # not n2, nor n5: they left
+        actors = {node: info["actor"] for node, info in again.info().items()}
+        assert actors["n3"].startswith("n3@")  # empty: a new life
+        assert [actors[n] for n in ("n1", "n4", "n6")] == ["n1", "n4", "n6"]
         client = again.client()
         assert [client.get(f"k{i}").value for i in range(30)] == [f"v{i}" for i in range(30)]
         assert again.add_node() == "n7"
+        assert again.info()["n7"]["actor"] == "n7"  # an id never used: its own name
     finally:
         again.shutdown()
 

@@ -115,9 +115,11 @@ def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
     def kept(ring: Ring | None) -> dict:
         return {"file": [1, 2, 3], "ring": ring.to_wire() if ring else None}
 
-    # Nothing kept: a new store of n1..nN.
+    # No directory: a new store of n1..nN. Directories without a ring: the nodes may have
+    # written, so none of them is new.
     assert members_for(3, {}) == (["n1", "n2", "n3"], True)
-    assert members_for(3, {"a": {"n1": kept(None)}}) == (["n1", "n2", "n3"], True)
+    assert members_for(3, {"a": {}, "b": {}}) == (["n1", "n2", "n3"], True)
+    assert members_for(3, {"a": {"n1": kept(None)}}) == (["n1", "n2", "n3"], False)
     # The newest ring wins, wherever it was found; n2 left, so its directory stays shut.
     found = {"a": {"n1": kept(new), "n2": kept(old)}, "b": {"n3": kept(old), "n5": kept(new)}}
     with caplog.at_level("INFO", logger="dynaray.cluster"):
@@ -127,9 +129,12 @@ def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
         dynaray.DynarayError, match=r"4 nodes \(n1, n3, n4, n5\); start it with nodes=4"
     ):
         members_for(5, found)
-    broken = {"a": {"n1": {"file": [1], "ring": {"v": 99}}}}
-    with pytest.raises(dynaray.DynarayError, match="node 'n1'.s directory holds a ring this"):
-        members_for(4, broken)
+    for broken in (
+        {"file": [1], "ring": {"v": 99}},
+        {"file": [1], "ring": None, "error": "Error: not an LMDB environment"},
+    ):
+        with pytest.raises(dynaray.DynarayError, match="node 'n1'.s directory cannot be read"):
+            members_for(4, {"a": {"n1": broken, "n3": kept(new)}})
 
 
 def test_machines_for_a_restarted_store():

@@ -292,9 +292,16 @@ def test_wire_round_trip_through_msgpack() -> None:
 
 
 def test_a_ring_stored_before_departed_ids_still_reads() -> None:
-    wire = Ring.create(ids(3), 8).to_wire()
+    wire = Ring.create(["n1", "n2", "n3"], 8).to_wire()
     del wire["departed"]
-    assert Ring.from_wire(wire).departed == ()
+    assert Ring.from_wire(wire).departed == () and Ring.from_wire(wire).departures_known
+    # A changed one may have lost nodes whose ids it does not know.
+    changed = Ring.create(["n1", "n2", "n3"], 8).with_node("n4").to_wire()
+    del changed["departed"]
+    legacy = Ring.from_wire(changed)
+    assert not legacy.departures_known
+    assert not legacy.without_node("n2").departures_known  # for good
+    assert legacy.unused_id() == "n5"
 
 
 def test_pickle_round_trip() -> None:
@@ -328,6 +335,7 @@ GOOD = Ring.create(["a", "b", "c"], 8).to_wire()
         ({**GOOD, "departed": "a"}, "departed must be a list"),
         ({**GOOD, "departed": [""]}, "non-empty string"),
         ({**GOOD, "departed": ["b"]}, "departed nodes 'b' own partitions"),
+        ({**GOOD, "owners": ["*"] * 8}, "'\\*' is not a node id"),
     ],
 )
 def test_from_wire_rejects_malformed_input(obj: object, message: str) -> None:
@@ -352,7 +360,7 @@ def test_a_departed_id_is_never_given_out_again() -> None:
     assert ring.departed == ("n1", "n2", "n5")
     assert Ring.from_wire(ring.to_wire()).departed == ring.departed
     # Ids of another shape never collide with the numbered ones.
-    assert Ring.create(["a", "b", "n"], 8).unused_id() == "n1"
+    assert Ring.create(["a", "b", "n", "n\u00b2"], 8).unused_id() == "n1"
 
 
 # --- random membership changes ---
