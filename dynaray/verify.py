@@ -5,7 +5,8 @@
 
 `run()` starts a store with short failure-detection settings, drives `clients` concurrent
 asyncio clients against `keys` keys while a seeded nemesis injects faults (partitions of
-several shapes, link drops and delays, kills and restarts, joins and leaves), records every
+several shapes, link drops and delays, kills and restarts, lost disks, joins and leaves),
+records every
 operation as an invoke followed by ok / fail / info in a `dynaray.history.History`, then
 heals everything, waits for hints to drain and anti-entropy to repair nothing more, checks
 that replicas converged, reads every key back and runs the workload's checker.
@@ -52,7 +53,7 @@ from dynaray.history import (
     max_siblings,
 )
 
-NEMESES = ("partition", "kill", "join", "leave", "link")
+NEMESES = ("partition", "kill", "join", "leave", "link", "wipe")
 WORKLOADS = ("set", "counter", "register")
 N, R, W = 3, 2, 2
 
@@ -312,8 +313,8 @@ def make_workload(name: str, keys: int) -> Workload:
 
 @dataclass
 class Fault:
-    kind: str  # partition, link, kill, join, leave
-    shape: str  # halves, one, bridge, ring, slow, flaky, nodes killed, node joined/left
+    kind: str  # partition, link, kill, wipe, join, leave
+    shape: str  # halves, one, bridge, ring, slow, flaky, crash, disk lost, add/remove_node
     start: float
     end: float | None = None
     detail: Any = None
@@ -332,8 +333,14 @@ class Fault:
 
 class Nemesis:
     """Injects faults on a seeded random schedule: inject, hold a few seconds, recover,
-    stay quiet a little, again. Partitions and link faults may be joined by a kill; joins
-    and leaves happen alone, on a healthy cluster, so a reshape never waits on a fault."""
+    stay quiet a little, again. Partitions and link faults may be joined by a kill; joins,
+    leaves and lost disks happen alone, on a healthy cluster, so a reshape never waits on
+    a fault.
+
+    A lost disk (`wipe`) waits until no hint is pending, and its node, once back empty,
+    is refilled by an anti-entropy round before the next fault: N copies survive only
+    the loss of fewer than N of them, so a second disk may go only once the first is
+    repaired, as an operator would see to."""
 
     def __init__(
         self,
@@ -352,6 +359,7 @@ class Nemesis:
         self.min_nodes = min_nodes
         self.max_nodes = max_nodes
         self.killed: set[str] = set()
+        self.wiped: set[str] = set()
         self.network_faulty = False
         self.faults: list[Fault] = []
         self.active: list[Fault] = []
@@ -423,7 +431,7 @@ class Nemesis:
         else:
             if result is not None:
                 fault.detail = result
-            if kind in ("heal", "restart", "join", "leave"):
+            if kind in ("heal", "restart", "repair", "join", "leave"):
                 fault.end = self.history.now()
             self.history.complete(invocation, "ok")
         self.faults.append(fault)
@@ -498,6 +506,22 @@ class Nemesis:
 
         self.active.append(await self._act("kill", "crash", victims, fn, CLUSTER_CALL_TIMEOUT))
 
+    async def _inject_wipe(self) -> None:
+        c = self.cluster
+        give_up = time.monotonic() + RECOVERY_TIMEOUT
+        while sum((await _in_thread(c.hints, timeout=CLUSTER_CALL_TIMEOUT)).values()):
+            if time.monotonic() > give_up:
+                return  # a copy may live only in a hint: no disk is lost this time
+            await asyncio.sleep(0.5)
+        victim = self.rng.choice([n for n in c.nodes() if n not in self.killed])
+        self.killed.add(victim)
+        self.wiped.add(victim)
+
+        def fn() -> None:
+            c.lose_disk(victim)
+
+        self.active.append(await self._act("wipe", "disk lost", victim, fn, CLUSTER_CALL_TIMEOUT))
+
     async def _inject_join(self) -> None:
         c = self.cluster
         await self._act("join", "add_node", None, c.add_node, RESHAPE_TIMEOUT)
@@ -542,10 +566,28 @@ class Nemesis:
                     ok = False
                     break
                 await asyncio.sleep(1.0)
+        if self.wiped and not self.killed:
+            fault = await self._act(
+                "repair", "anti-entropy", sorted(self.wiped), self._refill, AE_TIMEOUT
+            )
+            if fault.error is None:
+                self.wiped.clear()
+            ok = ok and fault.error is None
         if not self.killed:
-            self._ended(("kill",))
-        self._ended(("partition", "link", "kill"))  # what could not be undone ends here too
+            self._ended(("kill", "wipe"))
+        # What could not be undone ends here too.
+        self._ended(("partition", "link", "kill", "wipe"))
         return ok
+
+    def _refill(self) -> dict:
+        """Anti-entropy rounds until one reaches every peer: the emptied nodes hold their
+        ranges again. Raises if that does not happen within AE_ROUNDS rounds."""
+        for _ in range(AE_ROUNDS):
+            figures = self.cluster.anti_entropy()
+            if not figures.get("peers_unreachable"):
+                return figures
+            time.sleep(1.0)  # a restarted node not yet seen up by every peer
+        raise DynarayError(f"anti-entropy still found unreachable peers after {AE_ROUNDS} rounds")
 
     def _ended(self, kinds: tuple[str, ...]) -> None:
         now = self.history.now()
@@ -558,7 +600,7 @@ class Nemesis:
         """Faults injected, by kind and shape ("partition:bridge": 2)."""
         tally: Counter[str] = Counter()
         for fault in self.faults:
-            if fault.kind not in ("heal", "restart"):
+            if fault.kind not in ("heal", "restart", "repair"):
                 tally[f"{fault.kind}:{fault.shape}"] += 1
         return dict(sorted(tally.items()))
 
@@ -978,9 +1020,14 @@ def plot_timeline(report: Report, path: str) -> str | None:
         spans[kind].append((invocation.time, max(stop - invocation.time, 0.002)))
     order = sorted(rows, key=lambda p: (isinstance(p, str), str(p)))
     fig, ax = plt.subplots(figsize=(12, 1.5 + 0.35 * len(order)))
-    fault_colours = {"partition": "#1f77b4", "link": "#9467bd", "kill": "#8c564b"}
+    fault_colours = {
+        "partition": "#1f77b4",
+        "link": "#9467bd",
+        "kill": "#8c564b",
+        "wipe": "#d62728",
+    }
     for fault in report.fault_log:
-        if fault["kind"] in ("heal", "restart"):
+        if fault["kind"] in ("heal", "restart", "repair"):
             continue
         start, stop = fault["start"], fault["end"] if fault["end"] is not None else end
         colour = fault_colours.get(fault["kind"], "#7f7f7f")

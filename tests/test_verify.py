@@ -48,6 +48,16 @@ def test_counter_under_partitions(ray_session):
     assert report.convergence["ok"]
 
 
+@pytest.mark.timeout(300)
+def test_counter_through_lost_disks(ray_session):
+    # A node back with an empty disk must not count its increments again from zero.
+    report = verify.run(duration=12, nemesis=("wipe",), workload="counter", seed=3, clients=6)
+    assert_passed(report)
+    assert report.faults.get("wipe:disk lost", 0) >= 1
+    assert report.acknowledged_lost == 0
+    assert report.convergence["ok"]
+
+
 @pytest.mark.timeout(240)
 def test_register_under_partitions_reports_loss_without_failing(ray_session):
     report = verify.run(duration=8, nemesis=("partition",), workload="register", seed=3, clients=6)
