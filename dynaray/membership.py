@@ -2,7 +2,8 @@
 
 Each node keeps, per known node, an (incarnation, heartbeat) pair. A node bumps its own
 heartbeat every gossip round and its incarnation every time it starts, so after a restart
-its news outranks anything said about its previous life. Gossip merges views so the larger
+its news outranks anything said about its previous life; one that hears of an earlier life
+outranking it (it lost the count with its disk) jumps past it. Gossip merges views so the larger
 pair wins. Failure detection is local: a node whose pair has not advanced for
 `suspect_after` seconds is suspect, for `down_after` seconds down, and up again as soon as
 fresh news of it arrives.
@@ -79,7 +80,13 @@ class Membership:
         revived = []
         for node, (incarnation, heartbeat) in digest.items():
             if node == self.me:
-                continue  # only we speak for ourselves
+                # Only we speak for ourselves, but news of us that outranks ours is of an
+                # earlier life whose incarnation we lost (a node back with an empty disk,
+                # where the count is kept): outrank it, or the others never hear us again.
+                mine = self.peers[node]
+                if (incarnation, heartbeat) > (mine.incarnation, mine.heartbeat):
+                    mine.incarnation = incarnation + 1
+                continue
             known = self.peers.get(node)
             if known is None:
                 continue  # membership changes come with the ring, not with rumours
