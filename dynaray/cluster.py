@@ -601,8 +601,8 @@ class Cluster:
 
     def lose_disk(self, node: str) -> None:
         """Crash a node and delete its directory, as if its disk were lost: restart() then
-        brings it back empty, to be refilled by hinted handoff, read repair and
-        anti-entropy."""
+        brings it back empty: it takes its ranges over from their other replicas (not
+        answering reads of a range until it has it) and gets its hints."""
         self.kill(node)
         ray_node, path = self._homes[node]
         where = NodeAffinitySchedulingStrategy(ray_node, soft=False)

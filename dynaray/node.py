@@ -124,6 +124,9 @@ class StorageNode:
         self.store = Store(path, node_id, sync=self.options.sync, fresh=fresh)
         # The id this node's writes carry in version vectors and CRDTs (Store._check_stamp).
         self.actor = self.store.actor
+        # An empty directory of a node that may have had data: take every range over from
+        # its replicas once the ring arrives (configure).
+        self.refill = self.store.created and not fresh
         if self.actor != node_id and self.store.created:
             log.warning(
                 "node %s starts with an empty directory in a store that may have had it: "
@@ -230,12 +233,18 @@ class StorageNode:
             return False
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
+        n = int(config.get("n", 3))
         if old is not None and old.version < ring.version:
-            n = int(config.get("n", 3))
             gained = sorted(
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
+        elif old is None and self.refill:
+            # Back with an empty directory: every range is taken over from its other
+            # replicas, as a joining node would, instead of waiting for anti-entropy;
+            # meanwhile reads of them go to the replicas that have them.
+            old, gained = ring, sorted(ring.replicated_partitions(self.id, n))
+        self.refill = False
 
         def op(txn: Txn) -> None:
             txn.put(META, _RING, codec.pack(ring.to_wire()))

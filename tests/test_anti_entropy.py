@@ -314,6 +314,9 @@ def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, 
         assert not os.path.exists(path)
         cluster.restart("n2")
         wait_for(lambda: all_see_all_up(cluster), what="n2 up again")
+        # No read repair, no anti-entropy here: n2 takes its ranges over, as a joiner would.
+        wait_for(lambda: cluster.replica_state(key).get("n2") == ["v3"], what="n2 refilled")
+        assert cluster.info()["n2"]["actor"].startswith("n2@")
         # A blind write coordinated by the emptied n2: with its old id it would be dot
         # n2:1, which the other replicas have seen, and the write would vanish.
         client.put(key, None, "after", w=3)
