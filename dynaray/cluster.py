@@ -577,10 +577,11 @@ class Cluster:
 
     # -- temporary failures -----------------------------------------------------------------
 
-    def kill(self, node: str) -> None:
+    def kill(self, node: str) -> bool:
         """Crash a node's actor at once, with no graceful shutdown; its directory stays.
         Returns once the actor is dead (ray.kill only starts that), so a restart() right
-        after it finds the node gone."""
+        after it finds the node gone: True, or False if Ray has not reported it dead
+        within a few seconds."""
         handle = self._handles[self._known(node)]
         ray.kill(handle, no_restart=True)
         deadline = time.monotonic() + _KILL_WAIT
@@ -588,7 +589,7 @@ class Cluster:
             try:
                 ray.get(handle.ping.remote(), timeout=1.0)
             except ActorDiedError:
-                return
+                return True
             except (ActorUnavailableError, GetTimeoutError):
                 continue  # dying, or not answering yet: not dead yet
             time.sleep(0.05)
@@ -598,17 +599,30 @@ class Cluster:
             node,
             _KILL_WAIT,
         )
+        return False
 
     def lose_disk(self, node: str) -> None:
         """Crash a node and delete its directory, as if its disk were lost: restart() then
         brings it back empty: it takes its ranges over from their other replicas (not
         answering reads of a range until it has it) and gets its hints."""
-        self.kill(node)
+        if not self.kill(node):
+            raise DynarayError(
+                f"node {node!r} was killed but is not dead yet, so its directory was kept "
+                "(deleting it under a live LMDB would not be a lost disk); try again"
+            )
         ray_node, path = self._homes[node]
         where = NodeAffinitySchedulingStrategy(ray_node, soft=False)
+        deletion = _delete_directory.options(scheduling_strategy=where).remote(path)
         try:
-            ray.get(_delete_directory.options(scheduling_strategy=where).remote(path), timeout=30)
-        except (GetTimeoutError, RayError) as exc:
+            ray.get(deletion, timeout=30)
+        except GetTimeoutError:
+            ray.cancel(deletion, force=True)
+            raise DynarayError(
+                f"node {node!r} was killed, but deleting its directory {path!r} did not "
+                "finish within 30 s: it may or may not be deleted; look on its machine "
+                "before restarting it"
+            ) from None
+        except RayError as exc:
             raise DynarayError(
                 f"node {node!r} was killed, but its directory {path!r} could not be deleted "
                 f"({exc}); it keeps its data when restarted"
@@ -631,9 +645,16 @@ class Cluster:
         )
         live = {n: h for n, h in self._handles.items() if n != node}
         answers = self._ask("describe", nodes=list(live), timeout=10.0)
-        if answers:
-            newest = max(answers.values(), key=lambda d: d["ring"]["version"])
+        rings = [a for a in answers.values() if a.get("ring")]
+        if rings:
+            newest = max(rings, key=lambda d: d["ring"]["version"])
             ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
+        elif not ray.get(handle.describe.remote(), timeout=_STARTUP_TIMEOUT).get("ring"):
+            ray.kill(handle, no_restart=True)
+            raise DynarayError(
+                f"node {node!r} came back without its data and no other node answered to "
+                "give it the ring; restart the other nodes first, then this one"
+            )
         self._handles[node] = handle
         ray.get(handle.set_peers.remote(self._handles), timeout=_CALL_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)

@@ -83,6 +83,8 @@ class Membership:
                 # Only we speak for ourselves, but news of us that outranks ours is of an
                 # earlier life whose incarnation we lost (a node back with an empty disk,
                 # where the count is kept): outrank it, or the others never hear us again.
+                # (Two live processes with one id would outrank each other without end;
+                # Cluster.restart never starts a node that still answers.)
                 mine = self.peers[node]
                 if (incarnation, heartbeat) > (mine.incarnation, mine.heartbeat):
                     mine.incarnation = incarnation + 1

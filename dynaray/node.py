@@ -239,7 +239,8 @@ class StorageNode:
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
-        elif old is None and self.refill:
+        refill = old is None and self.refill
+        if refill:
             # Back with an empty directory: every range is taken over from its other
             # replicas, as a joining node would, instead of waiting for anti-entropy;
             # meanwhile reads of them go to the replicas that have them.
@@ -255,34 +256,43 @@ class StorageNode:
         self.config = dict(config)
         if gained:
             self.pending.update(gained)
-            self._spawn(self._take_over(old, gained))
+            self._spawn(self._take_over(old, gained, refill))
         return True
 
     # -- ownership handoff ------------------------------------------------------------------
 
-    async def _take_over(self, old: Ring, gained: list[int]) -> None:
+    async def _take_over(self, old: Ring, gained: list[int], refill: bool = False) -> None:
         """Copy each gained range from one previous replica, then compare it with the
         others by Merkle exchange: a write only some of them got arrives too, without
         moving the whole range once per replica."""
         for partition in gained:
             try:
-                await self._take_range(old, partition)
+                await self._take_range(old, partition, refill)
             finally:
                 self.pending.discard(partition)
                 self.transfer["ranges_received"] += 1
 
-    async def _take_range(self, old: Ring, partition: int) -> None:
+    async def _take_range(self, old: Ring, partition: int, refill: bool) -> None:
+        """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
+        old replicas may be gone for good). A node refilling its emptied ranges does not:
+        its own copy of them has nothing, so it keeps trying, and keeps refusing reads of
+        the range, until a replica answers."""
         sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
         copied = None
-        for _attempt in range(30):
+        attempt = 0
+        while copied is None and (refill or attempt < 30):
             for source in sources:
                 if await self._pull(source, partition):
                     copied = source
                     break
-            if copied is not None:
-                break
-            await asyncio.sleep(1.0)
-        else:
+            if copied is None:
+                attempt += 1
+                if refill and attempt % 30 == 0:
+                    log.warning(
+                        "range %d: no other replica answered in %d tries", partition, attempt
+                    )
+                await asyncio.sleep(1.0)
+        if copied is None:
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
         for source in sources:
             if source != copied:
@@ -549,7 +559,14 @@ class StorageNode:
         )
 
     def _learn(self, digest: dict, ring_wire: dict | None) -> None:
-        for node in self.membership.merge(digest):
+        incarnation = self.membership.incarnation
+        revived = self.membership.merge(digest)
+        if self.membership.incarnation != incarnation:
+            # News of an earlier life outranked ours (Membership.merge): keep the new count,
+            # so the next start counts on from it.
+            count = str(self.membership.incarnation).encode()
+            self._spawn(self.store.write(lambda txn: txn.put(META, _INCARNATION, count)))
+        for node in revived:
             log.info("%s is up again", node)
             self._down_until.pop(node, None)
             self._spawn(self._deliver_to(node))

@@ -77,6 +77,7 @@ RESHAPE_TIMEOUT = 180.0  # one join or leave, including its data handoff
 RECOVERY_TIMEOUT = 90.0  # healing, restarting, nodes seen up, hints drained: each
 AE_TIMEOUT = 180.0  # anti-entropy rounds until one repairs nothing
 AE_ROUNDS = 10
+WIPE_WAIT = 30.0  # a lost disk waits this long for pending hints, else is skipped
 FINAL_READ_TIMEOUT = 60.0
 
 
@@ -360,6 +361,8 @@ class Nemesis:
         self.max_nodes = max_nodes
         self.killed: set[str] = set()
         self.wiped: set[str] = set()
+        self.wipes_skipped = 0  # hints still pending, or an earlier fault not repaired
+        self.stop = asyncio.Event()
         self.network_faulty = False
         self.faults: list[Fault] = []
         self.active: list[Fault] = []
@@ -368,6 +371,7 @@ class Nemesis:
     # -- schedule ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         rng = self.rng
         await _sleep_unless(stop, rng.uniform(1.0, 2.0))
         while not stop.is_set():
@@ -508,10 +512,14 @@ class Nemesis:
 
     async def _inject_wipe(self) -> None:
         c = self.cluster
-        give_up = time.monotonic() + RECOVERY_TIMEOUT
+        if self.wiped or self.killed or self.network_faulty:
+            self.wipes_skipped += 1  # an earlier fault is not repaired yet
+            return
+        give_up = time.monotonic() + WIPE_WAIT
         while sum((await _in_thread(c.hints, timeout=CLUSTER_CALL_TIMEOUT)).values()):
-            if time.monotonic() > give_up:
-                return  # a copy may live only in a hint: no disk is lost this time
+            if time.monotonic() > give_up or self.stop.is_set():
+                self.wipes_skipped += 1  # a copy may live only in a hint: not this time
+                return
             await asyncio.sleep(0.5)
         victim = self.rng.choice([n for n in c.nodes() if n not in self.killed])
         self.killed.add(victim)
@@ -580,14 +588,25 @@ class Nemesis:
         return ok
 
     def _refill(self) -> dict:
-        """Anti-entropy rounds until one reaches every peer: the emptied nodes hold their
-        ranges again. Raises if that does not happen within AE_ROUNDS rounds."""
+        """Wait until the emptied nodes have taken their ranges over from the other
+        replicas, then anti-entropy rounds until one has every node take part and reach
+        every peer. Raises if that does not happen in time."""
+        c = self.cluster
+        give_up = time.monotonic() + AE_TIMEOUT
+        while True:
+            info = c.info()
+            if len(info) == len(c.nodes()) and not any(i["ranges_arriving"] for i in info.values()):
+                break
+            if time.monotonic() > give_up:
+                raise DynarayError("the emptied nodes did not get their ranges back in time")
+            time.sleep(0.5)
         for _ in range(AE_ROUNDS):
-            figures = self.cluster.anti_entropy()
-            if not figures.get("peers_unreachable"):
+            figures = c.anti_entropy()
+            answered = len(c.info())
+            if answered == len(c.nodes()) and not figures.get("peers_unreachable"):
                 return figures
             time.sleep(1.0)  # a restarted node not yet seen up by every peer
-        raise DynarayError(f"anti-entropy still found unreachable peers after {AE_ROUNDS} rounds")
+        raise DynarayError(f"anti-entropy did not reach every node in {AE_ROUNDS} rounds")
 
     def _ended(self, kinds: tuple[str, ...]) -> None:
         now = self.history.now()
@@ -830,6 +849,8 @@ async def _drive(cluster: Any, work: Workload, kinds: tuple, report: Report, see
     await _finish(tasks, OP_TIMEOUT * 2 + 5, report, "clients")
     recovery = await _await_recovery(cluster)
     recovery["nemesis_recovered"] = recovered
+    if "wipe" in kinds:
+        recovery["wipes_skipped"] = nemesis.wipes_skipped
     convergence, rounds = await _converge(cluster, work)
     converged_at = time.monotonic()
     recovery["anti_entropy_rounds"] = rounds

@@ -312,16 +312,21 @@ def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, 
         path = cluster.info()["n2"]["path"]
         cluster.lose_disk("n2")
         assert not os.path.exists(path)
+        # Cut off from its peers, n2 comes back empty and cannot take its ranges over yet.
+        cluster.partition([["n2"], ["n1", "n3", "n4"]])
         cluster.restart("n2")
-        wait_for(lambda: all_see_all_up(cluster), what="n2 up again")
-        # No read repair, no anti-entropy here: n2 takes its ranges over, as a joiner would.
-        wait_for(lambda: cluster.replica_state(key).get("n2") == ["v3"], what="n2 refilled")
         assert cluster.info()["n2"]["actor"].startswith("n2@")
-        # A blind write coordinated by the emptied n2: with its old id it would be dot
-        # n2:1, which the other replicas have seen, and the write would vanish.
-        client.put(key, None, "after", w=3)
+        assert cluster.info()["n2"]["ranges_arriving"] > 0
+        # Writes coordinated by the emptied n2 (the client reaches it): with its old id,
+        # the blind write would be dot n2:1 and the increment would count n2's entry from
+        # 0, both below what the other replicas hold, and both would vanish in the merge.
+        client.put(key, None, "after", w=1)
+        votes.increment(counted, w=1)
+        cluster.heal()
+        # No read repair, no anti-entropy here: n2 takes its ranges over, as a joiner would.
+        wait_for(lambda: cluster.info()["n2"]["ranges_arriving"] == 0, what="n2 refilled")
+        assert "v3" in cluster.replica_state(key)["n2"]
         assert sorted(client.get(key, r=3).values) == ["after", "v3"]
-        votes.increment(counted, w=3)  # as n2 again, it would count from 0: lost in the max
         assert votes.get(counted, r=3).value == 4
     finally:
         cluster.shutdown()
