@@ -149,7 +149,7 @@ def start(
             # A store started again: its nodes are those of the ring it kept. On several
             # machines each goes back to the machine that holds its directory, and those
             # start first so no other node takes the place.
-            found = _directories_on_machines(root) if resources else {"": _node_directories(root)}
+            found = _directories_found(root, resources)
             node_ids, fresh = members_for(nodes, found)
             if resources:
                 files = {
@@ -349,6 +349,12 @@ _node_directories_there = ray.remote(num_cpus=0, max_retries=0)(_node_directorie
 @ray.remote(num_cpus=0, max_retries=0)
 def _delete_directory(path: str) -> None:
     shutil.rmtree(path)
+
+
+def _directories_found(root: str, resources: dict) -> dict[str, dict[str, dict]]:
+    """{machine: node directories under root there}: on every kvnode machine, or, on a
+    cluster without them, on this one."""
+    return _directories_on_machines(root) if resources else {"": _node_directories(root)}
 
 
 def _directories_on_machines(root: str) -> dict[str, dict[str, dict]]:
@@ -762,10 +768,16 @@ class Cluster:
     def add_node(self, progress=None) -> str:
         """A new node joins: it takes its share of the ring and receives its data."""
         old, config = self._ring()
+        root = os.path.dirname(next(iter(self._homes.values()))[1])
+        # Not a name an actor holds (one a failed add_node left outside the ring) nor one
+        # a directory has (of a node that left while the ring did not record departures).
+        taken = set(self._handles)
+        for dirs in _directories_found(root, self._resources).values():
+            taken.update(dirs)
         node = old.unused_id()
-        while node in self._handles:  # an actor a failed add_node left outside the ring
+        while node in taken:
             node = f"n{int(node[1:]) + 1}"
-        path = os.path.join(os.path.dirname(next(iter(self._homes.values()))[1]), node)
+        path = os.path.join(root, node)
         if self._resources:
             _placement(len(self._handles) + 1)
         # A ring that may not know every node that left cannot vouch for the id's novelty;
