@@ -33,7 +33,7 @@ class Replica:
     """One side of the exchange: a store, its ranges, and the calls a peer may make."""
 
     def __init__(self, path: str, node: str) -> None:
-        self.store = Store(path, node, sync=False)
+        self.store = Store(path, node, sync=False, fresh=True)
         self.ranges = KeyRanges(self.store)
 
     async def load(self, items: dict[bytes, records.Record]) -> None:

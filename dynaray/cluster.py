@@ -150,7 +150,7 @@ def start(
             # machines each goes back to the machine that holds its directory, and those
             # start first so no other node takes the place.
             found = _directories_found(root, resources)
-            node_ids, fresh = members_for(nodes, found)
+            node_ids, fresh = members_for(nodes, found, n)
             if resources:
                 files = {
                     m: {node: d["file"] for node, d in dirs.items()} for m, dirs in found.items()
@@ -226,7 +226,17 @@ def _placement(nodes: int) -> dict[str, float]:
     return {KVNODE: 1}
 
 
-def members_for(nodes: int, found: dict[str, dict[str, dict]]) -> tuple[list[str], bool]:
+def _check_kept_n(kept_n: int, n: int) -> None:
+    if kept_n != n:
+        raise ValueError(
+            f"the data directory holds a store with n={kept_n}; start it with n={kept_n} "
+            "(changing the replication factor of existing data is not supported)"
+        )
+
+
+def members_for(
+    nodes: int, found: dict[str, dict[str, dict]], n: int | None = None
+) -> tuple[list[str], bool]:
     """The ids of the nodes to start, from the node directories found ({machine:
     _node_directories there}): those of the newest ring the directories kept (a store
     started again), else n1 to n{nodes} (a new store); and whether the store is new.
@@ -234,7 +244,8 @@ def members_for(nodes: int, found: dict[str, dict[str, dict]]) -> tuple[list[str
     Nodes that joined since the store was created keep their ids, and the directories of
     nodes that left stay shut. The store is new only when no node directory exists at all.
     Raises DynarayError when the stored ring has another number of nodes than `nodes`, or
-    a directory's ring cannot be read.
+    a directory's ring cannot be read; ValueError when the store kept another replication
+    factor than `n`. All before any node starts, so nothing is written.
     """
     rings = []
     for dirs in found.values():
@@ -243,16 +254,18 @@ def members_for(nodes: int, found: dict[str, dict[str, dict]]) -> tuple[list[str
                 if "error" in d:
                     raise ValueError(d["error"])
                 if d["ring"] is not None:
-                    rings.append(Ring.from_wire(d["ring"]))
+                    rings.append((Ring.from_wire(d["ring"]), d.get("n")))
             except ValueError as exc:
                 raise DynarayError(
-                    f"node {node!r}'s directory cannot be read ({exc}); nothing was started. "
-                    "Move it away if it is not a dynaray node directory, or start the store "
-                    "with the dynaray version that wrote it"
+                    f"the directory of node {node} cannot be read ({exc}); nothing was "
+                    "started. Move it out of the data directory if it is not a dynaray node "
+                    "directory, or start the store with the dynaray version that wrote it"
                 ) from None
     if not rings:
         return [f"n{i}" for i in range(1, nodes + 1)], not any(found.values())
-    newest = max(rings, key=lambda ring: ring.version)
+    newest, kept_n = max(rings, key=lambda kept: kept[0].version)
+    if n is not None and kept_n is not None:
+        _check_kept_n(kept_n, n)
     members = sorted(newest.nodes(), key=_node_sort_key)
     if len(members) != nodes:
         raise DynarayError(
@@ -319,10 +332,11 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
 
 def _node_directories(root: str) -> dict[str, dict]:
     """The node directories (with an LMDB environment) under root on this machine:
-    {store node id: {"file": fingerprint, "ring": the ring it kept, or None}}, plus
-    "error" where the ring could not be read. The fingerprint is the data file's inode,
-    size and modification time, equal wherever the same file is seen."""
-    from dynaray.node import stored_ring
+    {store node id: {"file": fingerprint, "ring": the ring it kept, or None, "n": its
+    replication factor, or None}}, plus "error" where they could not be read. The
+    fingerprint is the data file's inode, size and modification time, equal wherever the
+    same file is seen."""
+    from dynaray.node import stored_layout
 
     found: dict[str, dict] = {}
     if not os.path.isdir(root):
@@ -337,13 +351,28 @@ def _node_directories(root: str) -> dict[str, dict]:
             continue
         found[name] = {"file": [info.st_ino, info.st_size, info.st_mtime_ns], "ring": None}
         try:
-            found[name]["ring"] = stored_ring(path)
+            ring, config = stored_layout(path)
+            found[name].update(ring=ring, n=(config or {}).get("n"))
         except Exception as exc:  # noqa: BLE001 - reported by members_for, which refuses
             found[name]["error"] = f"{type(exc).__name__}: {exc}"
     return found
 
 
 _node_directories_there = ray.remote(num_cpus=0, max_retries=0)(_node_directories)
+
+
+def _dead(handle: Any) -> bool:
+    """Wait (up to _KILL_WAIT) until Ray reports a killed actor dead; False if it did not."""
+    deadline = time.monotonic() + _KILL_WAIT
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ping.remote(), timeout=1.0)
+        except ActorDiedError:
+            return True
+        except (ActorUnavailableError, GetTimeoutError):
+            pass  # dying, or not answering yet: not dead yet
+        time.sleep(0.05)
+    return False
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -420,7 +449,8 @@ def _ring_for(
     w: int,
     store: str,
 ) -> tuple[Ring, dict]:
-    """A fresh ring, or the newest one the nodes kept on disk from an earlier run."""
+    """A fresh ring, or the newest one the nodes kept on disk from an earlier run (which
+    members_for checked already where it could see the directories)."""
     stored = [d for d in descriptions if d.get("ring")]
     config = {"n": n, "r": r, "w": w, "store": store}
     if not stored:
@@ -433,12 +463,7 @@ def _ring_for(
             f"the data directory holds a store of nodes {list(ring.nodes())}; start it with "
             f"nodes={len(ring.nodes())} or use another data_dir"
         )
-    old_n = newest["config"].get("n", n)
-    if old_n != n:
-        raise ValueError(
-            f"the data directory holds a store with n={old_n}; start it with n={old_n} "
-            "(changing the replication factor of existing data is not supported)"
-        )
+    _check_kept_n(newest["config"].get("n", n), n)
     return ring, {**config, "partitions": ring.partitions}
 
 
@@ -587,20 +612,13 @@ class Cluster:
         """Crash a node's actor at once, with no graceful shutdown; its directory stays.
         Returns once the actor is dead (ray.kill only starts that), so a restart() right
         after it finds the node gone: True, or False if Ray has not reported it dead
-        within a few seconds."""
+        within 10 s (then a restart may fail until it has)."""
         handle = self._handles[self._known(node)]
         ray.kill(handle, no_restart=True)
-        deadline = time.monotonic() + _KILL_WAIT
-        while time.monotonic() < deadline:
-            try:
-                ray.get(handle.ping.remote(), timeout=1.0)
-            except ActorDiedError:
-                return True
-            except (ActorUnavailableError, GetTimeoutError):
-                continue  # dying, or not answering yet: not dead yet
-            time.sleep(0.05)
+        if _dead(handle):
+            return True
         log.warning(
-            "node %s was killed but is not reported dead after %.0f s; restart() refuses "
+            "node %s was killed but is not reported dead after %.0f s; a restart may fail "
             "until it is (check `ray list actors`)",
             node,
             _KILL_WAIT,
@@ -635,7 +653,9 @@ class Cluster:
             ) from exc
 
     def restart(self, node: str) -> None:
-        """Start a killed node again on its machine and directory; it rejoins and catches up."""
+        """Start a killed node again on its machine and directory; it rejoins and catches up.
+        A node whose directory is empty (lose_disk, a replaced disk) comes back under a new
+        actor id and takes its ranges over from the other replicas."""
         self._known(node)
         if self._ask("ping", nodes=[node], timeout=2.0):
             raise ValueError(f"node {node!r} is running; kill it before restarting it")
@@ -657,6 +677,7 @@ class Cluster:
             ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
         elif not ray.get(handle.describe.remote(), timeout=_STARTUP_TIMEOUT).get("ring"):
             ray.kill(handle, no_restart=True)
+            _dead(handle)  # so that the restart asked for below can take its name
             raise DynarayError(
                 f"node {node!r} came back without its data and no other node answered to "
                 "give it the ring; restart the other nodes first, then this one"

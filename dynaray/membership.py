@@ -3,8 +3,8 @@
 Each node keeps, per known node, an (incarnation, heartbeat) pair. A node bumps its own
 heartbeat every gossip round and its incarnation every time it starts, so after a restart
 its news outranks anything said about its previous life; one that hears of an earlier life
-outranking it (it lost the count with its disk) jumps past it. Gossip merges views so the larger
-pair wins. Failure detection is local: a node whose pair has not advanced for
+outranking it (it lost the count with its disk) jumps past it. Gossip merges views so the
+larger pair wins. Failure detection is local: a node whose pair has not advanced for
 `suspect_after` seconds is suspect, for `down_after` seconds down, and up again as soon as
 fresh news of it arrives.
 """

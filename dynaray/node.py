@@ -33,7 +33,7 @@ from dynaray.membership import Membership
 from dynaray.metrics import NodeMetrics
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
-from dynaray.storage import DATA, HINTS, META, Store, Txn, peek
+from dynaray.storage import DATA, HINTS, META, REFILL, Store, Txn, peek
 from dynaray.transport import PeerUnavailable, Refused, Transport
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,14 @@ def _log_as(node_id: str) -> None:
     logger.propagate = False
 
 
-def stored_ring(path: str) -> dict | None:
-    """The wire form of the ring a stopped node kept in its directory, if any."""
-    raw = peek(path, META, _RING)
-    return codec.unpack(raw) if raw is not None else None
+def stored_layout(path: str) -> tuple[dict | None, dict | None]:
+    """The ring (wire form) and store settings a stopped node kept in its directory, each
+    None if it kept none."""
+    ring, config = peek(path, META, _RING), peek(path, META, _CONFIG)
+    return (
+        codec.unpack(ring) if ring is not None else None,
+        codec.unpack(config) if config is not None else None,
+    )
 
 
 class StorageNode:
@@ -124,14 +128,15 @@ class StorageNode:
         self.store = Store(path, node_id, sync=self.options.sync, fresh=fresh)
         # The id this node's writes carry in version vectors and CRDTs (Store._check_stamp).
         self.actor = self.store.actor
-        # An empty directory of a node that may have had data: take every range over from
-        # its replicas once the ring arrives (configure).
-        self.refill = self.store.created and not fresh
-        if self.actor != node_id and self.store.created:
+        # A directory created empty for a node that may have had data: every range is
+        # taken over from its replicas when the ring arrives (configure), and until then
+        # (or a restart in the middle of it) its reads go to them. Kept on disk until done.
+        self.refill = self.store.get(META, REFILL) is not None
+        if self.store.created and not fresh:
             log.warning(
-                "node %s starts with an empty directory in a store that may have had it: "
-                "its writes carry the id %s, so they cannot be mistaken for those of an "
-                "earlier life",
+                "node %s starts with an empty directory and may have written before (a "
+                "replaced disk, or a store whose ring does not record every node that left): "
+                "its writes carry the id %s, so they cannot be mistaken for earlier ones",
                 node_id,
                 self.actor,
             )
@@ -176,6 +181,9 @@ class StorageNode:
         raw = self.store.get(META, _CATALOG)
         if raw is not None:
             self.catalog = Catalog.from_wire(codec.unpack(raw))
+        if self.refill and self.ring is not None:
+            # Restarted in the middle of a refill: answer no read until configure resumes it.
+            self.pending.update(self._replicated())
 
     def _spawn(self, coro: Coroutine) -> asyncio.Task:
         """Background work owned by the node: cancelled by stop(), never left dangling."""
@@ -234,17 +242,17 @@ class StorageNode:
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
         n = int(config.get("n", 3))
-        if old is not None and old.version < ring.version:
+        refill = self.refill
+        if refill:
+            # Back with an empty directory (or restarted before it was refilled): every
+            # range is taken over from its other replicas, as a joining node would, instead
+            # of waiting for anti-entropy; meanwhile reads go to the replicas that have them.
+            old, gained = ring, sorted(ring.replicated_partitions(self.id, n))
+        elif old is not None and old.version < ring.version:
             gained = sorted(
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
-        refill = old is None and self.refill
-        if refill:
-            # Back with an empty directory: every range is taken over from its other
-            # replicas, as a joining node would, instead of waiting for anti-entropy;
-            # meanwhile reads of them go to the replicas that have them.
-            old, gained = ring, sorted(ring.replicated_partitions(self.id, n))
         self.refill = False
 
         def op(txn: Txn) -> None:
@@ -254,7 +262,7 @@ class StorageNode:
         await self.store.write(op)
         self._adopt(ring)
         self.config = dict(config)
-        if gained:
+        if gained or refill:
             self.pending.update(gained)
             self._spawn(self._take_over(old, gained, refill))
         return True
@@ -264,13 +272,16 @@ class StorageNode:
     async def _take_over(self, old: Ring, gained: list[int], refill: bool = False) -> None:
         """Copy each gained range from one previous replica, then compare it with the
         others by Merkle exchange: a write only some of them got arrives too, without
-        moving the whole range once per replica."""
+        moving the whole range once per replica. A `refill` clears the directory's REFILL
+        mark once every range is in."""
         for partition in gained:
             try:
                 await self._take_range(old, partition, refill)
             finally:
                 self.pending.discard(partition)
                 self.transfer["ranges_received"] += 1
+        if refill:
+            await self.store.write(lambda txn: txn.delete(META, REFILL))
 
     async def _take_range(self, old: Ring, partition: int, refill: bool) -> None:
         """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
@@ -289,7 +300,11 @@ class StorageNode:
                 attempt += 1
                 if refill and attempt % 30 == 0:
                     log.warning(
-                        "range %d: no other replica answered in %d tries", partition, attempt
+                        "range %d: no other replica answered in %d tries; its reads go to "
+                        "them until one does (check `cluster.status()` for nodes down or "
+                        "cut off)",
+                        partition,
+                        attempt,
                     )
                 await asyncio.sleep(1.0)
         if copied is None:

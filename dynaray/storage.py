@@ -33,6 +33,9 @@ MERKLE = b"merkle"
 DOTS = b"dots"
 _STAMP = b"node_id"
 _ACTOR = b"actor"
+# In META while a directory created for a node that may have had data elsewhere has not yet
+# copied its ranges back from their other replicas (the node clears it when it has).
+REFILL = b"refill"
 _INITIAL_MAP_SIZE = 64 << 20
 _MAX_BATCH = 2048
 _STOP = object()
@@ -111,7 +114,7 @@ class Store:
         forgotten its old dots while its peers' copies still carry them: under its old id
         it would issue them again, and the peers would drop those writes as already seen.
         So an empty directory of a node that may have written before gets an actor id of
-        its own (node id, "@", random).
+        its own (node id, "@", random), and the REFILL mark, in the same transaction.
         """
         meta = self.dbs[META]
         with self.env.begin(write=True) as txn:
@@ -122,6 +125,8 @@ class Store:
                 actor = self.node_id if fresh else f"{self.node_id}@{secrets.token_hex(4)}"
                 txn.put(_STAMP, self.node_id.encode(), db=meta)
                 txn.put(_ACTOR, actor.encode(), db=meta)
+                if not fresh:
+                    txn.put(REFILL, b"1", db=meta)
             elif stamp.decode() != self.node_id:
                 self.env.close()
                 raise NodeError(

@@ -6,8 +6,8 @@
 `run()` starts a store with short failure-detection settings, drives `clients` concurrent
 asyncio clients against `keys` keys while a seeded nemesis injects faults (partitions of
 several shapes, link drops and delays, kills and restarts, lost disks, joins and leaves),
-records every
-operation as an invoke followed by ok / fail / info in a `dynaray.history.History`, then
+records every operation as an invoke followed by ok / fail / info in a
+`dynaray.history.History`, then
 heals everything, waits for hints to drain and anti-entropy to repair nothing more, checks
 that replicas converged, reads every key back and runs the workload's checker.
 

@@ -326,6 +326,10 @@ def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, 
         # 0, both below what the other replicas hold, and both would vanish in the merge.
         client.put(key, None, "after", w=1)
         votes.increment(counted, w=1)
+        # Restarted halfway through its refill, it carries on with it (the mark is on disk).
+        cluster.kill("n2")
+        cluster.restart("n2")
+        assert cluster.info()["n2"]["ranges_arriving"] > 0
         cluster.heal()
         # No read repair, no anti-entropy here: n2 takes its ranges over, as a joiner would.
         wait_for(lambda: cluster.info()["n2"]["ranges_arriving"] == 0, what="n2 refilled")

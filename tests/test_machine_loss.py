@@ -113,7 +113,7 @@ def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
     new = old.with_node("n5").without_node("n2")
 
     def kept(ring: Ring | None) -> dict:
-        return {"file": [1, 2, 3], "ring": ring.to_wire() if ring else None}
+        return {"file": [1, 2, 3], "ring": ring.to_wire() if ring else None, "n": 3}
 
     # No directory: a new store of n1..nN. Directories without a ring: the nodes may have
     # written, so none of them is new.
@@ -129,11 +129,15 @@ def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
         dynaray.DynarayError, match=r"4 nodes \(n1, n3, n4, n5\); start it with nodes=4"
     ):
         members_for(5, found)
+    # Another replication factor is refused before any node starts (nothing is written).
+    assert members_for(4, found, 3) == (["n1", "n3", "n4", "n5"], False)
+    with pytest.raises(ValueError, match="holds a store with n=3; start it with n=3"):
+        members_for(4, found, 2)
     for broken in (
         {"file": [1], "ring": {"v": 99}},
         {"file": [1], "ring": None, "error": "Error: not an LMDB environment"},
     ):
-        with pytest.raises(dynaray.DynarayError, match="node 'n1'.s directory cannot be read"):
+        with pytest.raises(dynaray.DynarayError, match="the directory of node n1 cannot be read"):
             members_for(4, {"a": {"n1": broken, "n3": kept(new)}})
 
 

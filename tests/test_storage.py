@@ -446,3 +446,60 @@ def test_unwritable_path_raises_node_error(tmp_path):
         assert repr(path) in message
         assert "writable" in message
         assert isinstance(info.value.__cause__, OSError | lmdb.Error)
+
+
+# -- the directory's identity and reading a stopped store ------------------------------------
+
+
+def test_a_fresh_directory_writes_under_its_node_id(tmp_path):
+    path = str(tmp_path / "n1")
+    s = Store(path, "n1", fresh=True)
+    assert (s.created, s.actor, s.get(META, storage.REFILL)) == (True, "n1", None)
+    s.close()
+    again = Store(path, "n1")  # fresh or not, an existing directory keeps its identity
+    assert (again.created, again.actor) == (False, "n1")
+    again.close()
+
+
+def test_an_empty_directory_of_a_node_that_may_have_written_gets_an_actor_id_of_its_own(
+    tmp_path,
+):
+    path = str(tmp_path / "n2")
+    first = Store(path, "n2")
+    actor = first.actor
+    assert first.created and actor.startswith("n2@") and len(actor) > len("n2@")
+    assert first.get(META, storage.REFILL) is not None  # until the node has its ranges
+    first.close()
+    again = Store(path, "n2")
+    assert (again.created, again.actor) == (False, actor)  # one id per life, kept
+    again.close()
+    other = Store(str(tmp_path / "other"), "n2")
+    assert other.actor != actor  # another life, another id
+    other.close()
+
+
+def test_a_directory_from_before_actor_ids_writes_under_its_node_id(tmp_path):
+    path = str(tmp_path / "n3")
+    Store(path, "n3").close()
+    env = lmdb.open(path, max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.delete(b"actor", db=env.open_db(META, txn=txn))
+    env.close()
+    old = Store(path, "n3")
+    assert (old.created, old.actor) == (False, "n3")
+    old.close()
+
+
+def test_peek_reads_a_stopped_store_without_changing_it(tmp_path):
+    path = str(tmp_path / "n1")
+    s = Store(path, "n1", fresh=True)
+    run(s.write(put(META, b"ring", b"r")))
+    s.close()
+    before = (tmp_path / "n1" / "data.mdb").stat()
+    assert storage.peek(path, META, b"ring") == b"r"
+    assert storage.peek(path, META, b"missing") is None
+    assert storage.peek(path, b"no-such-db", b"ring") is None
+    after = (tmp_path / "n1" / "data.mdb").stat()
+    assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    with pytest.raises(lmdb.Error):
+        storage.peek(str(tmp_path / "nothing-here"), META, b"ring")
