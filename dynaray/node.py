@@ -242,18 +242,20 @@ class StorageNode:
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
         n = int(config.get("n", 3))
-        refill = self.refill
+        marked, self.refill = self.refill, False
+        # Back with an empty directory (or restarted before it was refilled), not joining:
+        # every range is taken over from its other replicas, as a joining node would,
+        # instead of waiting for anti-entropy; meanwhile reads go to the replicas that
+        # have them. A joiner (given `previous`) takes what it gains, its whole share.
+        refill = marked and previous is None
         if refill:
-            # Back with an empty directory (or restarted before it was refilled): every
-            # range is taken over from its other replicas, as a joining node would, instead
-            # of waiting for anti-entropy; meanwhile reads go to the replicas that have them.
             old, gained = ring, sorted(ring.replicated_partitions(self.id, n))
+            self.pending.clear()  # what _load_ring marked, from the ring kept before
         elif old is not None and old.version < ring.version:
             gained = sorted(
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
-        self.refill = False
 
         def op(txn: Txn) -> None:
             txn.put(META, _RING, codec.pack(ring.to_wire()))
@@ -262,25 +264,27 @@ class StorageNode:
         await self.store.write(op)
         self._adopt(ring)
         self.config = dict(config)
-        if gained or refill:
+        if gained or marked:
             self.pending.update(gained)
-            self._spawn(self._take_over(old, gained, refill))
+            self._spawn(self._take_over(old, gained, refill, marked))
         return True
 
     # -- ownership handoff ------------------------------------------------------------------
 
-    async def _take_over(self, old: Ring, gained: list[int], refill: bool = False) -> None:
+    async def _take_over(
+        self, old: Ring, gained: list[int], refill: bool = False, marked: bool = False
+    ) -> None:
         """Copy each gained range from one previous replica, then compare it with the
         others by Merkle exchange: a write only some of them got arrives too, without
-        moving the whole range once per replica. A `refill` clears the directory's REFILL
-        mark once every range is in."""
+        moving the whole range once per replica. `marked`: the directory's REFILL mark is
+        cleared once every range is in (not if the node stops first)."""
         for partition in gained:
             try:
                 await self._take_range(old, partition, refill)
             finally:
                 self.pending.discard(partition)
                 self.transfer["ranges_received"] += 1
-        if refill:
+        if marked:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
 
     async def _take_range(self, old: Ring, partition: int, refill: bool) -> None:
@@ -291,7 +295,7 @@ class StorageNode:
         sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
         copied = None
         attempt = 0
-        while copied is None and (refill or attempt < 30):
+        while copied is None and sources and (refill or attempt < 30):
             for source in sources:
                 if await self._pull(source, partition):
                     copied = source
@@ -474,6 +478,10 @@ class StorageNode:
     async def set_peers(self, peers: dict[str, Any]) -> None:
         """Take the peers' actor handles (resolved once, cached) and start background work."""
         self.transport.set_peers({p: h for p, h in peers.items() if p != self.id})
+        if self.refill and self.ring is not None:
+            # Restarted halfway through a refill with no ring handed to it (no other node
+            # answered the restart): carry on with the ring it kept.
+            self._spawn(self.configure(self.ring.to_wire(), self.config))
         if not self._loops_started:
             self._loops_started = True
             self._spawn(self._every(self.options.gossip_interval, self._gossip_round))

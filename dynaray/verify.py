@@ -7,9 +7,9 @@
 asyncio clients against `keys` keys while a seeded nemesis injects faults (partitions of
 several shapes, link drops and delays, kills and restarts, lost disks, joins and leaves),
 records every operation as an invoke followed by ok / fail / info in a
-`dynaray.history.History`, then
-heals everything, waits for hints to drain and anti-entropy to repair nothing more, checks
-that replicas converged, reads every key back and runs the workload's checker.
+`dynaray.history.History`, then heals everything, waits for hints to drain and anti-entropy
+to repair nothing more, checks that replicas converged, reads every key back and runs the
+workload's checker.
 
 Workloads:
 

@@ -65,3 +65,28 @@ def test_a_node_answers_for_more_ranges_when_n_grows(node) -> None:
     node.config = {"n": 4}  # every node now replicates every range
     assert all(answer is None for answer in _answers(node, others))
     assert codec.key_partition(others[0]) in node._replicated()
+
+
+def test_a_node_back_empty_refuses_reads_of_its_ranges_until_they_are_in(tmp_path) -> None:
+    """An emptied directory (not `fresh`) keeps its REFILL mark until every range is in:
+    restarted halfway, the node refuses reads at once, and takes over exactly the ranges
+    of the ring it is given, none left over from the ring it kept."""
+    path = str(tmp_path / "n1")
+    config = {"n": 2}
+    kept = Ring.create(["n1", "n2", "n3"], 16)
+
+    async def life(ring: Ring) -> tuple[set[int], set[int]]:
+        node = StorageNode("n1", path)
+        at_start = set(node.pending)
+        await node.configure(ring.to_wire(), config)
+        arriving = set(node.pending)
+        await node.stop()  # no peer answers here: the refill is cut short
+        return at_start, arriving
+
+    at_start, arriving = asyncio.run(life(kept))
+    assert at_start == set() and arriving == set(kept.replicated_partitions("n1", 2))
+    given = kept.with_node("n4")
+    at_start, arriving = asyncio.run(life(given))
+    assert at_start == set(kept.replicated_partitions("n1", 2))
+    assert arriving == set(given.replicated_partitions("n1", 2))
+    assert arriving != at_start
