@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import ray
@@ -440,6 +441,15 @@ def _create_node(
     )
 
 
+def _newest(descriptions: Iterable[dict]) -> dict | None:
+    """Of nodes' describe() answers, the one holding the newest ring; None if none has one."""
+    return max(
+        (d for d in descriptions if d.get("ring")),
+        key=lambda d: d["ring"]["version"],
+        default=None,
+    )
+
+
 def _ring_for(
     descriptions: list[dict],
     node_ids: list[str],
@@ -451,12 +461,11 @@ def _ring_for(
 ) -> tuple[Ring, dict]:
     """A fresh ring, or the newest one the nodes kept on disk from an earlier run (which
     members_for checked already where it could see the directories)."""
-    stored = [d for d in descriptions if d.get("ring")]
+    newest = _newest(descriptions)
     config = {"n": n, "r": r, "w": w, "store": store}
-    if not stored:
+    if newest is None:
         ring = Ring.create(node_ids, partitions)
         return ring, {**config, "partitions": ring.partitions}
-    newest = max(stored, key=lambda d: d["ring"]["version"])
     ring = Ring.from_wire(newest["ring"])
     if set(ring.nodes()) != set(node_ids):
         raise DynarayError(
@@ -671,9 +680,8 @@ class Cluster:
         )
         live = {n: h for n, h in self._handles.items() if n != node}
         answers = self._ask("describe", nodes=list(live), timeout=10.0)
-        rings = [a for a in answers.values() if a.get("ring")]
-        if rings:
-            newest = max(rings, key=lambda d: d["ring"]["version"])
+        newest = _newest(answers.values())
+        if newest is not None:
             ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
         elif not ray.get(handle.describe.remote(), timeout=_STARTUP_TIMEOUT).get("ring"):
             ray.kill(handle, no_restart=True)
@@ -758,10 +766,9 @@ class Cluster:
         return self._ask("merkle_roots")
 
     def _ring(self) -> tuple[Ring, dict]:
-        answers = self._ask("describe", timeout=10.0)
-        if not answers:
+        newest = _newest(self._ask("describe", timeout=10.0).values())
+        if newest is None:
             raise DynarayError("no storage node answered; is the store running?")
-        newest = max(answers.values(), key=lambda d: d["ring"]["version"])
         return Ring.from_wire(newest["ring"]), newest["config"]
 
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
@@ -795,9 +802,7 @@ class Cluster:
         taken = set(self._handles)
         for dirs in _directories_found(root, self._resources).values():
             taken.update(dirs)
-        node = old.unused_id()
-        while node in taken:
-            node = f"n{int(node[1:]) + 1}"
+        node = old.unused_id(taken)
         path = os.path.join(root, node)
         if self._resources:
             _placement(len(self._handles) + 1)

@@ -4,7 +4,7 @@ Q fixed, equal-size partitions, and each partition is owned by one physical node
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import mmh3
@@ -213,13 +213,13 @@ class Ring:
         """The distinct node ids, sorted."""
         return self._nodes
 
-    def unused_id(self) -> str:
+    def unused_id(self, taken: Iterable[str] = ()) -> str:
         """An id for a joining node that no node of this ring has had (as far as the ring
-        knows: `departures_known`): "n" and one above the highest number among its nodes
-        and the departed ones."""
+        knows: `departures_known`), nor any id in `taken`: "n" and one above the highest
+        number among them all."""
         used = (
             int(n[1:])
-            for n in (*self._nodes, *self.departed)
+            for n in (*self._nodes, *self.departed, *taken)
             if n[:1] == "n" and n[1:].isascii() and n[1:].isdigit()
         )
         return f"n{max(used, default=0) + 1}"

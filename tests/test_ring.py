@@ -361,6 +361,8 @@ def test_a_departed_id_is_never_given_out_again() -> None:
     assert Ring.from_wire(ring.to_wire()).departed == ring.departed
     # Ids of another shape never collide with the numbered ones.
     assert Ring.create(["a", "b", "n", "n\u00b2"], 8).unused_id() == "n1"
+    # Ids held elsewhere (an actor, a directory) are passed over too.
+    assert ring.unused_id(taken={"n9", "x"}) == "n10"
 
 
 # --- random membership changes ---
