@@ -186,14 +186,22 @@ class Bucket:
         if self.policy == "lww":
             op = ["lww", records.LWW_DELETED]
             return await self.client._write(self.name, key, op, self._w(w))
-        if context is None:
-            context = (await self.client._read(self.name, key, self.props.r)).context
+        context = await self._seen(key, context)
         return await self.client._write(self.name, key, siblings_op(context, None), self._w(w))
 
     def delete(
         self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
     ) -> Context:
         return self._run(self.adelete(key, context, w=w))
+
+    async def _seen(self, key: str | bytes, context: Context | bytes | None) -> Context | bytes:
+        """The context a delete or remove takes out: the given one, or with none what a
+        quorum read sees now. Not what the coordinating node alone holds: a node that missed
+        an acknowledged add (it was down, or its range is still arriving) would take out
+        nothing."""
+        if context is None:
+            return (await self.client._read(self.name, key, self.props.r)).context
+        return context
 
     # -- counter ----------------------------------------------------------------------------
 
@@ -224,14 +232,14 @@ class Bucket:
         context: Context | bytes | None = None,
         w: int | None = None,
     ) -> None:
-        """Remove the additions of elements that the context saw (or, with no context, that
-        the coordinating node has seen); a concurrent add survives."""
+        """Remove the additions of elements that the context saw (with no context, that a
+        read sees now: the client reads first); a concurrent add survives."""
         self._need("set", call="remove")
         encoded = [codec.encode_value(e) for e in elements]
+        context = await self._seen(key, context)
 
         def op(hashed: bytes) -> list:
-            seen = None if context is None else versions.vv_to_wire(check_context(context, hashed))
-            return ["set", ["remove", encoded, seen]]
+            return ["set", ["remove", encoded, versions.vv_to_wire(check_context(context, hashed))]]
 
         await self.client._write(self.name, key, op, self._w(w))
 
@@ -263,9 +271,12 @@ class Bucket:
 
         increment={"visits": 1} (counter fields), add={"tags": ["a"]} and
         remove={"tags": ["b"]} (set fields), assign={"name": "Ann"} (last-write-wins
-        register fields), enable=["vip"] / disable=["vip"] (flag fields).
+        register fields), enable=["vip"] / disable=["vip"] (flag fields). Removes and
+        disables take out what the context saw (with no context, what a read sees now).
         """
         self._need("map", call="update")
+        if remove or disable:
+            context = await self._seen(key, context)
 
         def op(hashed: bytes) -> list:
             seen = None if context is None else versions.vv_to_wire(check_context(context, hashed))

@@ -156,6 +156,27 @@ def test_set_remove_of_seen_element_removes_everywhere(cluster, client):
         assert values == [{"b"}]
 
 
+def test_a_remove_with_no_context_removes_what_a_read_sees(cluster, client, healed):
+    """The first primary missed the add (it was cut off; its copy waits in a hint), yet it
+    coordinates the remove: the remove must still take out the acknowledged add."""
+    tags = client.bucket("tags3", policy="set")
+    profiles = client.bucket("profiles3", policy="map")
+    first, *others = cluster.preference_list("doc:3", "tags3")
+    cluster.partition([[first], others])
+    cluster.client(nodes=others).bucket("tags3").add("doc:3", "a", "b")
+    assert first not in cluster.replica_state("doc:3", bucket="tags3")
+    tags.remove("doc:3", "a", w=1)  # the client reaches the first primary
+    first, *others = cluster.preference_list("u3", "profiles3")
+    cluster.partition([[first], others])
+    cluster.client(nodes=others).bucket("profiles3").update(
+        "u3", add={"tags": ["a"]}, enable=["vip"]
+    )
+    profiles.update("u3", remove={"tags": ["a"]}, disable=["vip"], w=1)
+    settle(cluster)
+    assert tags.get("doc:3").value == {"b"}
+    assert profiles.get("u3").value == {"tags": set(), "vip": False}
+
+
 def test_map_fields(cluster, client, healed):
     profiles = client.bucket("profiles", policy="map")
     profiles.update("u1", increment={"visits": 1}, add={"tags": ["new"]}, assign={"name": "Ann"})
