@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 
-class DynarayError(Exception):
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class PortableError(Exception):
+    """An error that crosses processes whole. A node's error reaches its caller pickled by
+    Ray, and Exception's own pickling rebuilds an error by calling __init__ with the message
+    alone, which an error with an __init__ of its own refuses: the caller then got Ray's
+    deserialization failure instead of, say, "the write may or may not have been stored"."""
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class DynarayError(PortableError):
     """Base class of dynaray's own errors."""
 
 

@@ -20,13 +20,13 @@ from typing import Any
 
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from dynaray.errors import DynarayError
+from dynaray.errors import DynarayError, PortableError
 from dynaray.faults import Faults
 
 log = logging.getLogger(__name__)
 
 
-class PeerUnavailable(Exception):
+class PeerUnavailable(PortableError):
     """A peer did not answer: dead, unreachable, partitioned away, or past the deadline."""
 
     def __init__(self, peer: str, reason: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import ray
 
 import dynaray
 from dynaray import codec
+from dynaray.errors import RequestTimeout
 from tests.conftest import FAST
 
 
@@ -183,6 +185,18 @@ def test_malformed_contexts_are_refused_and_nothing_written(cluster, client):
     with pytest.raises(dynaray.InvalidContext, match="different key"):
         client.put("guarded", client.get("other-key").context, "evil")
     assert client.get("guarded").values == ["original"]
+
+
+def test_an_error_raised_in_a_node_reaches_the_caller_whole(ray_session):
+    # A node that forwarded a write and lost its coordinator raises RequestTimeout; Ray
+    # pickles it to the caller, who must get it, not a failure to unpickle it.
+    @ray.remote
+    def forwarded_write() -> None:
+        raise RequestTimeout("put", "k", 1.0, "the coordinator n2 it was forwarded to died")
+
+    with pytest.raises(RequestTimeout, match="may or may not have been stored") as info:
+        ray.get(forwarded_write.remote())
+    assert info.value.op == "put" and isinstance(info.value, TimeoutError)
 
 
 def test_unpicklable_value_is_refused(client):

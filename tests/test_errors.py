@@ -1,0 +1,44 @@
+"""dynaray's errors cross processes whole: a node's error reaches its caller pickled by Ray."""
+
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+import pytest
+
+from dynaray import errors
+from dynaray.transport import PeerUnavailable
+
+MADE = [
+    errors.ConflictError("k", 3),
+    errors.QuorumError("put", "k", 1, 2, 3),
+    errors.QuorumError("create bucket", "tags", 1, 2, 5),
+    errors.RequestTimeout("put", "k", 1.5),
+    errors.RequestTimeout("get", "k", 1.5, "the coordinator n2 did not answer"),
+    errors.InvalidContext("a truncated context"),
+    errors.SiblingLimitError("too many siblings"),
+    errors.Unavailable("no node answered"),
+    errors.NodeError("store is closed"),
+    PeerUnavailable("n3", "partitioned"),
+]
+
+
+@pytest.mark.parametrize("dumps", [pickle.dumps, cloudpickle.dumps])
+@pytest.mark.parametrize("error", MADE, ids=lambda e: type(e).__name__)
+def test_an_error_comes_back_as_it_was_made(error, dumps):
+    back = pickle.loads(dumps(error))
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert back.args == error.args
+    assert vars(back) == vars(error)
+
+
+def test_what_callers_test_for_survives_the_trip():
+    timeout = pickle.loads(pickle.dumps(errors.RequestTimeout("put", "k", 1.5)))
+    assert isinstance(timeout, TimeoutError)
+    assert "may or may not have been stored" in str(timeout)
+    quorum = pickle.loads(pickle.dumps(errors.QuorumError("delete", "k", 1, 2, 3)))
+    assert quorum.indeterminate and (quorum.answered, quorum.needed, quorum.asked) == (1, 2, 3)
+    peer = pickle.loads(pickle.dumps(PeerUnavailable("n3", "partitioned")))
+    assert (peer.peer, peer.reason) == ("n3", "partitioned")
