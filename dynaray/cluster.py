@@ -194,6 +194,11 @@ def start(
                 lifetime="detached",
                 num_cpus=0,
                 max_restarts=0,
+                # On the driver's machine (the head, for `dynaray up`), not on a store
+                # machine whose loss would take it along.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=True
+                ),
             )
             .remote(handles)
         )
@@ -441,6 +446,12 @@ def _create_node(
     )
 
 
+def _home(handle: Any) -> tuple[str, str]:
+    """A running node's (Ray node, directory)."""
+    info = ray.get(handle.info.remote(), timeout=_STARTUP_TIMEOUT)
+    return info["ray_node"], info["path"]
+
+
 def _newest(descriptions: Iterable[dict]) -> dict | None:
     """Of nodes' describe() answers, the one holding the newest ring; None if none has one."""
     return max(
@@ -511,6 +522,11 @@ class Cluster:
         self._homes = {
             node: (info["ray_node"], info["path"]) for node, info in self._ask("info").items()
         }
+        # Every node of the ring, running or not: a handle attached while a node is down
+        # finds no actor of it, yet must be able to restart it, or forget it.
+        newest = _newest(self._ask("describe").values())
+        kept = Ring.from_wire(newest["ring"]).nodes() if newest is not None else ()
+        self._members = sorted({*self._handles, *kept}, key=_node_sort_key)
 
     @classmethod
     def attach(cls, store: str = DEFAULT_STORE, *, address: str | None = "auto") -> Cluster:
@@ -537,8 +553,8 @@ class Cluster:
         return cls(store, handles, router, None, False, resources=resources)
 
     def nodes(self) -> list[str]:
-        """The ids of the store's nodes."""
-        return list(self._handles)
+        """The ids of the store's nodes, running or not."""
+        return list(self._members)
 
     def client(self, path: str = "client", *, nodes: list[str] | None = None, **kw: Any) -> Client:
         """A Client; `path` is "client" (writes straight to the coordinator, reads straight
@@ -548,22 +564,44 @@ class Cluster:
         """
         handles = self._handles
         if nodes is not None:
-            handles = {node: self._handles[self._known(node)] for node in nodes}
+            handles = {
+                node: handle
+                for node in nodes
+                if (handle := self._handle(self._known(node))) is not None
+            }
         routing = Routing(handles, path=path, router=self._router, partial=nodes is not None, **kw)
         client = Client(routing)
         self._clients.append(client)
         return client
 
     def _known(self, node: str) -> str:
-        if node not in self._handles:
+        if node not in self._members:
             raise ValueError(f"unknown node {node!r}; the store's nodes are {self.nodes()}")
         return node
+
+    def _handle(self, node: str) -> Any | None:
+        """The node's actor handle, or None if no actor of it runs. A node that was down when
+        this handle attached, and that another driver restarted since, is found by name."""
+        handle = self._handles.get(node)
+        if handle is None:
+            try:
+                handle = ray.get_actor(node_name(self.store, node), namespace=NAMESPACE)
+            except ValueError:
+                return None
+            self._handles[node] = handle
+        return handle
+
+    def _root(self) -> str:
+        """The data directory: each node's directory is in it, named by the node's id."""
+        return os.path.dirname(next(iter(self._homes.values()))[1])
 
     def _ask(
         self, method: str, *args: Any, nodes: list[str] | None = None, timeout: float = 10.0
     ) -> dict:
-        """Call method on each node; {node: answer} of those that answered in time."""
-        refs = {n: getattr(self._handles[n], method).remote(*args) for n in nodes or self._handles}
+        """Call method on each node; {node: answer} of those that answered in time (a node
+        with no actor running has no answer)."""
+        handles = self._handles if nodes is None else {n: self._handle(n) for n in nodes}
+        refs = {n: getattr(h, method).remote(*args) for n, h in handles.items() if h is not None}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         answers = {}
         for node, ref in refs.items():
@@ -622,7 +660,9 @@ class Cluster:
         Returns once the actor is dead (ray.kill only starts that), so a restart() right
         after it finds the node gone: True, or False if Ray has not reported it dead
         within 10 s (then a restart may fail until it has)."""
-        handle = self._handles[self._known(node)]
+        handle = self._handle(self._known(node))
+        if handle is None:
+            return True  # no actor of it runs
         ray.kill(handle, no_restart=True)
         if _dead(handle):
             return True
@@ -642,6 +682,11 @@ class Cluster:
             raise DynarayError(
                 f"node {node!r} was killed but is not dead yet, so its directory was kept "
                 "(deleting it under a live LMDB would not be a lost disk); try again"
+            )
+        if node not in self._homes:
+            raise DynarayError(
+                f"node {node!r} was not running when this handle attached, so which machine "
+                "holds its directory is not known here; its directory was kept"
             )
         ray_node, path = self._homes[node]
         where = NodeAffinitySchedulingStrategy(ray_node, soft=False)
@@ -664,20 +709,22 @@ class Cluster:
     def restart(self, node: str) -> None:
         """Start a killed node again on its machine and directory; it rejoins and catches up.
         A node whose directory is empty (lose_disk, a replaced disk) comes back under a new
-        actor id and takes its ranges over from the other replicas."""
+        actor id and takes its ranges over from the other replicas.
+
+        If its machine is gone (where machines carry `kvnode`), the node starts on the
+        machine that now holds its directory (one whose Ray restarted is a new Ray node
+        with the same disk), else on a free machine, empty, and is refilled."""
         self._known(node)
         if self._ask("ping", nodes=[node], timeout=2.0):
             raise ValueError(f"node {node!r} is running; kill it before restarting it")
-        ray_node, path = self._homes[node]
+        ray_node, path = self._homes.get(node) or (None, os.path.join(self._root(), node))
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         if ray_node not in alive:
-            raise DynarayError(
-                f"the machine of node {node!r} (Ray node {ray_node[:12]}) is gone; its data "
-                "went with it: use forget_node() and add_node() instead"
-            )
+            ray_node = self._new_home(node, ray_node, path)
         handle = _create_node(
             self.store, node, path, self._options, self._resources, ray_node=ray_node
         )
+        self._homes[node] = _home(handle)
         live = {n: h for n, h in self._handles.items() if n != node}
         answers = self._ask("describe", nodes=list(live), timeout=10.0)
         newest = _newest(answers.values())
@@ -695,6 +742,45 @@ class Cluster:
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
         self._ask("update_peer", node, handle, nodes=list(live))
         self._tell_routers(node, handle)
+
+    def _new_home(self, node: str, gone: str | None, path: str) -> str | None:
+        """The machine for a node whose machine (Ray node `gone`, None if not known here) is
+        not in the Ray cluster: the one machine that holds its directory, else (storage
+        shared by every machine, or the directory nowhere: it starts empty) a kvnode machine
+        no other store node uses. Raises DynarayError, before anything starts, when there
+        is none. Without kvnode machines a node of unknown home starts anywhere, as start()
+        places nodes there."""
+        if gone is None:
+            lost = f"node {node!r} was not running when this handle attached"
+        else:
+            lost = f"the machine of node {node!r} (Ray node {gone[:12]}) is gone"
+        if not self._resources:
+            if gone is None:
+                return None
+            raise DynarayError(
+                f"{lost}, and on a Ray cluster without {KVNODE!r} machines there is no "
+                "other machine to start it on: use forget_node() and add_node() instead"
+            )
+        found = _directories_on_machines(os.path.dirname(path))
+        holding = {m: {n: d["file"] for n, d in dirs.items()} for m, dirs in found.items()}
+        pinned = homes_for([node], holding).get(node)
+        used = {home: other for other, (home, _) in self._homes.items() if other != node}
+        if pinned is not None:
+            if pinned in used:
+                raise DynarayError(
+                    f"{lost}; its directory is on Ray node {pinned[:12]}, the machine of "
+                    f"node {used[pinned]!r}, and a machine runs one store node: move the "
+                    "directory to a machine of its own (the same path there) and restart again"
+                )
+            return pinned
+        free = sorted(m for m in holding if m not in used)
+        if not free:
+            raise DynarayError(
+                f"{lost}, and every machine with the {KVNODE!r} resource runs another store "
+                "node: add a machine (or wait for the autoscaler's replacement) and restart "
+                "again, or use forget_node() to do without it"
+            )
+        return free[0]
 
     def partition(self, groups: list[list[str]]) -> None:
         """Cut node-to-node messages between the groups, both ways (clients reach all)."""
@@ -733,7 +819,7 @@ class Cluster:
         views = self._ask("membership_view", timeout=5.0)
         order = {"up": 0, "suspect": 1, "down": 2}
         result = {}
-        for node in self._handles:
+        for node in self._members:
             seen = [view.get(node, "down") for observer, view in views.items() if observer != node]
             if not seen:
                 result[node] = "up" if node in views else "down"
@@ -796,7 +882,7 @@ class Cluster:
     def add_node(self, progress=None) -> str:
         """A new node joins: it takes its share of the ring and receives its data."""
         old, config = self._ring()
-        root = os.path.dirname(next(iter(self._homes.values()))[1])
+        root = self._root()
         # Not a name an actor holds (one a failed add_node left outside the ring) nor one
         # a directory has (of a node that left while the ring did not record departures).
         taken = set(self._handles)
@@ -812,10 +898,11 @@ class Cluster:
             self.store, node, path, self._options, self._resources, fresh=old.departures_known
         )
         self._handles[node] = handle
+        self._members = sorted([*self._members, node], key=_node_sort_key)
         ray.get(handle.set_peers.remote(self._handles), timeout=_STARTUP_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
         self._ask("update_peer", node, handle, nodes=[n for n in self._handles if n != node])
-        self._homes[node] = (self._ask("info", nodes=[node])[node]["ray_node"], path)
+        self._homes[node] = _home(handle)
         self._tell_routers(node, handle)
         self.last_change = self._reshape(old.with_node(node), config, old, progress)
         return node
@@ -850,8 +937,10 @@ class Cluster:
         return ring, config
 
     def _drop(self, node: str) -> None:
-        handle = self._handles.pop(node)
-        ray.kill(handle, no_restart=True)
+        handle = self._handles.pop(node, None)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+        self._members.remove(node)
         self._homes.pop(node, None)
         self._ask("set_peers", self._handles)
         self._tell_routers(node, None)
@@ -859,7 +948,15 @@ class Cluster:
     def _tell_routers(self, node: str, handle: Any) -> None:
         """Point the Router and this handle's clients at a new, restarted or removed node."""
         if self._router is not None:
-            ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+            try:
+                ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+            except RayActorError:
+                log.warning(
+                    "the Router actor of store %r is gone (with its machine?): clients on the "
+                    "'router' path fail until the store is started again",
+                    self.store,
+                )
+                self._router = None
         for client in self._clients:
             client.routing.set_node(node, handle)
 

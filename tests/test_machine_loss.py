@@ -6,6 +6,8 @@ resource, so the store puts exactly one storage node on each, as on a real clust
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import ray
 from ray.cluster_utils import Cluster as RayCluster
@@ -63,10 +65,67 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
             )
         # The only spare machine holds hints for the lost one; they wait for its return.
         wait_for(lambda: sum(cluster.hints().values()) >= len(keys), what="hints kept")
-        with pytest.raises(dynaray.DynarayError, match="is gone"):
-            cluster.restart(victim)
+        with pytest.raises(dynaray.DynarayError, match="is gone, and every machine with"):
+            cluster.restart(victim)  # nowhere to run it: nothing started
+
+        # The machine comes back as a new Ray node (its Ray restarted) with the same disk
+        # (these machines share one): the node starts there, from its directory.
+        back = rc.add_node(num_cpus=0, resources={"kvnode": 1})
+        rc.wait_for_nodes()
+        cluster.restart(victim)
+        assert cluster.info()[victim]["ray_node"] == back.node_id
+        assert cluster.info()[victim]["actor"] == victim  # its data, not an empty start
+        wait_for(lambda: sum(cluster.hints().values()) == 0, what="hints handed back")
+        for key in keys:
+            assert cluster.replica_state(key)[victim] == [f"after-{key}"]
+
+        # Lost for good this time, volume and all; a replacement machine comes up blank.
+        path = cluster.info()[victim]["path"]
+        rc.remove_node(back, allow_graceful=False)
+        wait_for(lambda: cluster.status()[victim] == "down", timeout=60, what="victim down")
+        shutil.rmtree(path)
+        replacement = rc.add_node(num_cpus=0, resources={"kvnode": 1})
+        rc.wait_for_nodes()
+        cluster.restart(victim)  # empty, on the free machine: it copies its ranges back
+        info = cluster.info()[victim]
+        assert info["ray_node"] == replacement.node_id
+        assert info["actor"].startswith(f"{victim}@")
+        wait_for(lambda: cluster.info()[victim]["ranges_arriving"] == 0, what="refilled")
+        for key in keys:
+            assert cluster.replica_state(key)[victim] == [f"after-{key}"]
     finally:
         cluster.shutdown()
+
+
+def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(machines, tmp_path):
+    data = str(tmp_path / "data")
+    cluster = dynaray.start(nodes=4, data_dir=data, node_options=FAST, partitions=64, store="att")
+    try:
+        client = cluster.client()
+        for i in range(20):
+            client.put(f"k{i}", None, f"v{i}")
+        cluster.kill("n2")
+        # A new driver's handle: no actor of n2 runs, yet n2 is a node of the store.
+        attached = dynaray.Cluster.attach("att")
+        assert attached.nodes() == ["n1", "n2", "n3", "n4"]
+        wait_for(lambda: attached.status()["n2"] == "down", what="n2 seen down")
+        attached.restart("n2")  # found where its directory is; a free machine runs it
+        assert attached.info()["n2"]["actor"] == "n2"
+        wait_for(lambda: attached.status()["n2"] == "up", what="n2 seen up again")
+        assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
+
+        cluster.kill("n3")
+        again = dynaray.Cluster.attach("att")
+        again.forget_node("n3")  # lost for good: the others restore N copies
+        assert again.nodes() == ["n1", "n2", "n4"]
+        assert sorted(again.info()) == ["n1", "n2", "n4"]
+        assert all("n3" not in owners(again, f"k{i}") for i in range(20))
+        fresh = again.client()
+        assert [fresh.get(f"k{i}", r=3).value for i in range(20)] == [f"v{i}" for i in range(20)]
+    finally:
+        cluster.shutdown()
+        for handle in dynaray.cluster._named_nodes("att").values():  # n2, restarted elsewhere
+            ray.kill(handle, no_restart=True)
 
 
 def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
