@@ -275,6 +275,7 @@ class Bucket:
         disables take out what the context saw (with no context, what a read sees now).
         """
         self._need("map", call="update")
+        map_ops(increment, add, remove, assign, enable, disable, None)  # refused before a read
         if remove or disable:
             context = await self._seen(key, context)
 

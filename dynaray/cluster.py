@@ -153,10 +153,7 @@ def start(
             found = _directories_found(root, resources)
             node_ids, fresh = members_for(nodes, found, n)
             if resources:
-                files = {
-                    m: {node: d["file"] for node, d in dirs.items()} for m, dirs in found.items()
-                }
-                homes = homes_for(node_ids, files)
+                homes = homes_for(node_ids, _fingerprints(found))
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
@@ -404,13 +401,20 @@ def _directories_on_machines(root: str) -> dict[str, dict[str, dict]]:
         ).remote(root)
         for machine in machines
     }
-    try:
-        return {machine: ray.get(ask, timeout=_CALL_TIMEOUT) for machine, ask in asks.items()}
-    except (GetTimeoutError, RayError) as exc:
-        raise DynarayError(
-            f"could not list the node directories under {root!r} on every machine ({exc}); "
-            "nothing was started. Check that the machines in `ray status` are up"
-        ) from exc
+    ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=_CALL_TIMEOUT)
+    found = {}
+    for machine, ask in asks.items():
+        try:
+            if ask not in ready:
+                raise GetTimeoutError(f"no answer within {_CALL_TIMEOUT:.0f} s")
+            found[machine] = ray.get(ask)
+        except RayError as exc:
+            raise DynarayError(
+                f"could not list the node directories under {root!r} on Ray node "
+                f"{machine[:12]} ({exc}); nothing was started. Check that the machines in "
+                "`ray status` are up"
+            ) from exc
+    return found
 
 
 def _create_node(
@@ -446,10 +450,14 @@ def _create_node(
     )
 
 
-def _home(handle: Any) -> tuple[str, str]:
-    """A running node's (Ray node, directory)."""
-    info = ray.get(handle.info.remote(), timeout=_STARTUP_TIMEOUT)
-    return info["ray_node"], info["path"]
+def _homes_of(infos: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """{node: (Ray node, directory)} from running nodes' info()."""
+    return {node: (info["ray_node"], info["path"]) for node, info in infos.items()}
+
+
+def _fingerprints(found: dict[str, dict[str, dict]]) -> dict[str, dict[str, list]]:
+    """{machine: {node: fingerprint of its data file}} from _directories_found."""
+    return {m: {node: d["file"] for node, d in dirs.items()} for m, dirs in found.items()}
 
 
 def _newest(descriptions: Iterable[dict]) -> dict | None:
@@ -519,12 +527,10 @@ class Cluster:
         self._faults = faults.Faults()
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
-        self._homes = {
-            node: (info["ray_node"], info["path"]) for node, info in self._ask("info").items()
-        }
+        self._homes = _homes_of(self._ask("info", nodes=list(self._handles)))
         # Every node of the ring, running or not: a handle attached while a node is down
         # finds no actor of it, yet must be able to restart it, or forget it.
-        newest = _newest(self._ask("describe").values())
+        newest = _newest(self._ask("describe", nodes=list(self._handles)).values())
         kept = Ring.from_wire(newest["ring"]).nodes() if newest is not None else ()
         self._members = sorted({*self._handles, *kept}, key=_node_sort_key)
 
@@ -579,20 +585,31 @@ class Cluster:
             raise ValueError(f"unknown node {node!r}; the store's nodes are {self.nodes()}")
         return node
 
-    def _handle(self, node: str) -> Any | None:
-        """The node's actor handle, or None if no actor of it runs. A node that was down when
-        this handle attached, and that another driver restarted since, is found by name."""
-        handle = self._handles.get(node)
-        if handle is None:
-            try:
-                handle = ray.get_actor(node_name(self.store, node), namespace=NAMESPACE)
-            except ValueError:
-                return None
-            self._handles[node] = handle
+    def _handle(self, node: str, fresh: bool = False) -> Any | None:
+        """The node's actor handle, or None if no actor of it runs. Looked up by name when
+        this handle has none (the node was down when it attached, or its actor died) or
+        when `fresh` (another driver may have restarted the node: a new actor)."""
+        if not fresh and node in self._handles:
+            return self._handles[node]
+        try:
+            handle = ray.get_actor(node_name(self.store, node), namespace=NAMESPACE)
+        except ValueError:
+            self._handles.pop(node, None)
+            return None
+        self._handles[node] = handle
         return handle
+
+    def _running(self, but: str | None = None) -> dict[str, Any]:
+        """{node: actor handle} of the store's nodes (but one) with an actor running."""
+        found = {n: self._handle(n, fresh=True) for n in self._members if n != but}
+        return {n: h for n, h in found.items() if h is not None}
 
     def _root(self) -> str:
         """The data directory: each node's directory is in it, named by the node's id."""
+        if not self._homes:
+            self._homes.update(_homes_of(self._ask("info")))
+        if not self._homes:
+            raise DynarayError("no storage node answered; is the store running?")
         return os.path.dirname(next(iter(self._homes.values()))[1])
 
     def _ask(
@@ -600,7 +617,7 @@ class Cluster:
     ) -> dict:
         """Call method on each node; {node: answer} of those that answered in time (a node
         with no actor running has no answer)."""
-        handles = self._handles if nodes is None else {n: self._handle(n) for n in nodes}
+        handles = {n: self._handle(n) for n in (self._members if nodes is None else nodes)}
         refs = {n: getattr(h, method).remote(*args) for n, h in handles.items() if h is not None}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         answers = {}
@@ -608,6 +625,8 @@ class Cluster:
             if ref in ready:
                 try:
                     answers[node] = ray.get(ref)
+                except ActorDiedError:
+                    self._handles.pop(node, None)  # looked up by name next time
                 except RayActorError:
                     continue  # a dead node has no answer
         return answers
@@ -660,7 +679,7 @@ class Cluster:
         Returns once the actor is dead (ray.kill only starts that), so a restart() right
         after it finds the node gone: True, or False if Ray has not reported it dead
         within 10 s (then a restart may fail until it has)."""
-        handle = self._handle(self._known(node))
+        handle = self._handle(self._known(node), fresh=True)
         if handle is None:
             return True  # no actor of it runs
         ray.kill(handle, no_restart=True)
@@ -678,15 +697,19 @@ class Cluster:
         """Crash a node and delete its directory, as if its disk were lost: restart() then
         brings it back empty: it takes its ranges over from their other replicas (not
         answering reads of a range until it has it) and gets its hints."""
+        if node not in self._homes:
+            handle = self._handle(self._known(node), fresh=True)
+            if handle is None:
+                raise DynarayError(
+                    f"node {node!r} is not running and this handle does not know which "
+                    "machine holds its directory (the node was down when it attached); "
+                    "nothing was done"
+                )
+            self._homes.update(_homes_of({node: ray.get(handle.info.remote(), timeout=10)}))
         if not self.kill(node):
             raise DynarayError(
                 f"node {node!r} was killed but is not dead yet, so its directory was kept "
                 "(deleting it under a live LMDB would not be a lost disk); try again"
-            )
-        if node not in self._homes:
-            raise DynarayError(
-                f"node {node!r} was not running when this handle attached, so which machine "
-                "holds its directory is not known here; its directory was kept"
             )
         ray_node, path = self._homes[node]
         where = NodeAffinitySchedulingStrategy(ray_node, soft=False)
@@ -715,41 +738,58 @@ class Cluster:
         machine that now holds its directory (one whose Ray restarted is a new Ray node
         with the same disk), else on a free machine, empty, and is refilled."""
         self._known(node)
-        if self._ask("ping", nodes=[node], timeout=2.0):
-            raise ValueError(f"node {node!r} is running; kill it before restarting it")
+        old = self._handle(node, fresh=True)
+        if old is not None:
+            if self._ask("ping", nodes=[node], timeout=2.0):
+                raise ValueError(f"node {node!r} is running; kill it before restarting it")
+            if not _dead(old):
+                raise DynarayError(
+                    f"node {node!r} does not answer, but Ray does not report its actor dead "
+                    "yet (is its machine being lost? `ray status`); nothing was started: "
+                    "try again once it is, or kill() it first"
+                )
         ray_node, path = self._homes.get(node) or (None, os.path.join(self._root(), node))
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         if ray_node not in alive:
             ray_node = self._new_home(node, ray_node, path)
+        live = self._running(but=node)
         handle = _create_node(
             self.store, node, path, self._options, self._resources, ray_node=ray_node
         )
-        self._homes[node] = _home(handle)
-        live = {n: h for n, h in self._handles.items() if n != node}
-        answers = self._ask("describe", nodes=list(live), timeout=10.0)
-        newest = _newest(answers.values())
-        if newest is not None:
-            ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
-        elif not ray.get(handle.describe.remote(), timeout=_STARTUP_TIMEOUT).get("ring"):
+        try:
+            newest = _newest(self._ask("describe", nodes=list(live), timeout=10.0).values())
+            if newest is not None:
+                ray.get(handle.configure.remote(newest["ring"], newest["config"]), timeout=60)
+            elif not ray.get(handle.describe.remote(), timeout=_STARTUP_TIMEOUT).get("ring"):
+                raise DynarayError(
+                    f"node {node!r} came back without its data and no other node answered to "
+                    "give it the ring; restart the other nodes first, then this one"
+                )
+            home = ray.get(handle.info.remote(), timeout=_CALL_TIMEOUT)
+            ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_CALL_TIMEOUT)
+            ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
+        except BaseException as exc:
+            # Not left half started, holding the node's name: a later restart can take it.
             ray.kill(handle, no_restart=True)
-            _dead(handle)  # so that the restart asked for below can take its name
-            raise DynarayError(
-                f"node {node!r} came back without its data and no other node answered to "
-                "give it the ring; restart the other nodes first, then this one"
-            )
+            _dead(handle)
+            if isinstance(exc, GetTimeoutError):
+                raise DynarayError(
+                    f"node {node!r} did not start in time (is its machine's {KVNODE!r} taken, "
+                    "or the machine going away? `ray status`); it was stopped again"
+                ) from exc
+            raise
         self._handles[node] = handle
-        ray.get(handle.set_peers.remote(self._handles), timeout=_CALL_TIMEOUT)
-        ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
+        self._homes.update(_homes_of({node: home}))
         self._ask("update_peer", node, handle, nodes=list(live))
         self._tell_routers(node, handle)
 
     def _new_home(self, node: str, gone: str | None, path: str) -> str | None:
         """The machine for a node whose machine (Ray node `gone`, None if not known here) is
         not in the Ray cluster: the one machine that holds its directory, else (storage
-        shared by every machine, or the directory nowhere: it starts empty) a kvnode machine
-        no other store node uses. Raises DynarayError, before anything starts, when there
-        is none. Without kvnode machines a node of unknown home starts anywhere, as start()
-        places nodes there."""
+        shared by every machine: it keeps its data; or the directory nowhere: it starts
+        empty) a kvnode machine no other store node runs on or is kept for. Raises
+        DynarayError, before anything starts, when there is none. Without kvnode machines
+        a node of unknown home starts anywhere, as start() places nodes there."""
         if gone is None:
             lost = f"node {node!r} was not running when this handle attached"
         else:
@@ -761,26 +801,51 @@ class Cluster:
                 f"{lost}, and on a Ray cluster without {KVNODE!r} machines there is no "
                 "other machine to start it on: use forget_node() and add_node() instead"
             )
-        found = _directories_on_machines(os.path.dirname(path))
-        holding = {m: {n: d["file"] for n, d in dirs.items()} for m, dirs in found.items()}
-        pinned = homes_for([node], holding).get(node)
-        used = {home: other for other, (home, _) in self._homes.items() if other != node}
+        holding = _fingerprints(_directories_on_machines(os.path.dirname(path)))
+        free, kept = self._free_machines(node, holding)
+        kept_somewhere = any(node in dirs for dirs in holding.values())
+        pinned = homes_for([node], holding).get(node) if kept_somewhere else None
         if pinned is not None:
-            if pinned in used:
+            if pinned in kept:
                 raise DynarayError(
                     f"{lost}; its directory is on Ray node {pinned[:12]}, the machine of "
-                    f"node {used[pinned]!r}, and a machine runs one store node: move the "
+                    f"node {kept[pinned]!r}, and a machine runs one store node: move the "
                     "directory to a machine of its own (the same path there) and restart again"
                 )
             return pinned
-        free = sorted(m for m in holding if m not in used)
         if not free:
             raise DynarayError(
-                f"{lost}, and every machine with the {KVNODE!r} resource runs another store "
-                "node: add a machine (or wait for the autoscaler's replacement) and restart "
-                "again, or use forget_node() to do without it"
+                f"{lost}, and every machine with the {KVNODE!r} resource runs, or is kept "
+                "for, another store node: add a machine (or wait for the autoscaler's "
+                "replacement) and restart again, or use forget_node() to do without it"
+            )
+        if not kept_somewhere:
+            log.warning(
+                "%s and no running machine holds its directory: it starts empty on Ray node "
+                "%s and copies its ranges back from their other replicas (if its old machine "
+                "comes back, delete the old directory there)",
+                lost,
+                free[0][:12],
             )
         return free[0]
+
+    def _free_machines(
+        self, node: str, holding: dict[str, dict[str, list]]
+    ) -> tuple[list[str], dict[str, str]]:
+        """Of the kvnode machines in holding (_fingerprints), those free to run `node`, in
+        order; and {machine: the other node it is kept for}: the machine another node runs
+        on, or is known to live on while down, or whose directory that machine alone holds
+        (so that node can start there again)."""
+        kept = {home: n for n, (home, _) in _homes_of(self._ask("info")).items() if n != node}
+        for other, (home, _) in self._homes.items():
+            if other != node:
+                kept.setdefault(home, other)
+        if len(holding) > 1:
+            for other in self._members:
+                where = [m for m, dirs in holding.items() if other in dirs]
+                if other != node and len(where) == 1:
+                    kept.setdefault(where[0], other)
+        return sorted(m for m in holding if m not in kept), kept
 
     def partition(self, groups: list[list[str]]) -> None:
         """Cut node-to-node messages between the groups, both ways (clients reach all)."""
@@ -885,24 +950,41 @@ class Cluster:
         root = self._root()
         # Not a name an actor holds (one a failed add_node left outside the ring) nor one
         # a directory has (of a node that left while the ring did not record departures).
+        found = _directories_found(root, self._resources)
         taken = set(self._handles)
-        for dirs in _directories_found(root, self._resources).values():
+        for dirs in found.values():
             taken.update(dirs)
         node = old.unused_id(taken)
         path = os.path.join(root, node)
+        ray_node = None
         if self._resources:
-            _placement(len(self._handles) + 1)
+            _placement(len(self._members) + 1)
+            # Not on the machine of a node that is down: it would have nowhere to restart.
+            free, _ = self._free_machines(node, _fingerprints(found))
+            if not free:
+                raise DynarayError(
+                    f"every machine with the {KVNODE!r} resource runs, or is kept for, a "
+                    "store node; add a machine (`ray up` with more workers) and try again"
+                )
+            ray_node = free[0]
+        live = self._running()
         # A ring that may not know every node that left cannot vouch for the id's novelty;
         # the node then writes under an id of its own (StorageNode, Store._check_stamp).
         handle = _create_node(
-            self.store, node, path, self._options, self._resources, fresh=old.departures_known
+            self.store,
+            node,
+            path,
+            self._options,
+            self._resources,
+            ray_node=ray_node,
+            fresh=old.departures_known,
         )
         self._handles[node] = handle
         self._members = sorted([*self._members, node], key=_node_sort_key)
-        ray.get(handle.set_peers.remote(self._handles), timeout=_STARTUP_TIMEOUT)
+        ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_STARTUP_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
-        self._ask("update_peer", node, handle, nodes=[n for n in self._handles if n != node])
-        self._homes[node] = _home(handle)
+        self._ask("update_peer", node, handle, nodes=list(live))
+        self._homes.update(_homes_of({node: ray.get(handle.info.remote(), timeout=60)}))
         self._tell_routers(node, handle)
         self.last_change = self._reshape(old.with_node(node), config, old, progress)
         return node
@@ -942,23 +1024,32 @@ class Cluster:
             ray.kill(handle, no_restart=True)
         self._members.remove(node)
         self._homes.pop(node, None)
-        self._ask("set_peers", self._handles)
+        live = self._running()
+        self._ask("set_peers", live, nodes=list(live))
         self._tell_routers(node, None)
 
     def _tell_routers(self, node: str, handle: Any) -> None:
         """Point the Router and this handle's clients at a new, restarted or removed node."""
+        for client in self._clients:
+            client.routing.set_node(node, handle)
         if self._router is not None:
             try:
                 ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
-            except RayActorError:
+            except ActorDiedError:
                 log.warning(
                     "the Router actor of store %r is gone (with its machine?): clients on the "
                     "'router' path fail until the store is started again",
                     self.store,
                 )
                 self._router = None
-        for client in self._clients:
-            client.routing.set_node(node, handle)
+            except (ActorUnavailableError, GetTimeoutError) as exc:
+                log.warning(
+                    "the Router actor of store %r did not take node %s's new handle (%s): "
+                    "clients on the 'router' path may miss it until the store is started again",
+                    self.store,
+                    node,
+                    type(exc).__name__,
+                )
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -967,6 +1058,7 @@ class Cluster:
         and the embedded Ray if start() began it."""
         for client in self._clients:
             client.close()
+        self._handles.update(_named_nodes(self.store))  # those another driver restarted too
         self._ask("destroy" if self._ephemeral_root else "stop", timeout=30.0)
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)

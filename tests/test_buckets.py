@@ -166,12 +166,15 @@ def test_a_remove_with_no_context_removes_what_a_read_sees(cluster, client, heal
     cluster.client(nodes=others).bucket("tags3").add("doc:3", "a", "b")
     assert first not in cluster.replica_state("doc:3", bucket="tags3")
     tags.remove("doc:3", "a", w=1)  # the client reaches the first primary
+    # Cut off from the others, it holds the key only if it coordinated the remove.
+    assert first in cluster.replica_state("doc:3", bucket="tags3")
     first, *others = cluster.preference_list("u3", "profiles3")
     cluster.partition([[first], others])
     cluster.client(nodes=others).bucket("profiles3").update(
         "u3", add={"tags": ["a"]}, enable=["vip"]
     )
     profiles.update("u3", remove={"tags": ["a"]}, disable=["vip"], w=1)
+    assert first in cluster.replica_state("u3", bucket="profiles3")
     settle(cluster)
     assert tags.get("doc:3").value == {"b"}
     assert profiles.get("u3").value == {"tags": set(), "vip": False}

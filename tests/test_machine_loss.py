@@ -35,6 +35,11 @@ def machines():
     rc.shutdown()
 
 
+def kvnode_machines() -> list[str]:
+    """The Ray node ids of the live machines that can run a store node."""
+    return [m["NodeID"] for m in ray.nodes() if m["Alive"] and m["Resources"].get("kvnode")]
+
+
 def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
     rc, workers = machines
     cluster = dynaray.start(nodes=4, n=3, r=2, w=2, node_options=FAST, partitions=64)
@@ -52,6 +57,7 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
 
         rc.remove_node(worker_ids[homes[victim]], allow_graceful=False)
         wait_for(lambda: cluster.status()[victim] == "down", timeout=60, what="victim down")
+        wait_for(lambda: homes[victim] not in kvnode_machines(), timeout=90, what="machine dead")
         for key in keys:
             res = client.get(key)
             assert res.values == [f"before-{key}"]
@@ -83,6 +89,7 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
         path = cluster.info()[victim]["path"]
         rc.remove_node(back, allow_graceful=False)
         wait_for(lambda: cluster.status()[victim] == "down", timeout=60, what="victim down")
+        wait_for(lambda: back.node_id not in kvnode_machines(), timeout=90, what="machine dead")
         shutil.rmtree(path)
         replacement = rc.add_node(num_cpus=0, resources={"kvnode": 1})
         rc.wait_for_nodes()
@@ -97,7 +104,13 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
         cluster.shutdown()
 
 
-def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(machines, tmp_path):
+def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
+    machines, tmp_path, monkeypatch
+):
+    rc, _ = machines
+    while len(kvnode_machines()) < 5:  # four nodes, and a spare machine
+        rc.add_node(num_cpus=0, resources={"kvnode": 1})
+    rc.wait_for_nodes()
     data = str(tmp_path / "data")
     cluster = dynaray.start(nodes=4, data_dir=data, node_options=FAST, partitions=64, store="att")
     try:
@@ -109,23 +122,46 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(machines
         attached = dynaray.Cluster.attach("att")
         assert attached.nodes() == ["n1", "n2", "n3", "n4"]
         wait_for(lambda: attached.status()["n2"] == "down", what="n2 seen down")
-        attached.restart("n2")  # found where its directory is; a free machine runs it
-        assert attached.info()["n2"]["actor"] == "n2"
+        attached.restart("n2")  # every machine sees its directory: a free one runs it
+        assert attached.info()["n2"]["actor"] == "n2"  # with its data
         wait_for(lambda: attached.status()["n2"] == "up", what="n2 seen up again")
         assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
+
+        # Machines with disks of their own (the scan's answer stubbed, as in the test
+        # below): n2 starts on the one free machine that holds its directory, the later
+        # of the two free ones; on the machine of another node, it does not start at all.
+        attached.kill("n2")
+        homes = {node: i["ray_node"] for node, i in attached.info().items()}
+        free = sorted(set(kvnode_machines()) - set(homes.values()))
+        assert len(free) == 2
+
+        def directories(n2_on: str):
+            held = {m: {} for m in kvnode_machines()}
+            for node, home in {**homes, "n2": n2_on}.items():
+                held[home][node] = {"file": [1, 2, 3], "ring": None}
+            return lambda root: held
+
+        monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", directories(homes["n1"]))
+        with pytest.raises(dynaray.DynarayError, match="the machine of node 'n1'"):
+            dynaray.Cluster.attach("att").restart("n2")
+        assert dynaray.Cluster.attach("att").nodes() == ["n1", "n2", "n3", "n4"]
+        assert "n2" not in dynaray.cluster._named_nodes("att")  # nothing started
+        monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", directories(free[-1]))
+        dynaray.Cluster.attach("att").restart("n2")
+        assert attached.info()["n2"]["ray_node"] == free[-1]
+        monkeypatch.undo()
 
         cluster.kill("n3")
         again = dynaray.Cluster.attach("att")
         again.forget_node("n3")  # lost for good: the others restore N copies
         assert again.nodes() == ["n1", "n2", "n4"]
         assert sorted(again.info()) == ["n1", "n2", "n4"]
-        assert all("n3" not in owners(again, f"k{i}") for i in range(20))
+        assert all("n3" not in owners(again, f"k{i}")[:3] for i in range(20))
         fresh = again.client()
         assert [fresh.get(f"k{i}", r=3).value for i in range(20)] == [f"v{i}" for i in range(20)]
     finally:
-        cluster.shutdown()
-        for handle in dynaray.cluster._named_nodes("att").values():  # n2, restarted elsewhere
-            ray.kill(handle, no_restart=True)
+        cluster.shutdown()  # every node of the store, those restarted by other handles too
+    wait_for(lambda: dynaray.cluster._named_nodes("att") == {}, what="every node stopped")
 
 
 def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
