@@ -208,6 +208,9 @@ class StorageNode:
             "ring": self.ring.to_wire() if self.ring else None,
             "config": self.config,
             "status": self.membership.statuses(),
+            # The peers' actors as this node knows them: a client learns of a node that
+            # joined, or restarted, through another driver's Cluster handle.
+            "peers": dict(self.transport.peers),
             # What a client coordinating its own reads needs to do it as the nodes do.
             "reads": {
                 "replica_timeout": self.options.replica_timeout,

@@ -76,6 +76,7 @@ class Routing:
             self.transport.peers.pop(node, None)
         elif node in self.transport.peers or not self.partial:
             self.transport.peers[node] = handle
+        self.transport.dead.discard(node)
         self._down_until.pop(node, None)
         self._refreshed = 0.0  # learn the new ring at the next request
 
@@ -95,8 +96,23 @@ class Routing:
             self.config = dict(description.get("config") or {})
         # The answering node's gossip view: whom it believes down.
         self._status = dict(description.get("status") or {})
+        self._learn_peers(description.get("peers") or {})
         self.read_options = dict(description.get("reads") or self.read_options)
         self._refreshed = time.monotonic()
+
+    def _learn_peers(self, handles: dict[str, Any]) -> None:
+        """Take a node's actor handle from a storage node's description when this client has
+        none of it (it joined since) or saw its actor die (it restarted since). A client
+        limited to some nodes (partial) learns only of those."""
+        peers = self.transport.peers
+        for node, handle in handles.items():
+            if node in peers and node not in self.transport.dead:
+                continue
+            if node not in peers and self.partial:
+                continue
+            peers[node] = handle
+            self.transport.dead.discard(node)
+            self._down_until.pop(node, None)
 
     async def refresh(self) -> None:
         """Fetch the ring from a random reachable node (the paper's periodic client refresh)."""
@@ -143,6 +159,8 @@ class Routing:
 
     def _mark_down(self, node: str) -> None:
         self._down_until[node] = time.monotonic() + RETRY_AFTER
+        if node in self.transport.dead:
+            self._stale_ring()  # its actor died: the nodes may know its new one
 
     def quorum(self, r: int | None = None, w: int | None = None) -> tuple[int, int, int]:
         """The request's N, R, W: per-request values checked against the store's N."""

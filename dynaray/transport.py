@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from dynaray.errors import DynarayError, PortableError
 from dynaray.faults import Faults
@@ -62,6 +62,9 @@ class Transport:
         self.rng = rng or random.Random()
         self.sent: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
+        # Peers whose actor was seen dead: a new actor of theirs (restarted, maybe by another
+        # driver) is to be learned (Routing.adopt).
+        self.dead: set[str] = set()
         self._batches: dict[tuple[str, str, int], _Batch] = {}
         self._flushes: set[asyncio.Task] = set()
 
@@ -98,6 +101,8 @@ class Transport:
             raise
         except (RayActorError, RayError) as exc:
             self.failed[type(exc).__name__] += 1
+            if isinstance(exc, ActorDiedError):
+                self.dead.add(peer)
             raise PeerUnavailable(peer, f"{type(exc).__name__}") from None
 
     async def call_batched(self, peer: str, method: str, item: Any, *, timeout: float) -> Any:

@@ -104,6 +104,14 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
         cluster.shutdown()
 
 
+def uses(client, node: str, actor) -> bool:
+    """After a round of reads, whether the client calls `node` through that actor."""
+    for i in range(20):
+        client.get(f"k{i}")
+    mine = client.routing.transport.peers.get(node)
+    return mine is not None and mine._actor_id == actor._actor_id
+
+
 def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
     machines, tmp_path, monkeypatch
 ):
@@ -126,6 +134,10 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         assert attached.info()["n2"]["actor"] == "n2"  # with its data
         wait_for(lambda: attached.status()["n2"] == "up", what="n2 seen up again")
         assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
+        # The first handle's client held n2's dead actor: it learns the new one from the
+        # nodes' descriptions, instead of taking n2 for down from now on.
+        restarted = dynaray.cluster._named_nodes("att")["n2"]
+        wait_for(lambda: uses(client, "n2", restarted), what="the client using n2's new actor")
 
         # Machines with disks of their own (the scan's answer stubbed, as in the test
         # below): n2 starts on the one free machine that holds its directory, the later
@@ -159,6 +171,9 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         assert all("n3" not in owners(again, f"k{i}")[:3] for i in range(20))
         fresh = again.client()
         assert [fresh.get(f"k{i}", r=3).value for i in range(20)] == [f"v{i}" for i in range(20)]
+        joined = again.add_node()  # through another handle: the first client learns of it
+        newcomer = dynaray.cluster._named_nodes("att")[joined]
+        wait_for(lambda: uses(client, joined, newcomer), what="the client using the newcomer")
     finally:
         cluster.shutdown()  # every node of the store, those restarted by other handles too
     wait_for(lambda: dynaray.cluster._named_nodes("att") == {}, what="every node stopped")
