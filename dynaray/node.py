@@ -51,6 +51,8 @@ RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
+# Seconds between looking up, by name, the actors of ring peers with no live handle here.
+PEER_LOOKUP_INTERVAL = 5.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
 # Python's collector runs a young-generation pass every 700 new container objects by
@@ -150,6 +152,7 @@ class StorageNode:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._loops_started = False
+        self._peers_looked_up = 0.0
         self.metrics = NodeMetrics(node_id)
         # Every start is a new incarnation, so news of this life outranks the previous one's.
         self.membership = Membership(
@@ -499,6 +502,7 @@ class StorageNode:
         """A peer restarted: use its new actor handle."""
         if node != self.id:
             self.transport.peers[node] = handle
+            self.transport.dead.discard(node)
             self._down_until.pop(node, None)
 
     async def set_faults(self, faults_wire: dict) -> None:
@@ -549,6 +553,7 @@ class StorageNode:
     async def _gossip_round(self) -> None:
         """Tell a random live peer what we know, and learn what it knows (push-pull)."""
         self.membership.tick()
+        await self._find_peers()
         live, down = self.membership.gossip_targets()
         peers = [p for p in live if p in self.transport.peers]
         # Now and then try a down peer too: that is how a returning node is noticed.
@@ -567,6 +572,29 @@ class StorageNode:
         self._learn(digest, ring_wire)
         if catalog is not None:
             await self._learn_catalog(catalog)
+
+    async def _find_peers(self) -> None:
+        """Look up by name the actors of ring peers this node has no live handle for. A peer
+        that joined or restarted while the driver's update_peer could not reach this node
+        (a partition) would otherwise stay unreachable from here for good."""
+        now = time.monotonic()
+        if self.ring is None or now - self._peers_looked_up < PEER_LOOKUP_INTERVAL:
+            return
+        peers, dead = self.transport.peers, self.transport.dead
+        missing = [p for p in self.ring.nodes() if p != self.id and (p not in peers or p in dead)]
+        if not missing:
+            return
+        self._peers_looked_up = now
+        from dynaray.cluster import NAMESPACE, node_name  # the names actors are given
+
+        for peer in missing:
+            name = node_name(self.config.get("store", ""), peer)
+            try:
+                handle = await asyncio.to_thread(ray.get_actor, name, namespace=NAMESPACE)
+            except ValueError:
+                continue  # no actor of it runs
+            peers[peer] = handle
+            dead.discard(peer)
 
     @ray.method(enable_task_events=False)
     async def gossip(
@@ -1365,7 +1393,14 @@ class StorageNode:
             "stats": self.metrics.snapshot(),
             "sent": dict(self.transport.sent),
             "failed": dict(self.transport.failed),
+            # Which actor of each peer this node calls (after restarts, a stale one is a bug).
+            "peer_actors": {p: _actor_hex(h) for p, h in self.transport.peers.items()},
         }
+
+
+def _actor_hex(handle: Any) -> str | None:
+    actor_id = getattr(handle, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else None
 
 
 def _rss_bytes() -> int | None:

@@ -125,6 +125,7 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         client = cluster.client()
         for i in range(20):
             client.put(f"k{i}", None, f"v{i}")
+        stale = cluster._handle("n2")
         cluster.kill("n2")
         # A new driver's handle: no actor of n2 runs, yet n2 is a node of the store.
         attached = dynaray.Cluster.attach("att")
@@ -138,6 +139,13 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         # nodes' descriptions, instead of taking n2 for down from now on.
         restarted = dynaray.cluster._named_nodes("att")["n2"]
         wait_for(lambda: uses(client, "n2", restarted), what="the client using n2's new actor")
+        # A node that the restart's update missed (cut off at the time) held n2's dead actor:
+        # it looks the new one up by name, or it could never reach n2 again.
+        ray.get(attached._handle("n1").update_peer.remote("n2", stale), timeout=10)
+        wait_for(
+            lambda: attached.info()["n1"]["peer_actors"]["n2"] == restarted._actor_id.hex(),
+            what="n1 calling n2's new actor",
+        )
 
         # Machines with disks of their own (the scan's answer stubbed, as in the test
         # below): n2 starts on the one free machine that holds its directory, the later
