@@ -6,6 +6,8 @@ No assertion about speed: only that each target was measured and reported.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -125,3 +127,18 @@ def test_footprint_reports_what_a_key_costs():
         assert figures["disk_bytes"] > 3_000 * figures["record_bytes"]
         assert figures["rss_bytes"] > 0
     assert "metadata B" in footprint.report(result)
+
+
+def test_ray_call_measures_what_a_bare_call_costs():
+    # One shape, briefly, in a process of its own (it starts a Ray of its own).
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ray_call", "--shape", "async-await", "--seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["shape"] == "async-await"
+    assert figures["calls_per_s"] > 0
+    assert figures["actor_us_per_call"] >= 0 and figures["caller_us_per_call"] > 0

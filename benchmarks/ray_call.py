@@ -1,0 +1,136 @@
+"""What one Ray actor call costs on this machine, with no dynaray in it: the floor under
+every hop of the store (client to coordinator, coordinator to replica).
+
+An actor whose method returns its argument (three 100-byte values, like a small batch)
+is called by 8 concurrent callers for a few seconds; the CPU time of the actor process and
+of the calling process, divided by the calls made, is what each call costs them. Shapes:
+
+- async-await: an async actor (as a storage node is), calls awaited in asyncio (as the
+  client and the nodes do);
+- async-get: the same actor, calls collected with ray.get eight at a time;
+- sync-await / sync-get: a plain (threaded) actor.
+
+Each shape runs in a fresh Ray, one after the other.
+
+    python -m benchmarks.ray_call [--seconds 6] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = ("async-await", "async-get", "sync-await", "sync-get")
+CALLERS = 8
+PAYLOAD = [b"x" * 100] * 3
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(shape: str, seconds: float) -> dict:
+    """Run one shape in this process (which starts its own Ray) and return its figures."""
+    import ray
+
+    ray.init(
+        address="local",  # its own Ray: never a cluster another process started here
+        include_dashboard=False,
+        num_cpus=2,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+
+    @ray.remote(num_cpus=0, max_concurrency=1000)
+    class AsyncEcho:
+        async def echo(self, x):
+            return x
+
+        async def pid(self):
+            return os.getpid()
+
+    @ray.remote(num_cpus=0)
+    class SyncEcho:
+        def echo(self, x):
+            return x
+
+        def pid(self):
+            return os.getpid()
+
+    kind, wait = shape.split("-")
+    actor = (AsyncEcho if kind == "async" else SyncEcho).remote()
+    pid = ray.get(actor.pid.remote())
+
+    def by_get(duration: float) -> int:
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration:
+            ray.get([actor.echo.remote(PAYLOAD) for _ in range(CALLERS)])
+            calls += CALLERS
+        return calls
+
+    async def by_await(duration: float) -> int:
+        calls, start = 0, time.perf_counter()
+
+        async def caller() -> None:
+            nonlocal calls
+            while time.perf_counter() - start < duration:
+                await actor.echo.remote(PAYLOAD)
+                calls += 1
+
+        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        return calls
+
+    run = by_get if wait == "get" else (lambda duration: asyncio.run(by_await(duration)))
+    run(1.0)  # warm up: workers started, functions exported
+    actor_cpu, own_cpu, start = _cpu_seconds(pid), _cpu_seconds(os.getpid()), time.perf_counter()
+    calls = run(seconds)
+    elapsed = time.perf_counter() - start
+    figures = {
+        "shape": shape,
+        "calls_per_s": round(calls / elapsed),
+        "actor_us_per_call": round((_cpu_seconds(pid) - actor_cpu) / calls * 1e6),
+        "caller_us_per_call": round((_cpu_seconds(os.getpid()) - own_cpu) / calls * 1e6),
+    }
+    ray.shutdown()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ray_call", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per shape")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)  # one, in a child
+    args = parser.parse_args(argv)
+    if args.shape:
+        print(json.dumps(measure(args.shape, args.seconds)))
+        return 0
+    rows = []
+    for shape in SHAPES:  # each in a process of its own: a fresh Ray, nothing shared
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.ray_call", "--shape", shape, "--seconds",
+             str(args.seconds)],
+            capture_output=True, text=True, check=True, timeout=300,
+        )  # fmt: skip
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'shape':<12} {'calls/s':>8} {'actor us/call':>14} {'caller us/call':>15}")
+    for row in rows:
+        print(
+            f"{row['shape']:<12} {row['calls_per_s']:>8,} {row['actor_us_per_call']:>14,} "
+            f"{row['caller_us_per_call']:>15,}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
