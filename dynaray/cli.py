@@ -240,6 +240,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kill(args: argparse.Namespace) -> int:
+    dead = _cluster(args).kill(args.node)
+    print(f"node {args.node} killed; its directory stays" + ("" if dead else " (not dead yet)"))
+    return 0 if dead else 1
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    _cluster(args).restart(args.node)
+    print(f"node {args.node} restarted; it catches up through hints and anti-entropy")
+    return 0
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     figures = _cluster(args).anti_entropy()
     if args.json:
@@ -338,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("leave", cmd_leave, "a node hands its ranges to the others and stops"),
         ("forget", cmd_forget, "a lost node is taken out; the others restore N copies"),
+        ("kill", cmd_kill, "crash a node at once (a fault to try things with); data stays"),
+        ("restart", cmd_restart, "start a node that is down again, with its directory"),
     ):
         p = sub.add_parser(name, help=text)
         store_args(p)

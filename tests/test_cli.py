@@ -68,6 +68,11 @@ def test_store_survives_down_and_up(tmp_path):
         assert clash.returncode == 2 and "exists with policy='counter'" in clash.stderr
         repair = json.loads(_dynaray(["repair", "--json"], home).stdout)
         assert repair["keys_repaired"] == 0 and repair["ranges_compared"] > 0
+        running = _dynaray(["restart", "n2"], home, check=False)
+        assert running.returncode == 2 and "is running; kill it before" in running.stderr
+        assert "killed" in _dynaray(["kill", "n2"], home).stdout
+        assert "restarted" in _dynaray(["restart", "n2"], home).stdout
+        assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
     finally:
         _dynaray(["down"], home, check=False)
         subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
