@@ -10,9 +10,10 @@ of the calling process, divided by the calls made, is what each call costs them.
 - async-get: the same actor, calls collected with ray.get eight at a time;
 - sync-await / sync-get: a plain (threaded) actor.
 
-Each shape runs in a fresh Ray, one after the other.
+Each shape runs in a fresh Ray, one after the other. `--system-config` passes Ray system
+settings to it (e.g. '{"event_stats": false}'), to see what one changes.
 
-    python -m benchmarks.ray_call [--seconds 6] [--json]
+    python -m benchmarks.ray_call [--seconds 6] [--system-config JSON] [--json]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(shape: str, seconds: float) -> dict:
+def measure(shape: str, seconds: float, system_config: dict | None = None) -> dict:
     """Run one shape in this process (which starts its own Ray) and return its figures."""
     import ray
 
@@ -47,6 +48,7 @@ def measure(shape: str, seconds: float) -> dict:
         num_cpus=2,
         logging_level="ERROR",
         log_to_driver=False,
+        _system_config=system_config or None,
     )
 
     @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -107,16 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ray_call", description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per shape")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--system-config", default="{}", help="Ray system settings, JSON (default: none)"
+    )
     parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)  # one, in a child
     args = parser.parse_args(argv)
     if args.shape:
-        print(json.dumps(measure(args.shape, args.seconds)))
+        print(json.dumps(measure(args.shape, args.seconds, json.loads(args.system_config))))
         return 0
     rows = []
     for shape in SHAPES:  # each in a process of its own: a fresh Ray, nothing shared
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.ray_call", "--shape", shape, "--seconds",
-             str(args.seconds)],
+             str(args.seconds), "--system-config", args.system_config],
             capture_output=True, text=True, check=True, timeout=300,
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

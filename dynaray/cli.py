@@ -247,7 +247,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    _cluster(args).restart(args.node)
+    _cluster(args).restart(args.node, empty=args.empty)
     print(f"node {args.node} restarted; it catches up through hints and anti-entropy")
     return 0
 
@@ -356,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         store_args(p)
         p.add_argument("node")
+        if name == "restart":
+            p.add_argument(
+                "--empty",
+                action="store_true",
+                help="its machine and disk are lost for good: start it empty on a free machine",
+            )
         p.set_defaults(func=func)
     # `dynaray bench ...` hands its arguments to the benchmark harness (see main()).
     sub.add_parser("bench", help="measure dynaray beside a one-actor dict, Redis and etcd")

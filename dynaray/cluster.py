@@ -7,6 +7,7 @@ a running store from another driver; the Cluster handle inspects and stops it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -29,26 +30,17 @@ from dynaray import codec, faults, quorum, records
 from dynaray.anti_entropy import Figures
 from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
+from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name
 from dynaray.ring import DEFAULT_PARTITIONS, Ring
 from dynaray.routing import Routing
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "dynaray"
-DEFAULT_STORE = "default"
 KVNODE = "kvnode"
 _STARTUP_TIMEOUT = 120.0
 _CALL_TIMEOUT = 60.0
 # How long kill() waits for Ray to end the actor.
 _KILL_WAIT = 10.0
-
-
-def node_name(store: str, node_id: str) -> str:
-    return f"{store}.node.{node_id}"
-
-
-def router_name(store: str) -> str:
-    return f"{store}.router"
 
 
 class Router:
@@ -99,7 +91,10 @@ def _named_nodes(store: str) -> dict[str, Any]:
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == NAMESPACE and entry["name"].startswith(prefix):
             node_id = entry["name"][len(prefix) :]
-            found[node_id] = ray.get_actor(entry["name"], namespace=NAMESPACE)
+            try:
+                found[node_id] = ray.get_actor(entry["name"], namespace=NAMESPACE)
+            except ValueError:
+                continue  # it died between the listing and the lookup
     return found
 
 
@@ -587,8 +582,9 @@ class Cluster:
 
     def _handle(self, node: str, fresh: bool = False) -> Any | None:
         """The node's actor handle, or None if no actor of it runs. Looked up by name when
-        this handle has none (the node was down when it attached, or its actor died) or
-        when `fresh` (another driver may have restarted the node: a new actor)."""
+        this handle has none (the node was down when it attached) or when `fresh` (another
+        driver may have restarted the node: a new actor). A lookup needs Ray's control
+        plane (the GCS), so only the operations that change the store ask for fresh ones."""
         if not fresh and node in self._handles:
             return self._handles[node]
         try:
@@ -596,6 +592,11 @@ class Cluster:
         except ValueError:
             self._handles.pop(node, None)
             return None
+        except Exception as exc:  # noqa: BLE001 - a timeout or a Ray error: the GCS is not there
+            raise DynarayError(
+                f"could not look up node {node!r}'s actor in Ray ({type(exc).__name__}: "
+                f"{exc}); nothing was changed. Is the head's GCS up (`ray status`)?"
+            ) from exc
         self._handles[node] = handle
         return handle
 
@@ -615,9 +616,10 @@ class Cluster:
     def _ask(
         self, method: str, *args: Any, nodes: list[str] | None = None, timeout: float = 10.0
     ) -> dict:
-        """Call method on each node; {node: answer} of those that answered in time (a node
-        with no actor running has no answer)."""
-        handles = {n: self._handle(n) for n in (self._members if nodes is None else nodes)}
+        """Call method on each node (every node whose actor this handle knows); {node:
+        answer} of those that answered in time. Actor calls only, no name lookup: this
+        works while Ray's GCS is down, as the store does."""
+        handles = self._handles if nodes is None else {n: self._handles.get(n) for n in nodes}
         refs = {n: getattr(h, method).remote(*args) for n, h in handles.items() if h is not None}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         answers = {}
@@ -625,8 +627,6 @@ class Cluster:
             if ref in ready:
                 try:
                     answers[node] = ray.get(ref)
-                except ActorDiedError:
-                    self._handles.pop(node, None)  # looked up by name next time
                 except RayActorError:
                     continue  # a dead node has no answer
         return answers
@@ -729,14 +729,19 @@ class Cluster:
                 f"({exc}); it keeps its data when restarted"
             ) from exc
 
-    def restart(self, node: str) -> None:
+    def restart(self, node: str, *, empty: bool = False) -> None:
         """Start a killed node again on its machine and directory; it rejoins and catches up.
         A node whose directory is empty (lose_disk, a replaced disk) comes back under a new
         actor id and takes its ranges over from the other replicas.
 
         If its machine is gone (where machines carry `kvnode`), the node starts on the
         machine that now holds its directory (one whose Ray restarted is a new Ray node
-        with the same disk), else on a free machine, empty, and is refilled."""
+        with the same disk; with storage every machine shares, on a free one). If no
+        machine holds it, `empty=True` says its disk is lost for good: it starts empty on a
+        free machine and is refilled; without it, restart refuses (the machine may be only
+        restarting)."""
+        with contextlib.suppress(DynarayError):
+            self._ring()  # the store's nodes now (another handle may have changed them)
         self._known(node)
         old = self._handle(node, fresh=True)
         if old is not None:
@@ -751,7 +756,7 @@ class Cluster:
         ray_node, path = self._homes.get(node) or (None, os.path.join(self._root(), node))
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         if ray_node not in alive:
-            ray_node = self._new_home(node, ray_node, path)
+            ray_node = self._new_home(node, ray_node, path, empty)
         live = self._running(but=node)
         handle = _create_node(
             self.store, node, path, self._options, self._resources, ray_node=ray_node
@@ -783,13 +788,15 @@ class Cluster:
         self._ask("update_peer", node, handle, nodes=list(live))
         self._tell_routers(node, handle)
 
-    def _new_home(self, node: str, gone: str | None, path: str) -> str | None:
+    def _new_home(self, node: str, gone: str | None, path: str, empty: bool) -> str | None:
         """The machine for a node whose machine (Ray node `gone`, None if not known here) is
         not in the Ray cluster: the one machine that holds its directory, else (storage
         shared by every machine: it keeps its data; or the directory nowhere: it starts
-        empty) a kvnode machine no other store node runs on or is kept for. Raises
-        DynarayError, before anything starts, when there is none. Without kvnode machines
-        a node of unknown home starts anywhere, as start() places nodes there."""
+        empty, if `empty` says its disk is lost for good) a kvnode machine no other store
+        node runs on or is kept for. Raises DynarayError, before anything starts, when
+        there is none, or when the directory is nowhere and not `empty` (its machine may be
+        only restarting). Without kvnode machines a node of unknown home starts anywhere,
+        as start() places nodes there."""
         if gone is None:
             lost = f"node {node!r} was not running when this handle attached"
         else:
@@ -820,6 +827,14 @@ class Cluster:
                 "replacement) and restart again, or use forget_node() to do without it"
             )
         if not kept_somewhere:
+            if not empty:
+                raise DynarayError(
+                    f"{lost}, and no running machine holds its directory; nothing was started. "
+                    "If its machine is only restarting, restart the node once `ray status` "
+                    "shows the machine again. If its disk is lost for good, restart it with "
+                    "empty=True (`dynaray restart --empty`): it starts empty on a free machine "
+                    "and copies its ranges back from their other replicas"
+                )
             log.warning(
                 "%s and no running machine holds its directory: it starts empty on Ray node "
                 "%s and copies its ranges back from their other replicas (if its old machine "
@@ -836,7 +851,9 @@ class Cluster:
         order; and {machine: the other node it is kept for}: the machine another node runs
         on, or is known to live on while down, or whose directory that machine alone holds
         (so that node can start there again)."""
-        kept = {home: n for n, (home, _) in _homes_of(self._ask("info")).items() if n != node}
+        running = _homes_of(self._ask("info", nodes=list(self._running(but=node))))
+        self._homes.update(running)
+        kept = {home: n for n, (home, _) in running.items()}
         for other, (home, _) in self._homes.items():
             if other != node:
                 kept.setdefault(home, other)
@@ -917,10 +934,15 @@ class Cluster:
         return self._ask("merkle_roots")
 
     def _ring(self) -> tuple[Ring, dict]:
+        """The newest ring among the running nodes, and its settings; this handle's list of
+        the store's nodes follows it (another handle may have added or removed some)."""
         newest = _newest(self._ask("describe", timeout=10.0).values())
         if newest is None:
             raise DynarayError("no storage node answered; is the store running?")
-        return Ring.from_wire(newest["ring"]), newest["config"]
+        ring = Ring.from_wire(newest["ring"])
+        self._members = sorted(ring.nodes(), key=_node_sort_key)
+        self._homes = {n: home for n, home in self._homes.items() if n in self._members}
+        return ring, newest["config"]
 
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
         """Give every node the new ring, wait until each has received the ranges it gained,
@@ -1042,7 +1064,7 @@ class Cluster:
                     self.store,
                 )
                 self._router = None
-            except (ActorUnavailableError, GetTimeoutError) as exc:
+            except RayError as exc:
                 log.warning(
                     "the Router actor of store %r did not take node %s's new handle (%s): "
                     "clients on the 'router' path may miss it until the store is started again",
@@ -1058,7 +1080,10 @@ class Cluster:
         and the embedded Ray if start() began it."""
         for client in self._clients:
             client.close()
-        self._handles.update(_named_nodes(self.store))  # those another driver restarted too
+        try:  # those another driver restarted or added too
+            self._handles.update(_named_nodes(self.store))
+        except Exception as exc:  # noqa: BLE001 - the GCS is not answering: stop those known
+            log.warning("could not list the store's actors (%s); stopping those known here", exc)
         self._ask("destroy" if self._ephemeral_root else "stop", timeout=30.0)
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)

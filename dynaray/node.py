@@ -31,6 +31,7 @@ from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
 from dynaray.membership import Membership
 from dynaray.metrics import NodeMetrics
+from dynaray.names import NAMESPACE, node_name
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, REFILL, Store, Txn, peek
@@ -51,8 +52,10 @@ RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
-# Seconds between looking up, by name, the actors of ring peers with no live handle here.
+# Seconds between looking up, by name, the actors of ring peers with no live handle here,
+# and how long one lookup is awaited (it needs the GCS).
 PEER_LOOKUP_INTERVAL = 5.0
+PEER_LOOKUP_WAIT = 2.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
 # Python's collector runs a young-generation pass every 700 new container objects by
@@ -152,7 +155,7 @@ class StorageNode:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._loops_started = False
-        self._peers_looked_up = 0.0
+        self._lookup: asyncio.Future | None = None  # the name lookup in flight, if any
         self.metrics = NodeMetrics(node_id)
         # Every start is a new incarnation, so news of this life outranks the previous one's.
         self.membership = Membership(
@@ -211,9 +214,11 @@ class StorageNode:
             "ring": self.ring.to_wire() if self.ring else None,
             "config": self.config,
             "status": self.membership.statuses(),
-            # The peers' actors as this node knows them: a client learns of a node that
-            # joined, or restarted, through another driver's Cluster handle.
-            "peers": dict(self.transport.peers),
+            # The peers' actors as this node knows them (not those it saw die): a client
+            # learns of a node that joined, or restarted, through another driver's handle.
+            "peers": {
+                p: h for p, h in self.transport.peers.items() if p not in self.transport.dead
+            },
             # What a client coordinating its own reads needs to do it as the nodes do.
             "reads": {
                 "replica_timeout": self.options.replica_timeout,
@@ -493,6 +498,7 @@ class StorageNode:
             self._spawn(self._every(self.options.gossip_interval, self._gossip_round))
             self._spawn(self._every(self.options.handoff_interval, self._handoff_round))
             self._spawn(self._every(METRICS_INTERVAL, self._export_metrics))
+            self._spawn(self._every(PEER_LOOKUP_INTERVAL, self._find_peers))
             if self.options.anti_entropy_interval:
                 self._spawn(
                     self._every(self.options.anti_entropy_interval, self._anti_entropy_loop_round)
@@ -502,7 +508,7 @@ class StorageNode:
         """A peer restarted: use its new actor handle."""
         if node != self.id:
             self.transport.peers[node] = handle
-            self.transport.dead.discard(node)
+            self.transport.dead.pop(node, None)
             self._down_until.pop(node, None)
 
     async def set_faults(self, faults_wire: dict) -> None:
@@ -553,7 +559,6 @@ class StorageNode:
     async def _gossip_round(self) -> None:
         """Tell a random live peer what we know, and learn what it knows (push-pull)."""
         self.membership.tick()
-        await self._find_peers()
         live, down = self.membership.gossip_targets()
         peers = [p for p in live if p in self.transport.peers]
         # Now and then try a down peer too: that is how a returning node is noticed.
@@ -576,25 +581,27 @@ class StorageNode:
     async def _find_peers(self) -> None:
         """Look up by name the actors of ring peers this node has no live handle for. A peer
         that joined or restarted while the driver's update_peer could not reach this node
-        (a partition) would otherwise stay unreachable from here for good."""
-        now = time.monotonic()
-        if self.ring is None or now - self._peers_looked_up < PEER_LOOKUP_INTERVAL:
-            return
-        peers, dead = self.transport.peers, self.transport.dead
-        missing = [p for p in self.ring.nodes() if p != self.id and (p not in peers or p in dead)]
-        if not missing:
-            return
-        self._peers_looked_up = now
-        from dynaray.cluster import NAMESPACE, node_name  # the names actors are given
+        (a partition) would otherwise stay unreachable from here for good.
 
-        for peer in missing:
+        A lookup needs Ray's control plane (GCS) and blocks its thread while that is down,
+        so it runs in its own loop, never in gossip's, one lookup thread at a time, each
+        awaited with a deadline."""
+        if self.ring is None or (self._lookup is not None and not self._lookup.done()):
+            return  # a lookup thread still waits on the GCS: no second one
+        transport = self.transport
+        for peer in self.ring.nodes():
+            if peer == self.id or (peer in transport.peers and peer not in transport.dead):
+                continue
             name = node_name(self.config.get("store", ""), peer)
+            self._lookup = asyncio.ensure_future(
+                asyncio.to_thread(ray.get_actor, name, namespace=NAMESPACE)
+            )
             try:
-                handle = await asyncio.to_thread(ray.get_actor, name, namespace=NAMESPACE)
-            except ValueError:
-                continue  # no actor of it runs
-            peers[peer] = handle
-            dead.discard(peer)
+                handle = await asyncio.wait_for(asyncio.shield(self._lookup), PEER_LOOKUP_WAIT)
+            except Exception:  # noqa: BLE001 - no actor of it runs, or the GCS is not answering
+                continue
+            if transport.replace(peer, handle):
+                self._down_until.pop(peer, None)
 
     @ray.method(enable_task_events=False)
     async def gossip(

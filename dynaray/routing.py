@@ -76,7 +76,7 @@ class Routing:
             self.transport.peers.pop(node, None)
         elif node in self.transport.peers or not self.partial:
             self.transport.peers[node] = handle
-        self.transport.dead.discard(node)
+            self.transport.dead.pop(node, None)
         self._down_until.pop(node, None)
         self._refreshed = 0.0  # learn the new ring at the next request
 
@@ -102,17 +102,18 @@ class Routing:
 
     def _learn_peers(self, handles: dict[str, Any]) -> None:
         """Take a node's actor handle from a storage node's description when this client has
-        none of it (it joined since) or saw its actor die (it restarted since). A client
-        limited to some nodes (partial) learns only of those."""
+        none of it (it joined since) or saw its actor die and this is another actor (it
+        restarted since). Only nodes of the ring; a client limited to some nodes (partial)
+        learns only of those."""
         peers = self.transport.peers
+        members = set(self.ring.nodes()) if self.ring is not None else set()
         for node, handle in handles.items():
-            if node in peers and node not in self.transport.dead:
+            if node not in members or (node in peers and node not in self.transport.dead):
                 continue
             if node not in peers and self.partial:
                 continue
-            peers[node] = handle
-            self.transport.dead.discard(node)
-            self._down_until.pop(node, None)
+            if self.transport.replace(node, handle):
+                self._down_until.pop(node, None)
 
     async def refresh(self) -> None:
         """Fetch the ring from a random reachable node (the paper's periodic client refresh)."""

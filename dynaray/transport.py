@@ -35,6 +35,11 @@ class PeerUnavailable(PortableError):
         super().__init__(f"{peer}: {reason}")
 
 
+def actor_of(handle: Any) -> Any:
+    """What tells two actor handles apart: the Ray actor id (the handle itself for a fake)."""
+    return getattr(handle, "_actor_id", handle)
+
+
 class Refused(Exception):
     """Raised by a receiving node for a message the fault table says it never got."""
 
@@ -62,14 +67,24 @@ class Transport:
         self.rng = rng or random.Random()
         self.sent: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
-        # Peers whose actor was seen dead: a new actor of theirs (restarted, maybe by another
-        # driver) is to be learned (Routing.adopt).
-        self.dead: set[str] = set()
+        # {peer: the actor of it seen dead}: a new actor of theirs (restarted, maybe by
+        # another driver) is to be learned (Routing.adopt, StorageNode._find_peers).
+        self.dead: dict[str, Any] = {}
         self._batches: dict[tuple[str, str, int], _Batch] = {}
         self._flushes: set[asyncio.Task] = set()
 
     def set_peers(self, peers: dict[str, Any]) -> None:
         self.peers = dict(peers)
+        self.dead.clear()
+
+    def replace(self, peer: str, handle: Any) -> bool:
+        """Use this actor handle for peer from now on, unless it is the actor already seen
+        dead; returns whether it was taken."""
+        if peer in self.dead and actor_of(handle) == self.dead[peer]:
+            return False
+        self.peers[peer] = handle
+        self.dead.pop(peer, None)
+        return True
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
@@ -101,8 +116,9 @@ class Transport:
             raise
         except (RayActorError, RayError) as exc:
             self.failed[type(exc).__name__] += 1
-            if isinstance(exc, ActorDiedError):
-                self.dead.add(peer)
+            if isinstance(exc, ActorDiedError) and self.peers.get(peer) is handle:
+                # (not if a new actor was put in its place while this call was in flight)
+                self.dead[peer] = actor_of(handle)
             raise PeerUnavailable(peer, f"{type(exc).__name__}") from None
 
     async def call_batched(self, peer: str, method: str, item: Any, *, timeout: float) -> Any:

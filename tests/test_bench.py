@@ -136,9 +136,8 @@ def test_ray_call_measures_what_a_bare_call_costs():
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["shape"] == "async-await"
-    assert figures["calls_per_s"] > 0
-    assert figures["actor_us_per_call"] >= 0 and figures["caller_us_per_call"] > 0
+    assert figures["calls_per_s"] > 0 and figures["caller_us_per_call"] > 0

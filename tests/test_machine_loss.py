@@ -93,7 +93,9 @@ def test_one_store_node_per_machine_and_writes_survive_machine_loss(machines):
         shutil.rmtree(path)
         replacement = rc.add_node(num_cpus=0, resources={"kvnode": 1})
         rc.wait_for_nodes()
-        cluster.restart(victim)  # empty, on the free machine: it copies its ranges back
+        with pytest.raises(dynaray.DynarayError, match="no running machine holds its directory"):
+            cluster.restart(victim)  # its machine may only be restarting: nothing started
+        cluster.restart(victim, empty=True)  # on the free machine: it copies its ranges back
         info = cluster.info()[victim]
         assert info["ray_node"] == replacement.node_id
         assert info["actor"].startswith(f"{victim}@")
@@ -167,8 +169,9 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         assert dynaray.Cluster.attach("att").nodes() == ["n1", "n2", "n3", "n4"]
         assert "n2" not in dynaray.cluster._named_nodes("att")  # nothing started
         monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", directories(free[-1]))
-        dynaray.Cluster.attach("att").restart("n2")
-        assert attached.info()["n2"]["ray_node"] == free[-1]
+        third = dynaray.Cluster.attach("att")
+        third.restart("n2")
+        assert third.info()["n2"]["ray_node"] == free[-1]
         monkeypatch.undo()
 
         cluster.kill("n3")

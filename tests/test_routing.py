@@ -8,12 +8,14 @@ import asyncio
 import random
 import threading
 
+from ray.exceptions import ActorDiedError
+
 from dynaray import codec, quorum, reads, records
 from dynaray.client import Client
 from dynaray.errors import DynarayError, NodeError, QuorumError
 from dynaray.ring import Ring
 from dynaray.routing import Routing
-from dynaray.transport import PeerUnavailable
+from dynaray.transport import PeerUnavailable, Transport, actor_of
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 BUCKET = codec.DEFAULT_BUCKET.encode()
@@ -248,3 +250,63 @@ def _outcome(fn, *args):
         return fn(*args)
     except Exception as exc:  # noqa: BLE001 - the test looks at what was raised
         return exc
+
+
+def test_a_client_learns_a_new_actor_of_a_node_but_never_takes_back_a_dead_one():
+    routing, replicas, ring = _routing()
+    description = replicas["n1"].description
+    old = replicas["n2"]
+    routing.transport.dead["n2"] = actor_of(old)  # a call found n2's actor dead
+    # A node that has not noticed yet still lists the dead actor: not taken back.
+    routing.adopt({**description, "peers": {"n2": old}})
+    assert routing.transport.peers["n2"] is old and "n2" in routing.transport.dead
+    # A node that knows n2's new actor: taken, and n2 is no longer dead here.
+    new = FakeReplica("n2")
+    routing.adopt({**description, "peers": {"n2": new}})
+    assert routing.transport.peers["n2"] is new and "n2" not in routing.transport.dead
+    # A live actor is never swapped for what another node lists; nor is a node outside
+    # the ring taken (one that left, or a failed join's actor).
+    routing.adopt({**description, "peers": {"n2": FakeReplica("n2"), "n9": FakeReplica("n9")}})
+    assert routing.transport.peers["n2"] is new and "n9" not in routing.transport.peers
+    # A node that joined since (in the ring now, no handle here yet) is taken.
+    grown = ring.with_node("n6")
+    joined = FakeReplica("n6")
+    routing.adopt({**description, "ring": grown.to_wire(), "peers": {"n6": joined}})
+    assert routing.transport.peers["n6"] is joined
+
+
+def test_a_call_marks_dead_only_the_actor_it_was_made_to():
+    transport = Transport("client")
+
+    class Dying:
+        """An actor whose calls fail as dead; `then` is put in its place mid-call."""
+
+        def __init__(self, then=None) -> None:
+            self.then = then
+
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, *args):
+            async def died():
+                if self.then is not None:
+                    transport.peers["n2"] = self.then
+                raise ActorDiedError()
+
+            return died()
+
+    async def call() -> None:
+        try:
+            await transport.call("n2", "describe", timeout=1.0)
+        except PeerUnavailable:
+            return
+        raise AssertionError("the call should have failed")
+
+    restarted = object()
+    transport.set_peers({"n2": Dying(then=restarted)})
+    asyncio.run(call())
+    assert transport.peers["n2"] is restarted and "n2" not in transport.dead
+    dying = Dying()
+    transport.set_peers({"n2": dying})
+    asyncio.run(call())
+    assert transport.dead["n2"] == actor_of(dying)
