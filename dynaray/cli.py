@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--empty",
                 action="store_true",
-                help="its machine and disk are lost for good: start it empty on a free machine",
+                help="when its machine is gone and no machine holds its directory (lost for "
+                "good): start it empty on a free machine",
             )
         p.set_defaults(func=func)
     # `dynaray bench ...` hands its arguments to the benchmark harness (see main()).

@@ -755,9 +755,9 @@ class Cluster:
                 )
         ray_node, path = self._homes.get(node) or (None, os.path.join(self._root(), node))
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        if ray_node not in alive:
-            ray_node = self._new_home(node, ray_node, path, empty)
         live = self._running(but=node)
+        if ray_node not in alive:
+            ray_node = self._new_home(node, ray_node, path, empty, live)
         handle = _create_node(
             self.store, node, path, self._options, self._resources, ray_node=ray_node
         )
@@ -788,7 +788,9 @@ class Cluster:
         self._ask("update_peer", node, handle, nodes=list(live))
         self._tell_routers(node, handle)
 
-    def _new_home(self, node: str, gone: str | None, path: str, empty: bool) -> str | None:
+    def _new_home(
+        self, node: str, gone: str | None, path: str, empty: bool, live: dict[str, Any]
+    ) -> str | None:
         """The machine for a node whose machine (Ray node `gone`, None if not known here) is
         not in the Ray cluster: the one machine that holds its directory, else (storage
         shared by every machine: it keeps its data; or the directory nowhere: it starts
@@ -809,8 +811,16 @@ class Cluster:
                 "other machine to start it on: use forget_node() and add_node() instead"
             )
         holding = _fingerprints(_directories_on_machines(os.path.dirname(path)))
-        free, kept = self._free_machines(node, holding)
+        free, kept = self._free_machines(node, holding, live)
         kept_somewhere = any(node in dirs for dirs in holding.values())
+        if not kept_somewhere and not empty:
+            raise DynarayError(
+                f"{lost}, and no running machine holds its directory; nothing was started. "
+                "If its machine is only restarting, restart the node once `ray status` "
+                "shows the machine again. If its disk is lost for good, restart it with "
+                "empty=True (`dynaray restart --empty`): it starts empty on a free machine "
+                "and copies its ranges back from their other replicas"
+            )
         pinned = homes_for([node], holding).get(node) if kept_somewhere else None
         if pinned is not None:
             if pinned in kept:
@@ -827,14 +837,6 @@ class Cluster:
                 "replacement) and restart again, or use forget_node() to do without it"
             )
         if not kept_somewhere:
-            if not empty:
-                raise DynarayError(
-                    f"{lost}, and no running machine holds its directory; nothing was started. "
-                    "If its machine is only restarting, restart the node once `ray status` "
-                    "shows the machine again. If its disk is lost for good, restart it with "
-                    "empty=True (`dynaray restart --empty`): it starts empty on a free machine "
-                    "and copies its ranges back from their other replicas"
-                )
             log.warning(
                 "%s and no running machine holds its directory: it starts empty on Ray node "
                 "%s and copies its ranges back from their other replicas (if its old machine "
@@ -845,13 +847,13 @@ class Cluster:
         return free[0]
 
     def _free_machines(
-        self, node: str, holding: dict[str, dict[str, list]]
+        self, node: str, holding: dict[str, dict[str, list]], live: dict[str, Any]
     ) -> tuple[list[str], dict[str, str]]:
         """Of the kvnode machines in holding (_fingerprints), those free to run `node`, in
         order; and {machine: the other node it is kept for}: the machine another node runs
         on, or is known to live on while down, or whose directory that machine alone holds
-        (so that node can start there again)."""
-        running = _homes_of(self._ask("info", nodes=list(self._running(but=node))))
+        (so that node can start there again). `live`: the running nodes (_running)."""
+        running = _homes_of(self._ask("info", nodes=[n for n in live if n != node]))
         self._homes.update(running)
         kept = {home: n for n, (home, _) in running.items()}
         for other, (home, _) in self._homes.items():
@@ -979,17 +981,17 @@ class Cluster:
         node = old.unused_id(taken)
         path = os.path.join(root, node)
         ray_node = None
+        live = self._running()
         if self._resources:
             _placement(len(self._members) + 1)
             # Not on the machine of a node that is down: it would have nowhere to restart.
-            free, _ = self._free_machines(node, _fingerprints(found))
+            free, _ = self._free_machines(node, _fingerprints(found), live)
             if not free:
                 raise DynarayError(
                     f"every machine with the {KVNODE!r} resource runs, or is kept for, a "
                     "store node; add a machine (`ray up` with more workers) and try again"
                 )
             ray_node = free[0]
-        live = self._running()
         # A ring that may not know every node that left cannot vouch for the id's novelty;
         # the node then writes under an id of its own (StorageNode, Store._check_stamp).
         handle = _create_node(
@@ -1013,40 +1015,45 @@ class Cluster:
 
     def remove_node(self, node: str, progress=None) -> None:
         """Graceful leave: the node hands its ranges to their new owners, then stops."""
-        old, config = self._check_leave(node)
+        old, config, live = self._check_leave(node)
         if not self._ask("ping", nodes=[node], timeout=5.0):
             raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
         self.last_change = self._reshape(old.without_node(node), config, old, progress)
         self._ask("stop", nodes=[node], timeout=30.0)
-        self._drop(node)
+        self._drop(node, live)
 
     def forget_node(self, node: str, progress=None) -> None:
         """The node is gone for good (disk lost): the others restore N copies of its keys."""
-        old, config = self._check_leave(node)
+        old, config, live = self._check_leave(node)
         if self._ask("ping", nodes=[node], timeout=5.0):
             raise ValueError(
                 f"node {node!r} is still running; use remove_node() for a graceful leave"
             )
         self.last_change = self._reshape(old.without_node(node), config, old, progress)
-        self._drop(node)
+        self._drop(node, live)
 
-    def _check_leave(self, node: str) -> tuple[Ring, dict]:
+    def _check_leave(self, node: str) -> tuple[Ring, dict, dict[str, Any]]:
+        """The ring and settings before `node` leaves, and the running nodes, looked up by
+        name first (another driver may have restarted some: their new actors)."""
         self._known(node)
+        live = self._running()
         ring, config = self._ring()
         if len(ring.nodes()) - 1 < config.get("n", 3):
             raise ValueError(
                 f"removing {node!r} would leave {len(ring.nodes()) - 1} nodes, fewer than "
                 f"n={config.get('n', 3)} replicas; add a node first"
             )
-        return ring, config
+        return ring, config, live
 
-    def _drop(self, node: str) -> None:
+    def _drop(self, node: str, live: dict[str, Any]) -> None:
+        """Stop and forget `node`; `live` (the running nodes, looked up before the change)
+        get a peer table without it."""
         handle = self._handles.pop(node, None)
         if handle is not None:
             ray.kill(handle, no_restart=True)
         self._members.remove(node)
         self._homes.pop(node, None)
-        live = self._running()
+        live = {n: h for n, h in live.items() if n != node}
         self._ask("set_peers", live, nodes=list(live))
         self._tell_routers(node, None)
 

@@ -507,8 +507,7 @@ class StorageNode:
     async def update_peer(self, node: str, handle: Any) -> None:
         """A peer restarted: use its new actor handle."""
         if node != self.id:
-            self.transport.peers[node] = handle
-            self.transport.dead.pop(node, None)
+            self.transport.replace(node, handle, force=True)
             self._down_until.pop(node, None)
 
     async def set_faults(self, faults_wire: dict) -> None:
@@ -598,7 +597,9 @@ class StorageNode:
             )
             try:
                 handle = await asyncio.wait_for(asyncio.shield(self._lookup), PEER_LOOKUP_WAIT)
-            except Exception:  # noqa: BLE001 - no actor of it runs, or the GCS is not answering
+            except TimeoutError:
+                return  # its thread still waits on the GCS: no other lookup until it ends
+            except Exception:  # noqa: BLE001 - no actor of it runs, or a Ray error
                 continue
             if transport.replace(peer, handle):
                 self._down_until.pop(peer, None)

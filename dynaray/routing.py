@@ -75,8 +75,7 @@ class Routing:
         if handle is None:
             self.transport.peers.pop(node, None)
         elif node in self.transport.peers or not self.partial:
-            self.transport.peers[node] = handle
-            self.transport.dead.pop(node, None)
+            self.transport.replace(node, handle, force=True)
         self._down_until.pop(node, None)
         self._refreshed = 0.0  # learn the new ring at the next request
 

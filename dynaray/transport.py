@@ -75,12 +75,14 @@ class Transport:
 
     def set_peers(self, peers: dict[str, Any]) -> None:
         self.peers = dict(peers)
-        self.dead.clear()
+        # A peer's dead mark stays only while the handle given is that same dead actor.
+        self.dead = {p: d for p, d in self.dead.items() if p in peers and actor_of(peers[p]) == d}
 
-    def replace(self, peer: str, handle: Any) -> bool:
+    def replace(self, peer: str, handle: Any, force: bool = False) -> bool:
         """Use this actor handle for peer from now on, unless it is the actor already seen
-        dead; returns whether it was taken."""
-        if peer in self.dead and actor_of(handle) == self.dead[peer]:
+        dead (`force`: the caller knows it is the peer's new actor); returns whether it
+        was taken."""
+        if not force and peer in self.dead and actor_of(handle) == self.dead[peer]:
             return False
         self.peers[peer] = handle
         self.dead.pop(peer, None)

@@ -90,3 +90,49 @@ def test_a_node_back_empty_refuses_reads_of_its_ranges_until_they_are_in(tmp_pat
     assert at_start == set(kept.replicated_partitions("n1", 2))
     assert arriving == set(given.replicated_partitions("n1", 2))
     assert arriving != at_start
+
+
+def test_a_node_looks_its_peers_up_by_name_one_lookup_at_a_time(node, monkeypatch) -> None:
+    import threading
+
+    from dynaray import node as node_module
+    from dynaray.transport import actor_of
+
+    node._adopt(Ring.create(["n1", "n2", "n3", "n4"], 16))
+    node.config = {"n": 3, "store": "s"}
+    gcs_down = threading.Event()
+    gcs_down.set()
+    asked: list[str] = []
+    found = object()
+
+    def get_actor(name: str, namespace: str):
+        asked.append(name)
+        while gcs_down.is_set():  # Ray's lookup blocks while the GCS is down
+            threading.Event().wait(0.01)
+        if name == "s.node.n3":
+            return found
+        raise ValueError(f"Failed to look up actor with name {name!r}")
+
+    monkeypatch.setattr(node_module.ray, "get_actor", get_actor)
+    monkeypatch.setattr(node_module, "PEER_LOOKUP_WAIT", 0.05)
+
+    async def rounds() -> None:
+        try:
+            await node._find_peers()  # n2's lookup waits on the GCS: the round gives up on it
+            await node._find_peers()  # its thread still waits: no second lookup meanwhile
+            assert asked == ["s.node.n2"]
+            gcs_down.clear()
+            with pytest.raises(ValueError):
+                await node._lookup  # n2 has no actor
+            await node._find_peers()  # every peer with no handle here, in turn
+            assert asked == ["s.node.n2", "s.node.n2", "s.node.n3", "s.node.n4"]
+            assert node.transport.peers == {"n3": found}
+            # A peer seen dead is looked up again; describe() does not hand its dead actor out.
+            node.transport.dead["n3"] = actor_of(found)
+            assert "n3" not in (await node.describe())["peers"]
+            await node._find_peers()
+            assert node.transport.peers["n3"] is found and "n3" in node.transport.dead  # not back
+        finally:
+            gcs_down.clear()  # no lookup thread left blocked, whatever failed
+
+    asyncio.run(rounds())
