@@ -522,10 +522,10 @@ class Cluster:
         self._faults = faults.Faults()
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
-        self._homes = _homes_of(self._ask("info", nodes=list(self._handles)))
+        self._homes = _homes_of(self._ask("info"))
         # Every node of the ring, running or not: a handle attached while a node is down
         # finds no actor of it, yet must be able to restart it, or forget it.
-        newest = _newest(self._ask("describe", nodes=list(self._handles)).values())
+        newest = _newest(self._ask("describe").values())
         kept = Ring.from_wire(newest["ring"]).nodes() if newest is not None else ()
         self._members = sorted({*self._handles, *kept}, key=_node_sort_key)
 

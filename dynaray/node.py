@@ -35,7 +35,7 @@ from dynaray.names import NAMESPACE, node_name
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, REFILL, Store, Txn, peek
-from dynaray.transport import PeerUnavailable, Refused, Transport
+from dynaray.transport import PeerUnavailable, Refused, Transport, actor_of
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ class StorageNode:
             "status": self.membership.statuses(),
             # The peers' actors as this node knows them (not those it saw die): a client
             # learns of a node that joined, or restarted, through another driver's handle.
-            "peers": {
-                p: h for p, h in self.transport.peers.items() if p not in self.transport.dead
-            },
+            "peers": {p: h for p, h in self.transport.peers.items() if self.transport.live(p)},
             # What a client coordinating its own reads needs to do it as the nodes do.
             "reads": {
                 "replica_timeout": self.options.replica_timeout,
@@ -589,7 +587,7 @@ class StorageNode:
             return  # a lookup thread still waits on the GCS: no second one
         transport = self.transport
         for peer in self.ring.nodes():
-            if peer == self.id or (peer in transport.peers and peer not in transport.dead):
+            if peer == self.id or transport.live(peer):
                 continue
             name = node_name(self.config.get("store", ""), peer)
             self._lookup = asyncio.ensure_future(
@@ -1407,8 +1405,8 @@ class StorageNode:
 
 
 def _actor_hex(handle: Any) -> str | None:
-    actor_id = getattr(handle, "_actor_id", None)
-    return actor_id.hex() if actor_id is not None else None
+    actor = actor_of(handle)
+    return actor.hex() if actor is not handle else None  # a fake handle has no actor id
 
 
 def _rss_bytes() -> int | None:

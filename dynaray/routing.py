@@ -107,7 +107,7 @@ class Routing:
         peers = self.transport.peers
         members = set(self.ring.nodes()) if self.ring is not None else set()
         for node, handle in handles.items():
-            if node not in members or (node in peers and node not in self.transport.dead):
+            if node not in members or self.transport.live(node):
                 continue
             if node not in peers and self.partial:
                 continue

@@ -78,6 +78,10 @@ class Transport:
         # A peer's dead mark stays only while the handle given is that same dead actor.
         self.dead = {p: d for p, d in self.dead.items() if p in peers and actor_of(peers[p]) == d}
 
+    def live(self, peer: str) -> bool:
+        """Whether a handle of peer is known here and its actor was not seen dead."""
+        return peer in self.peers and peer not in self.dead
+
     def replace(self, peer: str, handle: Any, force: bool = False) -> bool:
         """Use this actor handle for peer from now on, unless it is the actor already seen
         dead (`force`: the caller knows it is the peer's new actor); returns whether it
