@@ -33,6 +33,13 @@ MERKLE = b"merkle"
 DOTS = b"dots"
 _STAMP = b"node_id"
 _ACTOR = b"actor"
+# Beside the LMDB files, the id of the last transaction the node committed; in META, that
+# the directory keeps that file, and the boot of the machine that last opened it (see
+# Store._gone_back).
+LAST_COMMIT_FILE = "last_commit"
+_KEEPS_LAST_COMMIT = b"last_commit_file"
+_BOOT = b"boot"
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # In META while a directory created for a node that may have had data elsewhere has not yet
 # copied its ranges back from their other replicas (the node clears it when it has).
 REFILL = b"refill"
@@ -95,7 +102,8 @@ class Store:
         # Called with (key, old value, new value) for every change to a database, after the
         # change committed: how Merkle trees stay current on every write.
         self.observers: dict[bytes, Callable[[bytes, bytes | None, bytes | None], None]] = {}
-        self._check_stamp(fresh)
+        self._last_commit = -1  # the file's descriptor, opened by _check_stamp
+        self._check_stamp(fresh, sync)
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
         self._resize = threading.Lock()
@@ -105,7 +113,7 @@ class Store:
         self._writer.daemon = True
         self._writer.start()
 
-    def _check_stamp(self, fresh: bool) -> None:
+    def _check_stamp(self, fresh: bool, sync: bool) -> None:
         """The directory's identity: the node it belongs to, and `actor`, the id its writes
         carry in version vectors and CRDTs, written together when the directory is new.
 
@@ -114,7 +122,8 @@ class Store:
         forgotten its old dots while its peers' copies still carry them: under its old id
         it would issue them again, and the peers would drop those writes as already seen.
         So an empty directory of a node that may have written before gets an actor id of
-        its own (node id, "@", random), and the REFILL mark, in the same transaction.
+        its own (node id, "@", random), and the REFILL mark, in the same transaction; so
+        does a directory whose data went back in time (`_gone_back`), which keeps its data.
         """
         meta = self.dbs[META]
         with self.env.begin(write=True) as txn:
@@ -122,7 +131,7 @@ class Store:
             # A directory without the stamp is new: the node starts with nothing.
             self.created = stamp is None
             if stamp is None:
-                actor = self.node_id if fresh else f"{self.node_id}@{secrets.token_hex(4)}"
+                actor = self.node_id if fresh else _new_life(self.node_id)
                 txn.put(_STAMP, self.node_id.encode(), db=meta)
                 txn.put(_ACTOR, actor.encode(), db=meta)
                 if not fresh:
@@ -136,7 +145,58 @@ class Store:
             else:
                 # A directory from before actor ids were kept writes under its node id.
                 actor = bytes(txn.get(_ACTOR, db=meta) or self.node_id.encode()).decode()
+                gone_back = self._gone_back(txn, sync)
+                if gone_back:
+                    actor = _new_life(self.node_id)
+                    txn.put(_ACTOR, actor.encode(), db=meta)
+                    log.warning(
+                        "node %s: %s; its data may be older than what it last wrote, so it "
+                        "now writes under the actor id %s (its keys catch up by read repair "
+                        "and anti-entropy)",
+                        self.node_id,
+                        gone_back,
+                        actor,
+                    )
+            txn.put(_KEEPS_LAST_COMMIT, b"1", db=meta)
+            boot = _boot_id()
+            if boot is not None:
+                txn.put(_BOOT, boot.encode(), db=meta)
+        self.env.sync(True)
+        self._last_commit = _open_last_commit(self.path)
+        self._mark_commit()
+        os.fsync(self._last_commit)
         self.actor = actor
+
+    def _gone_back(self, txn: lmdb.Transaction, sync: bool) -> str | None:
+        """Why this directory's LMDB data may be older than what its node last wrote, or
+        None when it is not.
+
+        A node numbers its writes' dots from what its own copy of a key holds. Data that
+        went back in time (a backup put back, a machine that lost unsynced commits) would
+        have it issue again dots its peers already hold for other writes, which they would
+        drop as seen. Two signs are checked:
+        - LMDB numbers its transactions, and after every commit the node writes the
+          number into LAST_COMMIT_FILE beside the LMDB files. Data older than that number
+          is a copy put back (a compacting copy starts again from 1). A node commits its
+          own write before any replica receives its dot, so a dot issued after a backup
+          was taken always left a number above the backup's.
+        - With sync off, the machine has booted since the directory was last opened, so
+          commits that were never flushed may be lost (the number too).
+        The file is written without fsync: after a power cut it may be behind the data,
+        never ahead, so the first check raises no false alarm.
+        """
+        meta = self.dbs[META]
+        if txn.get(_KEEPS_LAST_COMMIT, db=meta) is not None:
+            data, marked = txn.id() - 1, _read_last_commit(self.path)
+            if marked is None or marked > data:
+                return (
+                    f"its data (transaction {data}) is older than its last commit "
+                    f"({marked if marked is not None else 'unknown'}): a copy put back?"
+                )
+        boot, now = txn.get(_BOOT, db=meta), _boot_id()
+        if not sync and boot is not None and now is not None and bytes(boot).decode() != now:
+            return "its machine restarted while commits were not synced (sync=False)"
+        return None
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -159,6 +219,7 @@ class Store:
         with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
             value = int(txn.get(key) or b"0") + 1
             txn.put(key, str(value).encode())
+        self._mark_commit()
         return value
 
     def scan(
@@ -249,6 +310,7 @@ class Store:
                             raise
                         except Exception as exc:  # one bad op must not fail the batch
                             results.append((False, exc))
+                self._mark_commit()
                 self._notify(txn.changes)
                 break
             except lmdb.MapFullError:
@@ -261,6 +323,11 @@ class Store:
                 loop.call_soon_threadsafe(_resolve, future, ok, value)
             except RuntimeError:
                 continue  # the waiter's event loop is closed: nobody is listening
+
+    def _mark_commit(self) -> None:
+        """Write the number of the last committed transaction into LAST_COMMIT_FILE, without
+        fsync. Read back from LMDB: a transaction that changed nothing commits no number."""
+        os.pwrite(self._last_commit, b"%020d" % self.env.info()["last_txnid"], 0)
 
     def _notify(self, changes: list) -> None:
         for db, key, old, new in changes:
@@ -282,6 +349,7 @@ class Store:
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
         self.env.close()
+        os.close(self._last_commit)
 
 
 def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
@@ -291,6 +359,40 @@ def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def _new_life(node_id: str) -> str:
+    """An actor id no write has used: the node's id and a random suffix."""
+    return f"{node_id}@{secrets.token_hex(4)}"
+
+
+def _boot_id() -> str | None:
+    """This boot of the machine (Linux); None where the system does not say."""
+    try:
+        with open(_BOOT_ID) as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
+def _read_last_commit(path: str) -> int | None:
+    """The number in a directory's LAST_COMMIT_FILE; None if it is missing or unreadable."""
+    try:
+        with open(os.path.join(path, LAST_COMMIT_FILE), "rb") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _open_last_commit(path: str) -> int:
+    """LAST_COMMIT_FILE, opened for rewriting in place; its directory entry made durable."""
+    fd = os.open(os.path.join(path, LAST_COMMIT_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return fd
 
 
 def peek(path: str, db: bytes, key: bytes) -> bytes | None:

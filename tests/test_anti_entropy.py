@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 
+import lmdb
 import pytest
 
 import dynaray
@@ -298,19 +299,25 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
         again.shutdown()
 
 
+def _coordinated_by_n2(cluster, client) -> tuple:
+    """A key and a counter (its bucket and key) whose writes n2 coordinates."""
+    key = next(f"k{i}" for i in range(1000) if owners(cluster, f"k{i}")[0] == "n2")
+    votes = client.bucket("votes", policy="counter")
+    counted = next(
+        f"c{i}" for i in range(1000) if cluster.preference_list(f"c{i}", "votes")[0] == "n2"
+    )
+    return key, votes, counted
+
+
 def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, tmp_path):
     kw = {"node_options": ALONE, "partitions": 16, "store": "emptied"}
     cluster = dynaray.start(nodes=4, data_dir=str(tmp_path / "data"), **kw)
     try:
         client = cluster.client()
-        key = next(f"k{i}" for i in range(1000) if owners(cluster, f"k{i}")[0] == "n2")
+        key, votes, counted = _coordinated_by_n2(cluster, client)
         context = None
         for value in ("v1", "v2", "v3"):  # n2 coordinates: its dots n2:1..n2:3
             context = client.put(key, context, value, w=3)
-        votes = client.bucket("votes", policy="counter")
-        counted = next(
-            f"c{i}" for i in range(1000) if cluster.preference_list(f"c{i}", "votes")[0] == "n2"
-        )
         for _ in range(3):  # n2's entry of the counter: 3
             votes.increment(counted, w=3)
         path = cluster.info()["n2"]["path"]
@@ -334,6 +341,43 @@ def test_a_node_back_with_an_empty_disk_never_repeats_its_old_dots(ray_session, 
         # No read repair, no anti-entropy here: n2 takes its ranges over, as a joiner would.
         wait_for(lambda: cluster.info()["n2"]["ranges_arriving"] == 0, what="n2 refilled")
         assert "v3" in cluster.replica_state(key)["n2"]
+        assert sorted(client.get(key, r=3).values) == ["after", "v3"]
+        assert votes.get(counted, r=3).value == 4
+    finally:
+        cluster.shutdown()
+
+
+def test_a_node_whose_backup_is_put_back_never_repeats_its_dots(ray_session, tmp_path):
+    kw = {"node_options": ALONE, "partitions": 16, "store": "restored"}
+    cluster = dynaray.start(nodes=4, data_dir=str(tmp_path / "data"), **kw)
+    try:
+        client = cluster.client()
+        key, votes, counted = _coordinated_by_n2(cluster, client)
+        context = client.put(key, None, "v1", w=3)  # n2 coordinates: n2:1
+        votes.increment(counted, w=3)
+        # A backup of the running node, as docs/operations.md takes it.
+        path, backup = cluster.info()["n2"]["path"], tmp_path / "backup"
+        backup.mkdir()
+        env = lmdb.open(path, readonly=True, max_dbs=8)
+        env.copy(str(backup), compact=True)
+        env.close()
+        for value in ("v2", "v3"):  # n2:2, n2:3, on every replica
+            context = client.put(key, context, value, w=3)
+        votes.increment(counted, w=3)
+        votes.increment(counted, w=3)
+        cluster.kill("n2")
+        shutil.copyfile(backup / "data.mdb", os.path.join(path, "data.mdb"))
+        cluster.partition([["n2"], ["n1", "n3", "n4"]])
+        cluster.restart("n2")
+        info = cluster.info()["n2"]
+        assert info["actor"].startswith("n2@") and info["ranges_arriving"] == 0
+        assert cluster.replica_state(key)["n2"] == ["v1"]  # it kept its (old) data
+        # Writes coordinated by the restored n2: under its old id the blind write would be
+        # dot n2:2 and the increment would raise n2's entry to 2, both already covered by
+        # what the other replicas hold (n2:3, 3), and both would vanish in the merge.
+        client.put(key, None, "after", w=1)
+        votes.increment(counted, w=1)
+        cluster.heal()
         assert sorted(client.get(key, r=3).values) == ["after", "v3"]
         assert votes.get(counted, r=3).value == 4
     finally:

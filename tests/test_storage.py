@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import threading
 
@@ -488,6 +489,92 @@ def test_a_directory_from_before_actor_ids_writes_under_its_node_id(tmp_path):
     old = Store(path, "n3")
     assert (old.created, old.actor) == (False, "n3")
     old.close()
+
+
+def _actor_after(path, node, *, sync=True):
+    """The actor id a node's directory gets when opened, and whether it kept its data."""
+    s = Store(path, node, sync=sync)
+    try:
+        return s.actor, s.get(DATA, b"k"), s.get(META, storage.REFILL)
+    finally:
+        s.close()
+
+
+def test_a_restored_data_file_gets_an_actor_id_of_its_own_and_keeps_its_data(tmp_path):
+    path = tmp_path / "n4"
+    s = Store(str(path), "n4", fresh=True)
+    run(s.write(put(DATA, b"k", b"old")))
+    for name, compact in (("compact", True), ("plain", False)):  # mdb_copy -c, mdb_copy
+        (tmp_path / name).mkdir()
+        s.env.copy(str(tmp_path / name), compact=compact)
+    run(s.write(put(DATA, b"k", b"new")))
+    s.close()
+
+    # A backup of this very life put back: the node would number writes from "old" again.
+    shutil.copyfile(tmp_path / "plain" / "data.mdb", path / "data.mdb")
+    actor, value, refill = _actor_after(str(path), "n4")
+    assert actor.startswith("n4@") and (value, refill) == (b"old", None)
+    assert _actor_after(str(path), "n4")[0] == actor  # kept from then on
+
+    # A compacted copy restored into a directory of its own (a new volume).
+    restored = tmp_path / "elsewhere"
+    restored.mkdir()
+    shutil.copyfile(tmp_path / "compact" / "data.mdb", restored / "data.mdb")
+    other, value, _ = _actor_after(str(restored), "n4")
+    assert other.startswith("n4@") and other != actor and value == b"old"
+
+
+def test_a_copy_of_the_whole_directory_keeps_its_actor_id(tmp_path):
+    """A disk moved to another machine brings its life file along: the same life."""
+    path = tmp_path / "n1"
+    s = Store(str(path), "n1", fresh=True)
+    run(s.write(put(DATA, b"k", b"v")))
+    s.close()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("data.mdb", storage.LAST_COMMIT_FILE):
+        shutil.copyfile(path / name, moved / name)
+    assert _actor_after(str(moved), "n1") == ("n1", b"v", None)
+
+
+def test_a_machine_restart_without_sync_gives_an_actor_id_of_its_own(tmp_path, monkeypatch):
+    path = str(tmp_path / "n5")
+    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-1")
+    Store(path, "n5", fresh=True, sync=False).close()
+    assert _actor_after(path, "n5", sync=False)[0] == "n5"  # a process restart
+    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-2")
+    assert _actor_after(path, "n5", sync=True)[0] == "n5"  # synced commits survive a boot
+    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-3")
+    actor = _actor_after(path, "n5", sync=False)[0]  # unsynced ones may not
+    assert actor.startswith("n5@")
+    monkeypatch.setattr(storage, "_boot_id", lambda: None)  # a system that cannot tell
+    assert _actor_after(path, "n5", sync=False)[0] == actor
+
+
+def test_a_directory_from_before_the_last_commit_file_keeps_its_actor_id(tmp_path):
+    path = tmp_path / "n3"
+    Store(str(path), "n3", fresh=True).close()
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.delete(b"last_commit_file", db=env.open_db(META, txn=txn))
+    env.close()
+    (path / storage.LAST_COMMIT_FILE).unlink()
+    assert _actor_after(str(path), "n3")[0] == "n3"
+    assert (path / storage.LAST_COMMIT_FILE).exists()
+    assert _actor_after(str(path), "n3")[0] == "n3"  # kept from then on
+
+
+def test_the_last_commit_file_follows_every_commit_and_no_further(store):
+    def marked():
+        return storage._read_last_commit(store.path)
+
+    assert marked() == store.env.info()["last_txnid"]
+    run(store.write(put(DATA, b"k", b"v")))
+    store.increment(META, b"counter")
+    assert marked() == store.env.info()["last_txnid"]
+    before = marked()
+    run(store.write(lambda txn: txn.get(DATA, b"k")))  # a batch that changes nothing
+    assert marked() == store.env.info()["last_txnid"] == before
 
 
 def test_peek_reads_a_stopped_store_without_changing_it(tmp_path):
