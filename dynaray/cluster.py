@@ -445,9 +445,14 @@ def _create_node(
     )
 
 
+def _home_of(info: dict) -> tuple[str, str]:
+    """(Ray node, directory) of a running node, from its info()."""
+    return info["ray_node"], info["path"]
+
+
 def _homes_of(infos: dict[str, dict]) -> dict[str, tuple[str, str]]:
     """{node: (Ray node, directory)} from running nodes' info()."""
-    return {node: (info["ray_node"], info["path"]) for node, info in infos.items()}
+    return {node: _home_of(info) for node, info in infos.items()}
 
 
 def _fingerprints(found: dict[str, dict[str, dict]]) -> dict[str, dict[str, list]]:
@@ -705,7 +710,7 @@ class Cluster:
                     "machine holds its directory (the node was down when it attached); "
                     "nothing was done"
                 )
-            self._homes.update(_homes_of({node: ray.get(handle.info.remote(), timeout=10)}))
+            self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=10))
         if not self.kill(node):
             raise DynarayError(
                 f"node {node!r} was killed but is not dead yet, so its directory was kept "
@@ -784,7 +789,7 @@ class Cluster:
                 ) from exc
             raise
         self._handles[node] = handle
-        self._homes.update(_homes_of({node: home}))
+        self._homes[node] = _home_of(home)
         self._ask("update_peer", node, handle, nodes=list(live))
         self._tell_routers(node, handle)
 
@@ -1008,7 +1013,7 @@ class Cluster:
         ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_STARTUP_TIMEOUT)
         ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
         self._ask("update_peer", node, handle, nodes=list(live))
-        self._homes.update(_homes_of({node: ray.get(handle.info.remote(), timeout=60)}))
+        self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
         self._tell_routers(node, handle)
         self.last_change = self._reshape(old.with_node(node), config, old, progress)
         return node

@@ -23,6 +23,17 @@ FAST = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _dynaray_logger_as_it_was():
+    """A StorageNode made in the test process points the "dynaray" logger at stderr, off
+    the root logger (node._log_as, meant for a node's own process), which would hide its
+    records from caplog in every later test. Put the logger back after each test."""
+    logger = logging.getLogger("dynaray")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers, logger.level, logger.propagate = saved
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
     """Poll predicate until it returns a truthy value; fail the test after timeout seconds.
 
