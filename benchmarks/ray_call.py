@@ -8,7 +8,13 @@ of the calling process, divided by the calls made, is what each call costs them.
 - async-await: an async actor (as a storage node is), calls awaited in asyncio (as the
   client and the nodes do);
 - async-get: the same actor, calls collected with ray.get eight at a time;
-- sync-await / sync-get: a plain (threaded) actor.
+- sync-await / sync-get: a plain (threaded) actor;
+- compiled-get: the plain actor's method in a Ray compiled graph (`ray.dag`,
+  `experimental_compile`), eight executions at a time, which pass data through shared
+  memory instead of a call.
+
+Then the actor sits idle for two seconds: `actor idle %` is the share of a core it uses
+meanwhile (a compiled graph's actor polls its channel).
 
 Each shape runs in a fresh Ray, one after the other. `--system-config` passes Ray system
 settings to it (e.g. '{"event_stats": false}'), to see what one changes.
@@ -26,7 +32,8 @@ import subprocess
 import sys
 import time
 
-SHAPES = ("async-await", "async-get", "sync-await", "sync-get")
+SHAPES = ("async-await", "async-get", "sync-await", "sync-get", "compiled-get")
+IDLE_SECONDS = 2.0
 CALLERS = 8
 PAYLOAD = [b"x" * 100] * 3
 
@@ -71,10 +78,19 @@ def measure(shape: str, seconds: float, system_config: dict | None = None) -> di
     actor = (AsyncEcho if kind == "async" else SyncEcho).remote()
     pid = ray.get(actor.pid.remote())
 
+    send = actor.echo.remote
+    graph = None
+    if kind == "compiled":
+        from ray.dag import InputNode
+
+        with InputNode() as given:
+            graph = actor.echo.bind(given).experimental_compile()
+        send = graph.execute
+
     def by_get(duration: float) -> int:
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < duration:
-            ray.get([actor.echo.remote(PAYLOAD) for _ in range(CALLERS)])
+            ray.get([send(PAYLOAD) for _ in range(CALLERS)])
             calls += CALLERS
         return calls
 
@@ -95,11 +111,18 @@ def measure(shape: str, seconds: float, system_config: dict | None = None) -> di
     actor_cpu, own_cpu, start = _cpu_seconds(pid), _cpu_seconds(os.getpid()), time.perf_counter()
     calls = run(seconds)
     elapsed = time.perf_counter() - start
+    actor_cpu, own_cpu = _cpu_seconds(pid) - actor_cpu, _cpu_seconds(os.getpid()) - own_cpu
+    idle_from = _cpu_seconds(pid)
+    time.sleep(IDLE_SECONDS)
+    idle = (_cpu_seconds(pid) - idle_from) / IDLE_SECONDS
+    if graph is not None:
+        graph.teardown()
     figures = {
         "shape": shape,
         "calls_per_s": round(calls / elapsed),
-        "actor_us_per_call": round((_cpu_seconds(pid) - actor_cpu) / calls * 1e6),
-        "caller_us_per_call": round((_cpu_seconds(os.getpid()) - own_cpu) / calls * 1e6),
+        "actor_us_per_call": round(actor_cpu / calls * 1e6),
+        "caller_us_per_call": round(own_cpu / calls * 1e6),
+        "actor_idle_percent": round(100 * idle),
     }
     ray.shutdown()
     return figures
@@ -128,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'shape':<12} {'calls/s':>8} {'actor us/call':>14} {'caller us/call':>15}")
+    print(
+        f"{'shape':<12} {'calls/s':>8} {'actor us/call':>14} {'caller us/call':>15} "
+        f"{'actor idle %':>13}"
+    )
     for row in rows:
         print(
             f"{row['shape']:<12} {row['calls_per_s']:>8,} {row['actor_us_per_call']:>14,} "
-            f"{row['caller_us_per_call']:>15,}"
+            f"{row['caller_us_per_call']:>15,} {row['actor_idle_percent']:>13}"
         )
     return 0
 
