@@ -33,10 +33,12 @@ MERKLE = b"merkle"
 DOTS = b"dots"
 _STAMP = b"node_id"
 _ACTOR = b"actor"
-# Beside the LMDB files, the id of the last transaction the node committed; in META, that
-# the directory keeps that file, and the boot of the machine that last opened it (see
-# Store._gone_back).
+# Beside the LMDB files: the node's actor id and LMDB's number of the last transaction it
+# committed; a file an operator creates after putting a backup back. In META: that the
+# directory keeps the first file, and the boot of the machine that last opened it with sync
+# off. See Store._gone_back.
 LAST_COMMIT_FILE = "last_commit"
+RESTORED_FILE = "restored"
 _KEEPS_LAST_COMMIT = b"last_commit_file"
 _BOOT = b"boot"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -102,7 +104,10 @@ class Store:
         # Called with (key, old value, new value) for every change to a database, after the
         # change committed: how Merkle trees stay current on every write.
         self.observers: dict[bytes, Callable[[bytes, bytes | None, bytes | None], None]] = {}
+        self._sync = sync
+        self._shut = False  # close() has run (_closed also means the writer failed)
         self._last_commit = -1  # the file's descriptor, opened by _check_stamp
+        self._marking = threading.Lock()
         self._check_stamp(fresh, sync)
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
@@ -123,79 +128,109 @@ class Store:
         it would issue them again, and the peers would drop those writes as already seen.
         So an empty directory of a node that may have written before gets an actor id of
         its own (node id, "@", random), and the REFILL mark, in the same transaction; so
-        does a directory whose data went back in time (`_gone_back`), which keeps its data.
+        does a directory whose data went back in time (`_gone_back`), which keeps its data
+        but, like an empty one, serves no reads until it has merged its ranges back in.
         """
         meta = self.dbs[META]
-        with self.env.begin(write=True) as txn:
-            stamp = txn.get(_STAMP, db=meta)
-            # A directory without the stamp is new: the node starts with nothing.
-            self.created = stamp is None
-            if stamp is None:
-                actor = self.node_id if fresh else _new_life(self.node_id)
-                txn.put(_STAMP, self.node_id.encode(), db=meta)
-                txn.put(_ACTOR, actor.encode(), db=meta)
-                if not fresh:
-                    txn.put(REFILL, b"1", db=meta)
-            elif stamp.decode() != self.node_id:
-                self.env.close()
-                raise NodeError(
-                    f"directory {self.path!r} belongs to node {stamp.decode()!r}, not "
-                    f"{self.node_id!r}; nothing was changed. Give each node its own directory."
-                )
-            else:
-                # A directory from before actor ids were kept writes under its node id.
-                actor = bytes(txn.get(_ACTOR, db=meta) or self.node_id.encode()).decode()
-                gone_back = self._gone_back(txn, sync)
-                if gone_back:
-                    actor = _new_life(self.node_id)
+        try:
+            # Opened before META changes: a crash in between leaves a file that names no
+            # commit, which the next start takes for a copy put back (a new id, no loss).
+            self._last_commit = _open_last_commit(self.path)
+            marked = _parse_last_commit(os.pread(self._last_commit, 256, 0))
+            told = os.path.exists(os.path.join(self.path, RESTORED_FILE))
+            with self.env.begin(write=True) as txn:
+                stamp = txn.get(_STAMP, db=meta)
+                # A directory without the stamp is new: the node starts with nothing.
+                self.created = stamp is None
+                if stamp is None:
+                    actor = self.node_id if fresh else _new_life(self.node_id)
+                    txn.put(_STAMP, self.node_id.encode(), db=meta)
                     txn.put(_ACTOR, actor.encode(), db=meta)
-                    log.warning(
-                        "node %s: %s; its data may be older than what it last wrote, so it "
-                        "now writes under the actor id %s (its keys catch up by read repair "
-                        "and anti-entropy)",
-                        self.node_id,
-                        gone_back,
-                        actor,
+                    if not fresh:
+                        txn.put(REFILL, b"1", db=meta)
+                elif stamp.decode() != self.node_id:
+                    raise NodeError(
+                        f"directory {self.path!r} belongs to node {stamp.decode()!r}, not "
+                        f"{self.node_id!r}; nothing was changed. Give each node its own "
+                        "directory."
                     )
-            txn.put(_KEEPS_LAST_COMMIT, b"1", db=meta)
-            boot = _boot_id()
-            if boot is not None:
-                txn.put(_BOOT, boot.encode(), db=meta)
-        self.env.sync(True)
-        self._last_commit = _open_last_commit(self.path)
-        self._mark_commit()
-        os.fsync(self._last_commit)
-        self.actor = actor
+                else:
+                    # A directory from before actor ids were kept writes under its node id.
+                    actor = bytes(txn.get(_ACTOR, db=meta) or self.node_id.encode()).decode()
+                    gone_back = self._gone_back(txn, actor, marked, told)
+                    if gone_back:
+                        actor = _new_life(self.node_id)
+                        txn.put(_ACTOR, actor.encode(), db=meta)
+                        txn.put(REFILL, b"1", db=meta)
+                        log.warning(
+                            "node %s: %s; its data may be older than what it last wrote, so "
+                            "it now writes under the actor id %s, and merges its ranges back "
+                            "in from the other replicas before it serves reads",
+                            self.node_id,
+                            gone_back,
+                            actor,
+                        )
+                txn.put(_KEEPS_LAST_COMMIT, b"1", db=meta)
+                boot = _boot_id()
+                if not sync and boot is not None:
+                    txn.put(_BOOT, boot.encode(), db=meta)
+                else:
+                    txn.delete(_BOOT, db=meta)
+            self.env.sync(True)
+            if told:
+                os.unlink(os.path.join(self.path, RESTORED_FILE))
+            self.actor = actor
+            os.ftruncate(self._last_commit, 0)
+            self._mark_commit()
+            os.fsync(self._last_commit)
+        except (OSError, lmdb.Error, NodeError) as exc:
+            if self._last_commit >= 0:
+                os.close(self._last_commit)
+            self.env.close()
+            if isinstance(exc, NodeError):
+                raise
+            raise NodeError(
+                f"node {self.node_id} cannot record its start in {self.path!r}: {exc}; check "
+                "that the directory is writable by the Ray worker"
+            ) from exc
 
-    def _gone_back(self, txn: lmdb.Transaction, sync: bool) -> str | None:
+    def _gone_back(
+        self, txn: lmdb.Transaction, actor: str, marked: tuple[int, str] | None, told: bool
+    ) -> str | None:
         """Why this directory's LMDB data may be older than what its node last wrote, or
         None when it is not.
 
         A node numbers its writes' dots from what its own copy of a key holds. Data that
         went back in time (a backup put back, a machine that lost unsynced commits) would
         have it issue again dots its peers already hold for other writes, which they would
-        drop as seen. Two signs are checked:
-        - LMDB numbers its transactions, and after every commit the node writes the
-          number into LAST_COMMIT_FILE beside the LMDB files. Data older than that number
-          is a copy put back (a compacting copy starts again from 1). A node commits its
-          own write before any replica receives its dot, so a dot issued after a backup
-          was taken always left a number above the backup's.
-        - With sync off, the machine has booted since the directory was last opened, so
-          commits that were never flushed may be lost (the number too).
-        The file is written without fsync: after a power cut it may be behind the data,
-        never ahead, so the first check raises no false alarm.
+        drop as seen. The signs:
+        - After every commit the node writes into LAST_COMMIT_FILE, beside the LMDB files,
+          its actor id and LMDB's number of that transaction. Data of another actor, or
+          older than that number, is a copy put back (within one actor id the numbers only
+          grow: a copy put back always ends that id). A node commits its own write before
+          any replica receives its dot, so a dot issued after a backup was taken always
+          left a number above the backup's.
+        - The file is missing from a directory that kept one (a copy of data.mdb alone).
+        - The operator said so: the file RESTORED_FILE is in the directory.
+        - The last life ran with sync off and the machine has booted since: commits that
+          were never flushed may be lost (the file's number too).
+        The file is written without fsync (it is fsynced at start and at close): after a
+        power cut it may be behind the data, never ahead, so it raises no false alarm.
         """
         meta = self.dbs[META]
-        if txn.get(_KEEPS_LAST_COMMIT, db=meta) is not None:
-            data, marked = txn.id() - 1, _read_last_commit(self.path)
-            if marked is None or marked > data:
-                return (
-                    f"its data (transaction {data}) is older than its last commit "
-                    f"({marked if marked is not None else 'unknown'}): a copy put back?"
-                )
+        if told:
+            return f"the file {RESTORED_FILE!r} says its data was put back"
+        data = txn.id() - 1  # the write transaction is numbered one above the data
+        if marked is None:
+            if txn.get(_KEEPS_LAST_COMMIT, db=meta) is not None:
+                return f"its {LAST_COMMIT_FILE!r} file is gone (only data.mdb put back?)"
+        elif marked[1] != actor:
+            return f"its data is of actor {actor}, but it last ran as {marked[1]}"
+        elif marked[0] > data:
+            return f"its data (transaction {data}) is older than its last commit ({marked[0]})"
         boot, now = txn.get(_BOOT, db=meta), _boot_id()
-        if not sync and boot is not None and now is not None and bytes(boot).decode() != now:
-            return "its machine restarted while commits were not synced (sync=False)"
+        if boot is not None and now is not None and bytes(boot).decode() != now:
+            return "its machine restarted while it ran with sync=False"
         return None
 
     # -- reads ---------------------------------------------------------------------------
@@ -325,9 +360,16 @@ class Store:
                 continue  # the waiter's event loop is closed: nobody is listening
 
     def _mark_commit(self) -> None:
-        """Write the number of the last committed transaction into LAST_COMMIT_FILE, without
-        fsync. Read back from LMDB: a transaction that changed nothing commits no number."""
-        os.pwrite(self._last_commit, b"%020d" % self.env.info()["last_txnid"], 0)
+        """Write the actor id and the number of the last committed transaction into
+        LAST_COMMIT_FILE, without fsync. The number is read back from LMDB (a transaction
+        that changed nothing commits none). A failure only weakens the file as a sign, so
+        it is logged, and the writes it follows are still acknowledged."""
+        with self._marking:  # the writer thread, and increment() at start-up
+            line = f"{self.env.info()['last_txnid']:020d} {self.actor}\n".encode()
+            try:
+                os.pwrite(self._last_commit, line, 0)
+            except OSError:
+                log.exception("node %s: cannot write %s", self.node_id, LAST_COMMIT_FILE)
 
     def _notify(self, changes: list) -> None:
         for db, key, old, new in changes:
@@ -343,13 +385,28 @@ class Store:
         log.info("node %s: LMDB map grown to %d MiB", self.node_id, size >> 20)
 
     def close(self) -> None:
-        if self._closed:
+        """Stop the writer (after the writes queued so far), then close the files. A clean
+        stop flushes everything, so a machine restart after it loses nothing."""
+        if self._shut:
             return
-        self._closed = True
+        self._shut = self._closed = True
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
-        self.env.close()
-        os.close(self._last_commit)
+        if self._writer.is_alive():
+            log.error("node %s: the LMDB writer did not stop; its files stay open", self.node_id)
+            return
+        try:
+            if not self._sync:
+                with self.env.begin(write=True) as txn:
+                    txn.delete(_BOOT, db=self.dbs[META])
+                self.env.sync(True)
+            self._mark_commit()
+            os.fsync(self._last_commit)
+        except (OSError, lmdb.Error):
+            log.exception("node %s: closing its store", self.node_id)
+        finally:
+            os.close(self._last_commit)
+            self.env.close()
 
 
 def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
@@ -375,13 +432,10 @@ def _boot_id() -> str | None:
         return None
 
 
-def _read_last_commit(path: str) -> int | None:
-    """The number in a directory's LAST_COMMIT_FILE; None if it is missing or unreadable."""
-    try:
-        with open(os.path.join(path, LAST_COMMIT_FILE), "rb") as file:
-            return int(file.read())
-    except (OSError, ValueError):
-        return None
+def _parse_last_commit(content: bytes) -> tuple[int, str] | None:
+    """(transaction number, actor id) from LAST_COMMIT_FILE's bytes; None if it names none."""
+    number, _, actor = content.decode(errors="replace").strip().partition(" ")
+    return (int(number), actor) if number.isdigit() and actor else None
 
 
 def _open_last_commit(path: str) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
+from pathlib import Path
 
 import lmdb
 import pytest
@@ -482,50 +484,115 @@ def test_an_empty_directory_of_a_node_that_may_have_written_gets_an_actor_id_of_
 def test_a_directory_from_before_actor_ids_writes_under_its_node_id(tmp_path):
     path = str(tmp_path / "n3")
     Store(path, "n3").close()
-    env = lmdb.open(path, max_dbs=8)
+    env = lmdb.open(path, max_dbs=8)  # as a version before actor ids left it
     with env.begin(write=True) as txn:
-        txn.delete(b"actor", db=env.open_db(META, txn=txn))
+        meta = env.open_db(META, txn=txn)
+        txn.delete(b"actor", db=meta)
+        txn.delete(b"last_commit_file", db=meta)
     env.close()
+    os.unlink(os.path.join(path, storage.LAST_COMMIT_FILE))
     old = Store(path, "n3")
     assert (old.created, old.actor) == (False, "n3")
     old.close()
 
 
 def _actor_after(path, node, *, sync=True):
-    """The actor id a node's directory gets when opened, and whether it kept its data."""
-    s = Store(path, node, sync=sync)
+    """The actor id a node's directory gets when opened, its value of b"k", and whether it
+    must refill before serving reads."""
+    s = Store(str(path), node, sync=sync)
     try:
-        return s.actor, s.get(DATA, b"k"), s.get(META, storage.REFILL)
+        return s.actor, s.get(DATA, b"k"), s.get(META, storage.REFILL) is not None
     finally:
         s.close()
+
+
+def _crash(s: Store) -> None:
+    """Stop a store as a dying process would: no clean close."""
+    s._queue.put(storage._STOP)
+    s._writer.join()
+    os.close(s._last_commit)
+    s.env.close()
+
+
+def _backup(s: Store, dest, *, compact: bool):
+    """A copy of a running store's data file, as mdb_copy [-c] makes it."""
+    dest.mkdir()
+    s.env.copy(str(dest), compact=compact)
+    return dest / "data.mdb"
 
 
 def test_a_restored_data_file_gets_an_actor_id_of_its_own_and_keeps_its_data(tmp_path):
     path = tmp_path / "n4"
     s = Store(str(path), "n4", fresh=True)
     run(s.write(put(DATA, b"k", b"old")))
-    for name, compact in (("compact", True), ("plain", False)):  # mdb_copy -c, mdb_copy
-        (tmp_path / name).mkdir()
-        s.env.copy(str(tmp_path / name), compact=compact)
+    compact = _backup(s, tmp_path / "compact", compact=True)
+    plain = _backup(s, tmp_path / "plain", compact=False)
     run(s.write(put(DATA, b"k", b"new")))
     s.close()
+    assert _actor_after(path, "n4") == ("n4", b"new", False)  # a plain restart
 
     # A backup of this very life put back: the node would number writes from "old" again.
-    shutil.copyfile(tmp_path / "plain" / "data.mdb", path / "data.mdb")
-    actor, value, refill = _actor_after(str(path), "n4")
-    assert actor.startswith("n4@") and (value, refill) == (b"old", None)
-    assert _actor_after(str(path), "n4")[0] == actor  # kept from then on
+    shutil.copyfile(plain, path / "data.mdb")
+    actor, value, refill = _actor_after(path, "n4")
+    assert actor.startswith("n4@") and (value, refill) == (b"old", True)
+    assert _actor_after(path, "n4")[0] == actor  # kept from then on
 
-    # A compacted copy restored into a directory of its own (a new volume).
+    # A compacted copy (numbered from 1 again) restored into a directory of its own.
     restored = tmp_path / "elsewhere"
     restored.mkdir()
-    shutil.copyfile(tmp_path / "compact" / "data.mdb", restored / "data.mdb")
-    other, value, _ = _actor_after(str(restored), "n4")
-    assert other.startswith("n4@") and other != actor and value == b"old"
+    shutil.copyfile(compact, restored / "data.mdb")
+    other, value, refill = _actor_after(restored, "n4")
+    assert other.startswith("n4@") and other != actor and (value, refill) == (b"old", True)
+
+
+def test_a_restore_after_a_restore_is_seen_too(tmp_path):
+    """Numbers start again after a compacted copy is put back: an older plain copy then
+    carries a higher number than the data, and is known by its actor id instead."""
+    path = tmp_path / "n1"
+    s = Store(str(path), "n1", fresh=True)
+    for i in range(10):
+        run(s.write(put(DATA, b"k", b"v%d" % i)))
+    plain = _backup(s, tmp_path / "plain", compact=False)
+    compact = _backup(s, tmp_path / "compact", compact=True)
+    run(s.write(put(DATA, b"k", b"later")))
+    s.close()
+    shutil.copyfile(compact, path / "data.mdb")
+    first = _actor_after(path, "n1")[0]
+    assert first.startswith("n1@")
+    shutil.copyfile(plain, path / "data.mdb")  # of actor n1, numbered above the data's
+    second, value, refill = _actor_after(path, "n1")
+    assert second.startswith("n1@") and second != first and (value, refill) == (b"v9", True)
+
+
+def test_a_backup_from_before_the_last_commit_file_is_seen_by_its_number(tmp_path):
+    path = tmp_path / "n1"
+    s = Store(str(path), "n1", fresh=True)
+    run(s.write(put(DATA, b"k", b"old")))
+    old = _backup(s, tmp_path / "old", compact=False)
+    env = lmdb.open(str(old.parent), max_dbs=8)  # as an earlier version left it
+    with env.begin(write=True) as txn:
+        txn.delete(b"last_commit_file", db=env.open_db(META, txn=txn))
+    env.close()
+    for value in (b"new", b"newer"):
+        run(s.write(put(DATA, b"k", value)))
+    s.close()
+    shutil.copyfile(old, path / "data.mdb")
+    actor, value, refill = _actor_after(path, "n1")
+    assert actor.startswith("n1@") and (value, refill) == (b"old", True)
+
+
+def test_an_operator_can_say_a_backup_was_put_back(tmp_path):
+    path = tmp_path / "n1"
+    Store(str(path), "n1", fresh=True).close()
+    (path / storage.RESTORED_FILE).touch()
+    actor, _, refill = _actor_after(path, "n1")
+    assert actor.startswith("n1@") and refill
+    assert not (path / storage.RESTORED_FILE).exists()  # said once, acted on once
+    assert _actor_after(path, "n1")[0] == actor
 
 
 def test_a_copy_of_the_whole_directory_keeps_its_actor_id(tmp_path):
-    """A disk moved to another machine brings its life file along: the same life."""
+    """A disk moved to another machine brings its last_commit file along: the same life."""
     path = tmp_path / "n1"
     s = Store(str(path), "n1", fresh=True)
     run(s.write(put(DATA, b"k", b"v")))
@@ -534,20 +601,31 @@ def test_a_copy_of_the_whole_directory_keeps_its_actor_id(tmp_path):
     moved.mkdir()
     for name in ("data.mdb", storage.LAST_COMMIT_FILE):
         shutil.copyfile(path / name, moved / name)
-    assert _actor_after(str(moved), "n1") == ("n1", b"v", None)
+    assert _actor_after(moved, "n1") == ("n1", b"v", False)
 
 
-def test_a_machine_restart_without_sync_gives_an_actor_id_of_its_own(tmp_path, monkeypatch):
-    path = str(tmp_path / "n5")
-    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-1")
-    Store(path, "n5", fresh=True, sync=False).close()
-    assert _actor_after(path, "n5", sync=False)[0] == "n5"  # a process restart
-    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-2")
-    assert _actor_after(path, "n5", sync=True)[0] == "n5"  # synced commits survive a boot
-    monkeypatch.setattr(storage, "_boot_id", lambda: "boot-3")
-    actor = _actor_after(path, "n5", sync=False)[0]  # unsynced ones may not
-    assert actor.startswith("n5@")
-    monkeypatch.setattr(storage, "_boot_id", lambda: None)  # a system that cannot tell
+def test_a_machine_restart_after_a_life_without_sync_gives_an_actor_id_of_its_own(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "n5"
+
+    def boot(name):
+        monkeypatch.setattr(storage, "_boot_id", lambda: name)
+
+    boot("b1")
+    _crash(Store(str(path), "n5", fresh=True, sync=False))
+    assert _actor_after(path, "n5", sync=False)[0] == "n5"  # a process restart loses nothing
+    boot("b2")  # that life closed cleanly: everything was flushed
+    _crash(Store(str(path), "n5", sync=True))
+    boot("b3")  # that life synced every commit
+    _crash(Store(str(path), "n5", sync=False))
+    assert _actor_after(path, "n5", sync=False)[0] == "n5"
+    _crash(Store(str(path), "n5", sync=False))
+    boot("b4")  # a life without sync ended by the machine: whatever the next one's setting
+    actor, _, refill = _actor_after(path, "n5", sync=True)
+    assert actor.startswith("n5@") and refill
+    boot(None)  # a system that cannot tell
+    _crash(Store(str(path), "n5", sync=False))
     assert _actor_after(path, "n5", sync=False)[0] == actor
 
 
@@ -559,22 +637,48 @@ def test_a_directory_from_before_the_last_commit_file_keeps_its_actor_id(tmp_pat
         txn.delete(b"last_commit_file", db=env.open_db(META, txn=txn))
     env.close()
     (path / storage.LAST_COMMIT_FILE).unlink()
-    assert _actor_after(str(path), "n3")[0] == "n3"
+    assert _actor_after(path, "n3")[0] == "n3"
     assert (path / storage.LAST_COMMIT_FILE).exists()
-    assert _actor_after(str(path), "n3")[0] == "n3"  # kept from then on
+    assert _actor_after(path, "n3")[0] == "n3"  # kept from then on
 
 
 def test_the_last_commit_file_follows_every_commit_and_no_further(store):
     def marked():
-        return storage._read_last_commit(store.path)
+        return storage._parse_last_commit((Path(store.path) / "last_commit").read_bytes())
 
-    assert marked() == store.env.info()["last_txnid"]
+    assert marked() == (store.env.info()["last_txnid"], store.actor)
     run(store.write(put(DATA, b"k", b"v")))
     store.increment(META, b"counter")
-    assert marked() == store.env.info()["last_txnid"]
+    assert marked() == (store.env.info()["last_txnid"], store.actor)
     before = marked()
     run(store.write(lambda txn: txn.get(DATA, b"k")))  # a batch that changes nothing
-    assert marked() == store.env.info()["last_txnid"] == before
+    assert marked() == before and before[0] == store.env.info()["last_txnid"]
+
+
+def test_a_failing_last_commit_file_never_holds_a_write_back(store, monkeypatch, caplog):
+    def broken(*args):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "pwrite", broken)
+    assert run(store.write(put(DATA, b"k", b"v"))) == b"k"  # acknowledged all the same
+    assert store.get(DATA, b"k") == b"v"
+    assert "cannot write last_commit" in caplog.text
+    monkeypatch.undo()
+    assert run(store.write(put(DATA, b"k2", b"v"))) == b"k2"  # the writer lives on
+
+
+def test_a_directory_where_the_start_cannot_be_recorded_is_refused(tmp_path):
+    path = tmp_path / "n1"
+    Store(str(path), "n1", fresh=True).close()
+    (path / storage.LAST_COMMIT_FILE).unlink()
+    (path / storage.LAST_COMMIT_FILE).mkdir()  # cannot be opened as a file
+    with pytest.raises(NodeError, match="cannot record its start") as info:
+        Store(str(path), "n1")
+    assert repr(str(path)) in str(info.value)
+    (path / storage.LAST_COMMIT_FILE).rmdir()
+    # Nothing was changed by the refused start: only the missing file is held against it.
+    actor, _, refill = _actor_after(path, "n1")
+    assert actor.startswith("n1@") and refill
 
 
 def test_peek_reads_a_stopped_store_without_changing_it(tmp_path):
