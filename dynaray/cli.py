@@ -61,7 +61,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     started = _connect_ray(args.address)
     cluster = dynaray.start(
-        nodes=args.nodes, n=args.n, r=args.r, w=args.w, data_dir=data_dir, store=args.store
+        nodes=args.nodes,
+        n=args.n,
+        r=args.r,
+        w=args.w,
+        data_dir=data_dir,
+        store=args.store,
+        empty=args.empty or (),
     )
     os.makedirs(STATE_DIR, exist_ok=True)
     with open(_state_file(args.store), "w") as f:
@@ -309,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-w", type=int, default=2, help="write quorum (W)")
     up.add_argument(
         "--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)"
+    )
+    up.add_argument(
+        "--empty",
+        action="append",
+        metavar="NODE",
+        help="a node whose disk is lost for good: start it empty on a free machine (repeat "
+        "for several)",
     )
     up.set_defaults(func=cmd_up)
 

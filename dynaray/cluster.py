@@ -115,6 +115,7 @@ def start(
     partitions: int = DEFAULT_PARTITIONS,
     sync: bool = True,
     node_options: dict | None = None,
+    empty: Iterable[str] = (),
 ) -> Cluster:
     """Start a store of `nodes` storage nodes with N/R/W quorums; returns its Cluster handle.
 
@@ -122,6 +123,9 @@ def start(
     find it); otherwise starts an embedded local Ray that `shutdown()` stops again.
     `data_dir=None` keeps the data in a temporary directory removed by `shutdown()`; give a
     directory to keep it: a later start on the same directory finds the data again.
+    `empty`: nodes of a store started again on several machines whose directories are lost
+    for good; they start empty on free machines and copy their ranges back. A node whose
+    directory no running machine holds is otherwise refused (its machine may be starting).
     """
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
         raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
@@ -148,7 +152,7 @@ def start(
             found = _directories_found(root, resources)
             node_ids, fresh = members_for(nodes, found, n)
             if resources:
-                homes = homes_for(node_ids, _fingerprints(found))
+                homes = homes_for(node_ids, _fingerprints(found), empty)
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
@@ -280,16 +284,21 @@ def members_for(
     return members, False
 
 
-def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[str, str]:
+def homes_for(
+    node_ids: list[str], holding: dict[str, dict[str, list]], empty: Iterable[str] = ()
+) -> dict[str, str]:
     """The machine each store node must start on, from which machines hold which node
     directories ({Ray node id: {store node id: fingerprint of its data file}}).
 
     A directory that one machine holds pins its node there. One that several machines see
     with the same fingerprint (the same file: shared storage) may be opened from anywhere,
-    as may one that is nowhere yet. Raises DynarayError, before anything starts, when
-    machines hold different copies of a node's directory, or one machine holds the
-    directories of two nodes (one store node runs per machine): which copy is the node's
-    is for a person to decide.
+    as may those of a new store, which are nowhere yet. Raises DynarayError, before
+    anything starts, when machines hold different copies of a node's directory, or one
+    machine holds the directories of two nodes (one store node runs per machine): which
+    copy is the node's is for a person to decide. Also when no machine holds the directory
+    of a node of a store that has data elsewhere, unless the node is in `empty`: its
+    machine may only be starting, and a node started empty elsewhere copies its ranges
+    back for nothing.
     """
     machines = sorted(holding)
     homes: dict[str, str] = {}
@@ -318,12 +327,26 @@ def homes_for(node_ids: list[str], holding: dict[str, dict[str, list]]) -> dict[
                 "there) and start again"
             )
     missing = [n for n in node_ids if not any(n in holding[m] for m in machines)]
-    if missing and any(holding.values()):
-        log.warning(
-            "no running machine holds the directories of %s: they start empty and are "
-            "refilled from their replicas (if a machine is still joining, stop the store "
-            "and start it again once `ray status` shows it)",
-            ", ".join(missing),
+    empty = set(empty)
+    if empty - set(node_ids):
+        raise DynarayError(
+            f"empty names {', '.join(sorted(empty - set(node_ids)))}, not nodes of this "
+            f"store ({', '.join(node_ids)}); nothing was started"
+        )
+    if empty - set(missing):
+        raise DynarayError(
+            f"the directories of {', '.join(sorted(empty - set(missing)))} are on running "
+            "machines, and empty is only for nodes whose directories are lost; nothing "
+            "was started. Start again without them in empty"
+        )
+    lost = [n for n in missing if n not in empty]
+    if lost and any(holding.values()):
+        raise DynarayError(
+            f"no running machine holds the directories of {', '.join(lost)}; nothing was "
+            "started. If a machine is still starting, wait until `ray status` shows it "
+            f"and start again. If they are lost for good, start with empty={lost!r} "
+            f"(`dynaray up --empty {' --empty '.join(lost)}`): they start empty on free "
+            "machines and copy their ranges back from their other replicas"
         )
     return homes
 

@@ -7,6 +7,7 @@ resource, so the store puts exactly one storage node on each, as on a real clust
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 
 import pytest
@@ -229,6 +230,21 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
     finally:
         again.shutdown()
 
+    # n3's machine is not up (or its disk is gone): nothing starts until told which.
+    without_n3 = {m: {n: f for n, f in dirs.items() if n != "n3"} for m, dirs in holding.items()}
+    monkeypatch.setattr(dynaray.cluster, "_directories_on_machines", lambda root: without_n3)
+    with pytest.raises(dynaray.DynarayError, match=r"directories of n3; nothing was started"):
+        dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64)
+    assert not dynaray.cluster._named_nodes(dynaray.cluster.DEFAULT_STORE)
+    shutil.rmtree(os.path.join(data, "n3"))  # lost for good
+    lost = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64, empty=["n3"])
+    try:
+        assert lost.info()["n3"]["actor"].startswith("n3@")  # empty: a life of its own
+        client = lost.client()
+        assert [client.get(f"k{i}").value for i in range(20)] == [f"v{i}" for i in range(20)]
+    finally:
+        lost.shutdown()
+
 
 def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
     from dynaray.ring import Ring
@@ -295,3 +311,13 @@ def test_machines_for_a_restarted_store():
         homes_for(nodes, {"a": on(*nodes), "b": on(*nodes), "c": {}})
     with pytest.raises(dynaray.DynarayError, match="directories of nodes n1, n3"):
         homes_for(nodes, {"a": on("n1", "n3"), "b": on("n2")})
+    # A node of a store with data whose directory no running machine holds: its machine
+    # may be starting, so nothing starts unless the node is named as lost for good.
+    holding = {"a": on("n1"), "b": on("n2"), "c": {}}
+    with pytest.raises(dynaray.DynarayError, match=r"directories of n3; nothing was started"):
+        homes_for(nodes, holding)
+    assert homes_for(nodes, holding, empty=["n3"]) == {"n1": "a", "n2": "b"}
+    with pytest.raises(dynaray.DynarayError, match="are on running machines"):
+        homes_for(nodes, holding, empty=["n2", "n3"])
+    with pytest.raises(dynaray.DynarayError, match="empty names n9, not nodes"):
+        homes_for(nodes, holding, empty=["n3", "n9"])
