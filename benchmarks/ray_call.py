@@ -9,6 +9,9 @@ of the calling process, divided by the calls made, is what each call costs them.
   client and the nodes do);
 - async-get: the same actor, calls collected with ray.get eight at a time;
 - sync-await / sync-get: a plain (threaded) actor;
+- bridged-await: a plain actor whose method hands the work to an asyncio loop of its own
+  (on a thread) and waits for it: how a storage node, whose every loop is asyncio, would
+  run as a plain actor;
 - compiled-get: the plain actor's method in a Ray compiled graph (`ray.dag`,
   `experimental_compile`), eight executions at a time, which pass data through shared
   memory instead of a call.
@@ -30,9 +33,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
-SHAPES = ("async-await", "async-get", "sync-await", "sync-get", "compiled-get")
+SHAPES = ("async-await", "async-get", "sync-await", "sync-get", "bridged-await", "compiled-get")
 IDLE_SECONDS = 2.0
 CALLERS = 8
 PAYLOAD = [b"x" * 100] * 3
@@ -74,8 +78,23 @@ def measure(shape: str, seconds: float, system_config: dict | None = None) -> di
         def pid(self):
             return os.getpid()
 
+    @ray.remote(num_cpus=0, max_concurrency=64)
+    class BridgedEcho:
+        def __init__(self):
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def _echo(self, x):
+            return x
+
+        def echo(self, x):
+            return asyncio.run_coroutine_threadsafe(self._echo(x), self.loop).result(60)
+
+        def pid(self):
+            return os.getpid()
+
     kind, wait = shape.split("-")
-    actor = (AsyncEcho if kind == "async" else SyncEcho).remote()
+    actor = {"async": AsyncEcho, "bridged": BridgedEcho}.get(kind, SyncEcho).remote()
     pid = ray.get(actor.pid.remote())
 
     send = actor.echo.remote
