@@ -130,6 +130,14 @@ def start(
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
         raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
     quorum.check_quorum(n, r, w, nodes)
+    if isinstance(empty, str):
+        raise TypeError(f"empty takes a list of node names, e.g. empty=[{empty!r}]")
+    empty = list(empty)
+    if empty and data_dir is None:
+        raise ValueError(
+            "empty= names nodes of a store started again from its data directory; this "
+            "start has no data_dir. Give the data directory the store was started with"
+        )
     started_ray = _ensure_ray(address)
     handles: dict[str, Any] = {}
     try:
@@ -151,6 +159,13 @@ def start(
             # start first so no other node takes the place.
             found = _directories_found(root, resources)
             node_ids, fresh = members_for(nodes, found, n)
+            if empty and (fresh or not resources):
+                raise ValueError(
+                    f"empty= is for a store started again on machines with {KVNODE!r}, "
+                    f"and {root!r} holds "
+                    + ("no store yet" if fresh else f"a store on a Ray cluster without {KVNODE!r}")
+                    + "; nothing was started. Check the data directory, or start without empty="
+                )
             if resources:
                 homes = homes_for(node_ids, _fingerprints(found), empty)
         pinned = sorted(homes, key=_node_sort_key)
@@ -344,9 +359,10 @@ def homes_for(
         raise DynarayError(
             f"no running machine holds the directories of {', '.join(lost)}; nothing was "
             "started. If a machine is still starting, wait until `ray status` shows it "
-            f"and start again. If they are lost for good, start with empty={lost!r} "
-            f"(`dynaray up --empty {' --empty '.join(lost)}`): they start empty on free "
-            "machines and copy their ranges back from their other replicas"
+            f"and start again. If they are lost for good, start again the same way with "
+            f"empty={lost!r} added (`dynaray up` with `--empty {' --empty '.join(lost)}` "
+            "added to its options): they start empty on free machines and copy their ranges "
+            "back from their other replicas"
         )
     return homes
 

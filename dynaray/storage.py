@@ -9,6 +9,7 @@ read transactions on the caller's thread and never span an await.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import queue
@@ -133,8 +134,8 @@ class Store:
         """
         meta = self.dbs[META]
         try:
-            # Opened before META changes: a crash in between leaves a file that names no
-            # commit, which the next start takes for a copy put back (a new id, no loss).
+            # Created before META records that the directory keeps it: a directory that
+            # says so always has the file (what is in it is checked by _gone_back).
             self._last_commit = _open_last_commit(self.path)
             marked = _parse_last_commit(os.pread(self._last_commit, 256, 0))
             told = os.path.exists(os.path.join(self.path, RESTORED_FILE))
@@ -180,14 +181,19 @@ class Store:
             if told:
                 os.unlink(os.path.join(self.path, RESTORED_FILE))
             self.actor = actor
-            os.ftruncate(self._last_commit, 0)
-            self._mark_commit()
+            # Written over the old line, then cut to its length (lines only grow: the
+            # number has a fixed width and a new actor id is the node id and more), so
+            # the file never holds less than a whole line.
+            length = self._mark_commit()
+            if not length:
+                raise OSError(f"{LAST_COMMIT_FILE} could not be written")
+            os.ftruncate(self._last_commit, length)
             os.fsync(self._last_commit)
-        except (OSError, lmdb.Error, NodeError) as exc:
+        except BaseException as exc:
             if self._last_commit >= 0:
                 os.close(self._last_commit)
             self.env.close()
-            if isinstance(exc, NodeError):
+            if isinstance(exc, NodeError) or not isinstance(exc, Exception):
                 raise
             raise NodeError(
                 f"node {self.node_id} cannot record its start in {self.path!r}: {exc}; check "
@@ -214,8 +220,10 @@ class Store:
         - The operator said so: the file RESTORED_FILE is in the directory.
         - The last life ran with sync off and the machine has booted since: commits that
           were never flushed may be lost (the file's number too).
-        The file is written without fsync (it is fsynced at start and at close): after a
-        power cut it may be behind the data, never ahead, so it raises no false alarm.
+        The file is written without fsync (it is fsynced at start and at close). With
+        sync on, after a power cut it may be behind the data, never ahead: no false alarm.
+        With sync off it may be ahead, which is a true alarm (commits were lost). The boot
+        check needs Linux's boot id; elsewhere it is off.
         """
         meta = self.dbs[META]
         if told:
@@ -345,31 +353,33 @@ class Store:
                             raise
                         except Exception as exc:  # one bad op must not fail the batch
                             results.append((False, exc))
-                self._mark_commit()
-                self._notify(txn.changes)
-                break
             except lmdb.MapFullError:
                 self._grow()
+                continue
             except lmdb.Error as exc:
                 results = [(False, NodeError(f"LMDB write failed: {exc}"))] * len(batch)
                 break
+            self._mark_commit()
+            self._notify(txn.changes)
+            break
         for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
             try:
                 loop.call_soon_threadsafe(_resolve, future, ok, value)
             except RuntimeError:
                 continue  # the waiter's event loop is closed: nobody is listening
 
-    def _mark_commit(self) -> None:
+    def _mark_commit(self) -> int:
         """Write the actor id and the number of the last committed transaction into
         LAST_COMMIT_FILE, without fsync. The number is read back from LMDB (a transaction
         that changed nothing commits none). A failure only weakens the file as a sign, so
         it is logged, and the writes it follows are still acknowledged."""
         with self._marking:  # the writer thread, and increment() at start-up
-            line = f"{self.env.info()['last_txnid']:020d} {self.actor}\n".encode()
             try:
-                os.pwrite(self._last_commit, line, 0)
-            except OSError:
+                line = f"{self.env.info()['last_txnid']:020d} {self.actor}\n".encode()
+                return os.pwrite(self._last_commit, line, 0)
+            except (OSError, lmdb.Error):
                 log.exception("node %s: cannot write %s", self.node_id, LAST_COMMIT_FILE)
+                return 0
 
     def _notify(self, changes: list) -> None:
         for db, key, old, new in changes:
@@ -435,17 +445,24 @@ def _boot_id() -> str | None:
 def _parse_last_commit(content: bytes) -> tuple[int, str] | None:
     """(transaction number, actor id) from LAST_COMMIT_FILE's bytes; None if it names none."""
     number, _, actor = content.decode(errors="replace").strip().partition(" ")
-    return (int(number), actor) if number.isdigit() and actor else None
+    return (int(number), actor) if number.isascii() and number.isdigit() and actor else None
 
 
 def _open_last_commit(path: str) -> int:
     """LAST_COMMIT_FILE, opened for rewriting in place; its directory entry made durable."""
     fd = os.open(os.path.join(path, LAST_COMMIT_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    directory = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        directory = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # some file systems cannot sync a directory
+                raise
+        finally:
+            os.close(directory)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

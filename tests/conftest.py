@@ -31,7 +31,8 @@ def _dynaray_logger_as_it_was():
     logger = logging.getLogger("dynaray")
     saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
-    logger.handlers, logger.level, logger.propagate = saved
+    logger.handlers, logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])  # through setLevel, which clears the loggers' level caches
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):

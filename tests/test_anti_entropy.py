@@ -282,6 +282,9 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
     with pytest.raises(dynaray.DynarayError, match=r"store of 4 nodes \(n1, n3, n4, n6\)"):
         dynaray.start(nodes=5, **kw)
     shutil.rmtree(os.path.join(data, "n3"))  # lost while the store was stopped
+    # One machine, which is up: a directory missing there is lost; empty= is not needed.
+    with pytest.raises(ValueError, match="a store on a Ray cluster without 'kvnode'"):
+        dynaray.start(nodes=4, **kw, empty=["n3"])
     again = dynaray.start(nodes=4, **kw)
     try:
         assert again.nodes() == ["n1", "n3", "n4", "n6"]  # not n2, nor n5: they left

@@ -321,3 +321,16 @@ def test_machines_for_a_restarted_store():
         homes_for(nodes, holding, empty=["n2", "n3"])
     with pytest.raises(dynaray.DynarayError, match="empty names n9, not nodes"):
         homes_for(nodes, holding, empty=["n3", "n9"])
+    # Checked before Ray is touched: a single name, or a store with no data directory.
+    with pytest.raises(TypeError, match=r"e.g. empty=\['n3'\]"):
+        dynaray.start(nodes=3, data_dir="/nonexistent", empty="n3")
+    with pytest.raises(ValueError, match="this start has no data_dir"):
+        dynaray.start(nodes=3, empty=["n3"])
+
+
+def test_up_takes_several_empty_nodes():
+    from dynaray.cli import build_parser
+
+    args = build_parser().parse_args(["up", "--empty", "n3", "--empty", "n4"])
+    assert args.empty == ["n3", "n4"]
+    assert build_parser().parse_args(["up"]).empty is None

@@ -629,6 +629,37 @@ def test_a_machine_restart_after_a_life_without_sync_gives_an_actor_id_of_its_ow
     assert _actor_after(path, "n5", sync=False)[0] == actor
 
 
+def test_a_last_commit_file_behind_its_data_is_no_alarm(tmp_path):
+    """After a power cut the file (never fsynced but at start and close) may be behind the
+    synced data: that is not a copy put back."""
+    path = tmp_path / "n1"
+    s = Store(str(path), "n1", fresh=True)
+    behind = (path / storage.LAST_COMMIT_FILE).read_bytes()
+    for value in (b"a", b"b", b"c"):
+        run(s.write(put(DATA, b"k", value)))
+    _crash(s)
+    (path / storage.LAST_COMMIT_FILE).write_bytes(behind)
+    assert _actor_after(path, "n1") == ("n1", b"c", False)
+
+
+def test_the_boot_check_follows_the_life_that_ended(tmp_path, monkeypatch):
+    """A life with sync on after one without clears the mark: a later boot loses nothing."""
+    path = tmp_path / "n2"
+    monkeypatch.setattr(storage, "_boot_id", lambda: "b1")
+    _crash(Store(str(path), "n2", fresh=True, sync=False))
+    _crash(Store(str(path), "n2", sync=True))
+    monkeypatch.setattr(storage, "_boot_id", lambda: "b2")
+    assert _actor_after(path, "n2", sync=False) == ("n2", None, False)
+
+
+def test_a_garbled_last_commit_file_is_taken_for_a_copy_put_back(tmp_path):
+    path = tmp_path / "n1"
+    Store(str(path), "n1", fresh=True).close()
+    (path / storage.LAST_COMMIT_FILE).write_text("\u00b2\u00b2 n1\n")  # digits, not ASCII ones
+    actor, _, refill = _actor_after(path, "n1")
+    assert actor.startswith("n1@") and refill
+
+
 def test_a_directory_from_before_the_last_commit_file_keeps_its_actor_id(tmp_path):
     path = tmp_path / "n3"
     Store(str(path), "n3", fresh=True).close()
