@@ -940,7 +940,12 @@ class Cluster:
 
     def _set_faults(self, table: faults.Faults) -> None:
         self._faults = table
-        self._ask("set_faults", table.to_wire())
+        try:
+            # Looked up by name: another driver may have restarted a node (a new actor).
+            running: list[str] | None = list(self._running())
+        except DynarayError:
+            running = None  # Ray's GCS is down: the actors this handle knows
+        self._ask("set_faults", table.to_wire(), nodes=running)
 
     def status(self) -> dict[str, str]:
         """{node: "up" | "suspect" | "down"} as the live nodes' gossip sees it."""

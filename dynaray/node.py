@@ -1401,6 +1401,8 @@ class StorageNode:
             "failed": dict(self.transport.failed),
             # Which actor of each peer this node calls (after restarts, a stale one is a bug).
             "peer_actors": {p: _actor_hex(h) for p, h in self.transport.peers.items()},
+            # The injected faults this node applies (Cluster.partition, set_link; tests).
+            "faults": self.transport.faults.to_wire(),
         }
 
 

@@ -146,6 +146,13 @@ def test_a_handle_attached_while_a_node_is_down_restarts_and_forgets_it(
         # nodes' descriptions, instead of taking n2 for down from now on.
         restarted = dynaray.cluster._named_nodes("att")["n2"]
         wait_for(lambda: uses(client, "n2", restarted), what="the client using n2's new actor")
+        # Fault injection through the first handle reaches the actor another handle started.
+        cluster.partition([["n2"], ["n1", "n3", "n4"]])
+        cut = ray.get(restarted.info.remote(), timeout=10)["faults"]
+        assert cut == cluster._faults.to_wire() and cut != dynaray.faults.Faults().to_wire()
+        cluster.heal()
+        assert ray.get(restarted.info.remote(), timeout=10)["faults"] == cluster._faults.to_wire()
+        wait_for(lambda: attached.status()["n2"] == "up", what="n2 back after the heal")
         # A node that the restart's update missed (cut off at the time) held n2's dead actor:
         # it looks the new one up by name, or it could never reach n2 again.
         ray.get(attached._handle("n1").update_peer.remote("n2", stale), timeout=10)
