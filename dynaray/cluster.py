@@ -609,12 +609,10 @@ class Cluster:
         """
         handles = self._handles
         if nodes is not None:
-            handles = {
-                node: handle
-                for node in nodes
-                if (handle := self._handle(self._known(node))) is not None
-            }
-        routing = Routing(handles, path=path, router=self._router, partial=nodes is not None, **kw)
+            nodes = [self._known(node) for node in nodes]
+            # A listed node that is down now is learned from the others once it runs again.
+            handles = {n: h for n in nodes if (h := self._handle(n)) is not None}
+        routing = Routing(handles, path=path, router=self._router, only=nodes, **kw)
         client = Client(routing)
         self._clients.append(client)
         return client

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
 from dynaray import codec, quorum, reads, records
@@ -45,7 +45,7 @@ class Routing:
         request_timeout: float = REQUEST_TIMEOUT,
         ring_refresh: float = RING_REFRESH,
         rng: random.Random | None = None,
-        partial: bool = False,
+        only: Iterable[str] | None = None,
     ) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -54,7 +54,8 @@ class Routing:
         self.path = path
         self.transport = Transport(f"client-{uuid.uuid4().hex[:8]}", rng=rng)
         self.transport.set_peers(nodes)
-        self.partial = partial
+        # The nodes this client may use (one side of a partition); None: every node.
+        self.only = frozenset(only) if only is not None else None
         if router is not None:
             self.transport.peers["router"] = router
         self.rng = rng or random.Random()
@@ -74,7 +75,7 @@ class Routing:
         """A node restarted or joined (use its new handle) or left (handle None)."""
         if handle is None:
             self.transport.peers.pop(node, None)
-        elif node in self.transport.peers or not self.partial:
+        elif self.only is None or node in self.only:
             self.transport.replace(node, handle, force=True)
         self._down_until.pop(node, None)
         self._refreshed = 0.0  # learn the new ring at the next request
@@ -102,14 +103,13 @@ class Routing:
     def _learn_peers(self, handles: dict[str, Any]) -> None:
         """Take a node's actor handle from a storage node's description when this client has
         none of it (it joined since) or saw its actor die and this is another actor (it
-        restarted since). Only nodes of the ring; a client limited to some nodes (partial)
-        learns only of those."""
-        peers = self.transport.peers
+        restarted since). Only nodes of the ring; a client limited to some nodes (`only`)
+        learns only of those, including one that had no actor when the client was made."""
         members = set(self.ring.nodes()) if self.ring is not None else set()
         for node, handle in handles.items():
             if node not in members or self.transport.live(node):
                 continue
-            if node not in peers and self.partial:
+            if self.only is not None and node not in self.only:
                 continue
             if self.transport.replace(node, handle):
                 self._down_until.pop(node, None)

@@ -275,6 +275,21 @@ def test_a_client_learns_a_new_actor_of_a_node_but_never_takes_back_a_dead_one()
     assert routing.transport.peers["n6"] is joined
 
 
+def test_a_client_limited_to_some_nodes_learns_only_those_even_if_down_when_made():
+    _, replicas, ring = _routing()
+    description = replicas["n1"].description
+    # Made while n2 ran no actor: it has none of n2, yet n2 is one of its nodes.
+    routing = Routing({"n1": replicas["n1"]}, rng=random.Random(1), only=["n1", "n2"])
+    back = FakeReplica("n2")
+    routing.adopt({**description, "peers": {"n2": back, "n3": replicas["n3"]}})
+    assert routing.transport.peers["n2"] is back  # learned once it runs again
+    assert "n3" not in routing.transport.peers  # not one of its nodes
+    routing.set_node("n3", replicas["n3"])  # nor told of it by the driver
+    assert "n3" not in routing.transport.peers
+    routing.set_node("n2", restarted := FakeReplica("n2"))
+    assert routing.transport.peers["n2"] is restarted
+
+
 def test_a_call_marks_dead_only_the_actor_it_was_made_to():
     transport = Transport("client")
 
