@@ -14,6 +14,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import ray
@@ -33,6 +35,7 @@ from dynaray.errors import DynarayError, QuorumError
 from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name
 from dynaray.ring import DEFAULT_PARTITIONS, Ring
 from dynaray.routing import Routing
+from dynaray.transport import actor_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ _STARTUP_TIMEOUT = 120.0
 _CALL_TIMEOUT = 60.0
 # How long kill() waits for Ray to end the actor.
 _KILL_WAIT = 10.0
+# How long fault injection waits for name lookups of actors other handles started.
+_FAULT_LOOKUP_WAIT = 5.0
 
 
 class Router:
@@ -398,6 +403,22 @@ def _node_directories(root: str) -> dict[str, dict]:
 _node_directories_there = ray.remote(num_cpus=0, max_retries=0)(_node_directories)
 
 
+def _look_up(store: str, nodes: list[str], wait: float) -> dict[str, Any]:
+    """{node: actor handle} of the nodes whose actors Ray's GCS names within `wait`
+    seconds, looked up side by side; those with no actor, or no answer in time, are left
+    out (a lookup has no deadline of its own: it may wait a minute for a GCS that is down)."""
+    if not nodes:
+        return {}
+    pool = ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="dynaray-lookup")
+    asks = {
+        pool.submit(ray.get_actor, node_name(store, node), namespace=NAMESPACE): node
+        for node in nodes
+    }
+    done, _ = wait_futures(asks, timeout=wait)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return {asks[ask]: ask.result() for ask in done if ask.exception() is None}
+
+
 def _dead(handle: Any) -> bool:
     """Wait (up to _KILL_WAIT) until Ray reports a killed actor dead; False if it did not."""
     deadline = time.monotonic() + _KILL_WAIT
@@ -609,9 +630,16 @@ class Cluster:
         """
         handles = self._handles
         if nodes is not None:
+            if isinstance(nodes, str) or not nodes:
+                raise ValueError(f"nodes takes a non-empty list of node names, not {nodes!r}")
             nodes = [self._known(node) for node in nodes]
             # A listed node that is down now is learned from the others once it runs again.
             handles = {n: h for n in nodes if (h := self._handle(n)) is not None}
+            if not handles:
+                raise DynarayError(
+                    f"none of {', '.join(nodes)} runs now, so a client limited to them could "
+                    "reach no node; make it once one of them runs"
+                )
         routing = Routing(handles, path=path, router=self._router, only=nodes, **kw)
         client = Client(routing)
         self._clients.append(client)
@@ -937,13 +965,22 @@ class Cluster:
         self._set_faults(faults.Faults())
 
     def _set_faults(self, table: faults.Faults) -> None:
+        """Give every node the fault table: first through the actors this handle knows (no
+        GCS needed), then to the actors of nodes that another driver restarted or added
+        since, as far as name lookups find them within _FAULT_LOOKUP_WAIT."""
         self._faults = table
-        try:
-            # Looked up by name: another driver may have restarted a node (a new actor).
-            running: list[str] | None = list(self._running())
-        except DynarayError:
-            running = None  # Ray's GCS is down: the actors this handle knows
-        self._ask("set_faults", table.to_wire(), nodes=running)
+        wire = table.to_wire()
+        self._ask("set_faults", wire)
+        with contextlib.suppress(DynarayError):
+            self._ring()  # nodes added through another handle, by actor calls
+        renewed = {
+            node: handle
+            for node, handle in _look_up(self.store, self._members, _FAULT_LOOKUP_WAIT).items()
+            if actor_of(handle) != actor_of(self._handles.get(node))
+        }
+        self._handles.update(renewed)
+        if renewed:
+            self._ask("set_faults", wire, nodes=list(renewed))
 
     def status(self) -> dict[str, str]:
         """{node: "up" | "suspect" | "down"} as the live nodes' gossip sees it."""

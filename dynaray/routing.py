@@ -54,6 +54,8 @@ class Routing:
         self.path = path
         self.transport = Transport(f"client-{uuid.uuid4().hex[:8]}", rng=rng)
         self.transport.set_peers(nodes)
+        if isinstance(only, str):
+            raise TypeError(f"only takes a collection of node names, e.g. only=[{only!r}]")
         # The nodes this client may use (one side of a partition); None: every node.
         self.only = frozenset(only) if only is not None else None
         if router is not None:

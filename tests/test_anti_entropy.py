@@ -314,7 +314,13 @@ def test_a_whole_store_comes_back_from_its_backups(ray_session, tmp_path):
         client = cluster.client()
         for i in range(40):
             client.put(f"k{i}", None, f"v{i}", w=3)
-        for node, info in cluster.info().items():
+        infos = cluster.info()
+        assert sorted(infos) == ["n1", "n2", "n3", "n4"]
+        # Each backup of its own moment: a key written after n1's backup, before the others'.
+        late = next(f"late{i}" for i in range(1000) if "n1" in owners(cluster, f"late{i}")[:3])
+        for node, info in sorted(infos.items()):  # n1 first
+            if node == "n2":
+                client.put(late, None, "between the backups", w=3)
             (backups / node).mkdir(parents=True)
             env = lmdb.open(info["path"], readonly=True, max_dbs=8)
             env.copy(str(backups / node), compact=True)
@@ -329,11 +335,17 @@ def test_a_whole_store_comes_back_from_its_backups(ray_session, tmp_path):
         shutil.copyfile(backups / node / "data.mdb", fresh / node / "data.mdb")
     again = dynaray.start(nodes=4, data_dir=str(fresh), **kw)
     try:
-        assert all(i["actor"].startswith(f"{n}@") for n, i in again.info().items())
+        infos = again.info()
+        assert sorted(infos) == ["n1", "n2", "n3", "n4"]
+        assert all(i["actor"].startswith(f"{n}@") for n, i in infos.items())
         wait_for(
-            lambda: all(i["ranges_arriving"] == 0 for i in again.info().values()),
+            lambda: [i["ranges_arriving"] for i in again.info().values()] == [0, 0, 0, 0],
             what="every node merged its ranges back",
         )
+        # n1's backup did not have the late key; the merge brought it from the others.
+        owning = owners(again, late)[:3]
+        assert again.replica_state(late) == {n: ["between the backups"] for n in owning}
+        assert sum(s["keys_received"] for s in again._ask("handoff_status").values()) > 0
         client = again.client()
         # The backups' moment: k0 as it was then.
         assert [client.get(f"k{i}").value for i in range(40)] == [f"v{i}" for i in range(40)]

@@ -144,3 +144,48 @@ def test_wire_round_trip():
     assert Faults.from_wire({}).empty
     # integer rates from a user's table become floats
     assert Faults.from_wire({"drop": {"a>b": 1}}).drop == {"a>b": 1.0}
+
+
+# -- how a Cluster handle hands the table out (no Ray: its calls and lookups are faked) ------
+
+
+class _Actor:
+    """An actor handle as far as _set_faults can tell: its Ray actor id."""
+
+    def __init__(self, actor_id: str) -> None:
+        self._actor_id = actor_id
+
+
+def test_fault_tables_reach_known_actors_first_then_those_other_handles_started(monkeypatch):
+    import threading
+
+    from dynaray import cluster as cluster_module
+
+    handle = object.__new__(cluster_module.Cluster)
+    known = {"n1": _Actor("a1"), "n2": _Actor("a2"), "n3": _Actor("a3")}
+    handle.store, handle._members, handle._handles = "s", ["n1", "n2", "n3", "n4"], dict(known)
+    calls: list[tuple] = []
+    handle._ask = lambda method, *args, nodes=None: calls.append((method, nodes)) or {}
+    handle._ring = lambda: None
+    restarted, hung = _Actor("a2-new"), threading.Event()
+
+    def get_actor(name: str, namespace: str):
+        node = name.rsplit(".", 1)[-1]
+        if node == "n1":
+            return known["n1"]  # the same actor: nothing more to send
+        if node == "n2":
+            return restarted  # another driver restarted n2
+        if node == "n3":
+            raise ValueError("no actor")  # down: this handle keeps what it knew
+        hung.wait(30)  # n4: the GCS does not answer
+        raise TimeoutError
+
+    monkeypatch.setattr(cluster_module.ray, "get_actor", get_actor)
+    monkeypatch.setattr(cluster_module, "_FAULT_LOOKUP_WAIT", 0.5)
+    try:
+        handle._set_faults(Faults(partition_table([["n1"], ["n2", "n3", "n4"]], NODES)))
+    finally:
+        hung.set()
+    assert calls == [("set_faults", None), ("set_faults", ["n2"])]
+    assert handle._handles["n2"] is restarted and handle._handles["n3"] is known["n3"]
+    assert "n4" not in handle._handles

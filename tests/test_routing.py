@@ -8,6 +8,7 @@ import asyncio
 import random
 import threading
 
+import pytest
 from ray.exceptions import ActorDiedError
 
 from dynaray import codec, quorum, reads, records
@@ -288,6 +289,12 @@ def test_a_client_limited_to_some_nodes_learns_only_those_even_if_down_when_made
     assert "n3" not in routing.transport.peers
     routing.set_node("n2", restarted := FakeReplica("n2"))
     assert routing.transport.peers["n2"] is restarted
+    # Told by the driver (Cluster.restart) of a listed node it never had: taken too.
+    told = Routing({"n1": replicas["n1"]}, rng=random.Random(1), only=["n1", "n2"])
+    told.set_node("n2", back)
+    assert told.transport.peers["n2"] is back
+    with pytest.raises(TypeError, match=r"only=\['n1'\]"):
+        Routing({}, only="n1")
 
 
 def test_a_call_marks_dead_only_the_actor_it_was_made_to():
