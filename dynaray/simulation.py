@@ -16,7 +16,9 @@ The network is an event queue driven by one seeded `random.Random`: a message ta
 deadline pass), is refused across a partition and dies with a crashed node. Gossip is
 modelled as a failure detector that calls a peer down after `detect_after` steps of
 unreachability; a failed call marks the peer down for `retry_after` steps. A `Schedule` is a
-seed plus faults at given steps (partitions, heals, crashes, restarts, drop rates), so a run is
+seed plus faults at given steps (partitions, heals, crashes, restarts, drop rates, and at most
+one node whose disk is lost or goes back to its last backup, which then writes under a new
+actor id as storage.Store gives it), so a run is
 a pure function of (workload, schedule, config): it can be replayed, printed and shrunk
 (`schedules()` is the hypothesis strategy; `random_schedule(seed)` the explorer's).
 
@@ -52,7 +54,8 @@ the code, all fixed since; each has a switch, and `BEFORE_FIXES` brings the old 
 
 `explore(seeds)` runs many random schedules (a few hundred a second); `broken=` swaps in a
 known-wrong protocol ("empty_copy": the coordinator applies an update to an empty copy, reusing
-dots; "lww_merge": replicas keep the newer sibling record instead of syncing) to show that the
+dots; "lww_merge": replicas keep the newer sibling record instead of syncing; "same_actor": a
+node whose disk went back in time keeps its actor id, numbering dots again) to show that the
 checkers catch it.
 """
 
@@ -84,8 +87,11 @@ FIXES: dict[str, Any] = {
     "forward_retry": False,
     "unavailable_after_died": False,
 }
-FAULT_KINDS = ("partition", "heal", "crash", "restart", "drop")
-BROKEN = ("empty_copy", "lww_merge")
+FAULT_KINDS = ("partition", "heal", "crash", "restart", "drop", "wipe", "rollback")
+# Faults that take a node's disk back in time; a schedule holds at most one (two nodes losing
+# their copies before any repair may lose a write for good, as on real machines).
+DISK_FAULTS = ("wipe", "rollback")
+BROKEN = ("empty_copy", "lww_merge", "same_actor")
 
 # Reasons a call fails. Only the first two say the request never left, so any request may
 # go to the next coordinator; "no answer" (a deadline) and "died" (mid-request) may hide
@@ -114,6 +120,7 @@ class Config:
     retry_after: int = 8  # a failed peer is skipped this long
     detect_after: int = 10  # gossip calls an unreachable peer down after this long
     handoff_interval: int = 6
+    backup_interval: int = 12  # every node's disk is copied this often (what a rollback restores)
     read_repair_wait: int = 4
     sloppy_quorum: bool = True
     read_repair: bool = True
@@ -151,7 +158,8 @@ class Fault:
     """One nemesis event at step `at`. partition: `nodes` are cut off from the others (one
     partition at a time, a new one replaces the old); heal: no partition; crash / restart:
     `nodes` stop (keeping their disk) / start again; drop: every message is lost with
-    probability `rate` from now on."""
+    probability `rate` from now on; wipe / rollback: `nodes` stop, and their disk is lost /
+    goes back to its last backup (they start again on a restart)."""
 
     at: int
     kind: str
@@ -270,6 +278,11 @@ class SimNode:
         self.dots: dict[str, int] = {}  # key -> our last counter as a fallback coordinator
         self.epoch = 0  # stand_in_actor="fresh": actor ids handed out so far
         self.hint_actors: dict[tuple[str, str], str] = {}  # hint -> the actor writing it
+        # The id its writes carry: a new one for each life whose disk went back in time, as
+        # storage.Store gives (the disk itself says so: a missing or older data file).
+        self.actor = node_id
+        self.gone_back = False
+        self.backup = self.disk()
         # memory: lost in a crash
         self.hlc = HybridClock(sim.wall)
         self.down_until: dict[str, int] = {}
@@ -324,7 +337,7 @@ class SimNode:
     def update_local(self, key: str, me: quorum.Target, op: list, stamp: int) -> records.Record:
         """The coordinator applies op on top of its own stored copy: its data, or as a
         stand-in the hint it holds for that primary plus its dot floor for the key."""
-        actor = self.id
+        actor = self.actor
         if me.hint is None:
             stored = self.data.get(key)
         else:
@@ -333,9 +346,9 @@ class SimNode:
                 actor = self.hint_actors.get((me.hint, key)) if stored is not None else None
                 if actor is None:
                     self.epoch += 1
-                    actor = self.hint_actors[(me.hint, key)] = f"{self.id}.{self.epoch}"
+                    actor = self.hint_actors[(me.hint, key)] = f"{self.actor}.{self.epoch}"
             elif op[0] == "siblings" and key in self.dots:
-                floor = records.Record("siblings", (((self.id, self.dots[key], ()),), ()), 0)
+                floor = records.Record("siblings", (((self.actor, self.dots[key], ()),), ()), 0)
                 stored = records.merge(stored, floor)
         if self.cfg.broken == "empty_copy":
             # wrong on purpose: the update starts from nothing, so its dot (or the node's
@@ -356,7 +369,7 @@ class SimNode:
         if current is None or not records.equal(current, sent):
             return
         if current.kind == "siblings":
-            mine = next((e for e in current.state[0] if e[0] == self.id), None)
+            mine = next((e for e in current.state[0] if e[0] == self.actor), None)
             if mine is not None and self.dots.get(key, 0) < mine[1]:
                 self.dots[key] = mine[1]
         del self.hints[(owner, key)]
@@ -540,8 +553,46 @@ class SimNode:
         if self.up:
             return
         self.up = True
+        if self.gone_back:
+            self.gone_back = False
+            if self.cfg.broken != "same_actor":  # wrong on purpose: numbers dots again
+                self.actor = f"{self.id}@{self.life}"
         if self.sim.running:
             self.spawn(self.handoff_loop())
+
+    # -- the disk going back in time
+
+    def disk(self) -> tuple:
+        """What a backup of the disk holds (records are immutable: shallow copies do)."""
+        return (
+            dict(self.data),
+            dict(self.hints),
+            dict(self.dots),
+            self.epoch,
+            dict(self.hint_actors),
+            self.actor,
+        )
+
+    def lose_disk(self, rollback: bool) -> None:
+        """The node stops, and its disk is lost (an empty one in its place) or goes back to
+        its last backup. It notices when it starts again."""
+        self.crash()
+        data, hints, dots, epoch, hint_actors, actor = (
+            self.backup
+            if rollback
+            else (
+                {},
+                {},
+                {},
+                0,
+                {},
+                self.actor,
+            )
+        )
+        self.data, self.hints, self.dots = dict(data), dict(hints), dict(dots)
+        self.epoch, self.hint_actors, self.actor = epoch, dict(hint_actors), actor
+        self.gone_back = True
+        self.sim.stats["disks_lost"] += 1
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -606,6 +657,7 @@ class Simulation:
                 "sloppy_coordinated",
                 "read_repairs",
                 "hints_delivered",
+                "disks_lost",
             ),
             0,
         )
@@ -748,6 +800,10 @@ class Simulation:
                     self.nodes[n].restart()
         elif fault.kind == "drop":
             self.drop = max(0.0, min(fault.rate, 0.9))
+        elif fault.kind in DISK_FAULTS:
+            for n in fault.nodes:
+                if n in self.nodes:
+                    self.nodes[n].lose_disk(rollback=fault.kind == "rollback")
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
         self._links_changed()
@@ -855,11 +911,21 @@ class Simulation:
             self.at(fault.at, self.apply_fault, fault)
         for node in self.nodes.values():
             node.spawn(node.handoff_loop())
+        Task(self, self.backups(), None)
         for process in range(self.cfg.clients):
             Task(self, self.client(process), None)
         self._drain()
         steps = self.now
         return self._finish(steps)
+
+    def backups(self) -> Coroutine:
+        """Every backup_interval steps, each running node's disk is copied (as an operator's
+        backup job would): what a rollback puts back."""
+        while self.running:
+            yield self.sleep(self.cfg.backup_interval)
+            for node in self.nodes.values():
+                if node.up:
+                    node.backup = node.disk()
 
     def _drain(self) -> None:
         queue = self._queue
@@ -985,8 +1051,12 @@ def random_schedule(seed: int, config: Config | None = None) -> Schedule:
     faults = []
     for _ in range(rng.randint(0, 6)):
         at = rng.randrange(cfg.horizon)
-        kind = rng.choices(FAULT_KINDS, weights=(3, 2, 3, 2, 2))[0]
-        if kind == "partition":
+        kind = rng.choices(FAULT_KINDS, weights=(3, 2, 3, 2, 2, 1, 1))[0]
+        if kind in DISK_FAULTS:
+            if not any(f.kind in DISK_FAULTS for f in faults):
+                node = (rng.choice(ids),)
+                faults += [Fault(at, kind, node), Fault(at + rng.randint(1, 10), "restart", node)]
+        elif kind == "partition":
             size = rng.randint(1, len(ids) // 2)
             faults.append(Fault(at, kind, tuple(sorted(rng.sample(ids, size)))))
         elif kind in ("crash", "restart"):
@@ -1007,18 +1077,30 @@ def schedules(config: Config | None = None, max_faults: int = 8) -> Any:
     ids = cfg.node_ids()
     at = st.integers(0, cfg.horizon - 1)
     some_nodes = st.lists(st.sampled_from(ids), min_size=1, max_size=len(ids) - 1, unique=True)
+    one_node = st.sampled_from(ids).map(lambda n: (n,))
     fault = st.one_of(
         st.builds(Fault, at, st.just("crash"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("partition"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("restart"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("heal")),
         st.builds(Fault, at, st.just("drop"), rate=st.sampled_from((0.0, 0.05, 0.1, 0.2, 0.3))),
+        st.builds(Fault, at, st.sampled_from(DISK_FAULTS), one_node),
     )
     return st.builds(
         Schedule,
         st.integers(0, 2**16),
-        st.lists(fault, max_size=max_faults).map(lambda fs: tuple(sorted(fs, key=lambda f: f.at))),
+        st.lists(fault, max_size=max_faults).map(_one_disk_fault),
     )
+
+
+def _one_disk_fault(faults: list[Fault]) -> tuple[Fault, ...]:
+    """The faults in order of their steps, with only the first that takes a disk back, and
+    its node started again two steps later (so that it serves with what it has left)."""
+    first = next((f for f in sorted(faults, key=lambda f: f.at) if f.kind in DISK_FAULTS), None)
+    kept = [f for f in faults if f.kind not in DISK_FAULTS or f is first]
+    if first is not None:
+        kept.append(Fault(first.at + 2, "restart", first.nodes))
+    return tuple(sorted(kept, key=lambda f: f.at))
 
 
 # -- entry points -----------------------------------------------------------------------------

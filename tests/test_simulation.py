@@ -26,7 +26,7 @@ def test_seed_budget_passes(workload):
     # the budget reaches the paths that matter: every outcome, sloppy quorum and its hints,
     # stand-in coordinators, read repair, lost messages
     assert min(found.ops.values()) > 0, found.ops
-    for counter in ("hints_delivered", "sloppy_coordinated", "read_repairs", "lost"):
+    for counter in ("hints_delivered", "sloppy_coordinated", "read_repairs", "lost", "disks_lost"):
         assert found.stats[counter] > 0, (counter, found.stats)
 
 
@@ -59,6 +59,8 @@ def test_hypothesis_schedules_counter(schedule):
         ("set", "empty_copy", "acknowledged adds lost"),
         ("counter", "empty_copy", "acknowledged increments lost"),
         ("set", "lww_merge", "acknowledged adds lost"),
+        ("set", "same_actor", "acknowledged adds lost"),
+        ("counter", "same_actor", "acknowledged increments lost"),
     ],
 )
 def test_checkers_catch_a_broken_protocol(workload, broken, symptom):
@@ -141,3 +143,42 @@ def test_a_fault_free_run_acknowledges_everything():
     assert result.ops["info"] == result.ops["fail"] == 0
     increments = sum(1 for op in result.history.ops if op.f == "incr" and op.kind == "ok")
     assert sum(result.final.values()) == increments
+
+
+@pytest.mark.parametrize(
+    ("workload", "schedule", "symptom"),
+    [
+        pytest.param(
+            "set",
+            Schedule(70, (Fault(30, "wipe", ("n1",)), Fault(32, "restart", ("n1",)))),
+            "acknowledged adds lost",
+            id="set-disk-lost",
+        ),
+        pytest.param(
+            "set",
+            Schedule(70, (Fault(30, "rollback", ("n1",)), Fault(32, "restart", ("n1",)))),
+            "acknowledged adds lost",
+            id="set-backup-put-back",
+        ),
+        pytest.param(
+            "counter",
+            Schedule(0, (Fault(10, "wipe", ("n1",)), Fault(12, "restart", ("n1",)))),
+            "acknowledged increments lost",
+            id="counter-disk-lost",
+        ),
+        pytest.param(
+            "counter",
+            Schedule(4, (Fault(35, "rollback", ("n1",)), Fault(37, "restart", ("n1",)))),
+            "acknowledged increments lost",
+            id="counter-backup-put-back",
+        ),
+    ],
+)
+def test_a_disk_that_went_back_in_time_needs_an_actor_id_of_its_own(workload, schedule, symptom):
+    """A node back with its disk lost or put back from a backup: under its old actor id it
+    numbers writes as ones its peers hold, which they drop; under a new one, nothing is lost."""
+    same = sim.run(workload, schedule, replace(FIXED, broken="same_actor"))
+    assert not same.valid and symptom in "; ".join(same.problems), same.summary()
+    result = sim.run(workload, schedule, FIXED)
+    assert result.valid, result.summary()
+    assert result.stats["disks_lost"] == 1
