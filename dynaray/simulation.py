@@ -91,6 +91,7 @@ FAULT_KINDS = ("partition", "heal", "crash", "restart", "drop", "wipe", "rollbac
 # Faults that take a node's disk back in time; a schedule holds at most one (two nodes losing
 # their copies before any repair may lose a write for good, as on real machines).
 DISK_FAULTS = ("wipe", "rollback")
+_OTHER_FAULTS = ("partition", "heal", "crash", "restart", "drop")
 BROKEN = ("empty_copy", "lww_merge", "same_actor")
 
 # Reasons a call fails. Only the first two say the request never left, so any request may
@@ -279,7 +280,10 @@ class SimNode:
         self.epoch = 0  # stand_in_actor="fresh": actor ids handed out so far
         self.hint_actors: dict[tuple[str, str], str] = {}  # hint -> the actor writing it
         # The id its writes carry: a new one for each life whose disk went back in time, as
-        # storage.Store gives (the disk itself says so: a missing or older data file).
+        # storage.Store gives (the model assumes the store noticed: a missing or older data
+        # file, or the operator's `restored` file). Not modelled: the real node then also
+        # serves no reads until it has merged its ranges back in; here it serves at once,
+        # which allows more, so the loss checks stay sound.
         self.actor = node_id
         self.gone_back = False
         self.backup = self.disk()
@@ -364,7 +368,8 @@ class SimNode:
 
     def forget(self, owner: str, key: str, sent: records.Record) -> None:
         """A hint the owner acknowledged goes, unless a write changed it since it was sent;
-        as in hints._forget, a fallback remembers its counter for the key (its dot floor)."""
+        for the old stand-in rule (stand_in_actor="node"), a fallback remembers its counter for
+        the key (its dot floor)."""
         current = self.hints.get((owner, key))
         if current is None or not records.equal(current, sent):
             return
@@ -557,6 +562,8 @@ class SimNode:
             self.gone_back = False
             if self.cfg.broken != "same_actor":  # wrong on purpose: numbers dots again
                 self.actor = f"{self.id}@{self.life}"
+                # Stand-in ids chosen before went back in time with their hint copies.
+                self.hint_actors.clear()
         if self.sim.running:
             self.spawn(self.handoff_loop())
 
@@ -577,18 +584,10 @@ class SimNode:
         """The node stops, and its disk is lost (an empty one in its place) or goes back to
         its last backup. It notices when it starts again."""
         self.crash()
-        data, hints, dots, epoch, hint_actors, actor = (
-            self.backup
-            if rollback
-            else (
-                {},
-                {},
-                {},
-                0,
-                {},
-                self.actor,
-            )
-        )
+        empty = ({}, {}, {}, 0, {}, self.actor)
+        data, hints, dots, epoch, hint_actors, actor = self.backup if rollback else empty
+        if rollback and (data, hints) != (self.data, self.hints):
+            self.sim.stats["disks_rolled_back"] += 1  # to something older, not to the same
         self.data, self.hints, self.dots = dict(data), dict(hints), dict(dots)
         self.epoch, self.hint_actors, self.actor = epoch, dict(hint_actors), actor
         self.gone_back = True
@@ -626,6 +625,11 @@ class Simulation:
     def __init__(self, workload: str, schedule: Schedule, config: Config | None = None) -> None:
         if workload not in WORKLOADS:
             raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
+        if sum(f.kind in DISK_FAULTS for f in schedule.faults) > 1:
+            raise ValueError(
+                "a schedule takes at most one disk back in time (wipe or rollback): two "
+                "nodes losing their copies before any repair may lose a write for good"
+            )
         self.workload = workload
         self.schedule = schedule
         self.cfg = cfg = config or Config()
@@ -658,6 +662,7 @@ class Simulation:
                 "read_repairs",
                 "hints_delivered",
                 "disks_lost",
+                "disks_rolled_back",
             ),
             0,
         )
@@ -911,21 +916,24 @@ class Simulation:
             self.at(fault.at, self.apply_fault, fault)
         for node in self.nodes.values():
             node.spawn(node.handoff_loop())
-        Task(self, self.backups(), None)
+        rollbacks = [f.at for f in self.schedule.faults if f.kind == "rollback"]
+        for when in range(
+            self.cfg.backup_interval, max(rollbacks, default=0), self.cfg.backup_interval
+        ):
+            self.at(when, self.take_backups)
         for process in range(self.cfg.clients):
             Task(self, self.client(process), None)
         self._drain()
         steps = self.now
         return self._finish(steps)
 
-    def backups(self) -> Coroutine:
-        """Every backup_interval steps, each running node's disk is copied (as an operator's
-        backup job would): what a rollback puts back."""
-        while self.running:
-            yield self.sleep(self.cfg.backup_interval)
-            for node in self.nodes.values():
-                if node.up:
-                    node.backup = node.disk()
+    def take_backups(self) -> None:
+        """Each running node's disk is copied (as an operator's backup job would, every
+        backup_interval steps): what a rollback puts back. Scheduled only up to a rollback,
+        so schedules without one run exactly as before."""
+        for node in self.nodes.values():
+            if node.up:
+                node.backup = node.disk()
 
     def _drain(self) -> None:
         queue = self._queue
@@ -1044,19 +1052,17 @@ def _lww_merge(a: records.Record | None, b: records.Record | None) -> records.Re
 
 
 def random_schedule(seed: int, config: Config | None = None) -> Schedule:
-    """The fault schedule of one seed: up to six faults within the horizon."""
+    """The fault schedule of one seed: up to six faults within the horizon, and in about a
+    third of the seeds a disk lost or put back from its backup (drawn from a random source
+    of its own, so the other faults of a seed are those of earlier versions)."""
     cfg = config or Config()
     rng = random.Random(seed * 1_000_003 + 17)
     ids = cfg.node_ids()
     faults = []
     for _ in range(rng.randint(0, 6)):
         at = rng.randrange(cfg.horizon)
-        kind = rng.choices(FAULT_KINDS, weights=(3, 2, 3, 2, 2, 1, 1))[0]
-        if kind in DISK_FAULTS:
-            if not any(f.kind in DISK_FAULTS for f in faults):
-                node = (rng.choice(ids),)
-                faults += [Fault(at, kind, node), Fault(at + rng.randint(1, 10), "restart", node)]
-        elif kind == "partition":
+        kind = rng.choices(_OTHER_FAULTS, weights=(3, 2, 3, 2, 2))[0]
+        if kind == "partition":
             size = rng.randint(1, len(ids) // 2)
             faults.append(Fault(at, kind, tuple(sorted(rng.sample(ids, size)))))
         elif kind in ("crash", "restart"):
@@ -1065,7 +1071,21 @@ def random_schedule(seed: int, config: Config | None = None) -> Schedule:
             faults.append(Fault(at, kind, rate=rng.choice((0.0, 0.05, 0.1, 0.2, 0.3))))
         else:
             faults.append(Fault(at, kind))
+    disk = random.Random(seed * 7_919 + 5)
+    if disk.random() < 1 / 3:
+        kind = disk.choice(DISK_FAULTS)
+        # A rollback after the first backup, or it puts back the empty disk (a wipe).
+        first = cfg.backup_interval + 1 if kind == "rollback" else 0
+        lost = Fault(disk.randrange(first, cfg.horizon), kind, (disk.choice(ids),))
+        faults = _with_disk_fault(faults, lost, disk.randint(1, 15))
     return Schedule(seed, tuple(sorted(faults, key=lambda f: f.at)))
+
+
+def _with_disk_fault(faults: list[Fault], lost: Fault, down: int) -> list[Fault]:
+    """The faults, and a node's disk lost or put back, the node started again `down` steps
+    later: both ahead of other faults of the same step (a stable sort keeps them so)."""
+    restart = Fault(lost.at + down, "restart", lost.nodes)
+    return sorted([lost, restart, *faults], key=lambda f: f.at)
 
 
 def schedules(config: Config | None = None, max_faults: int = 8) -> Any:
@@ -1077,30 +1097,25 @@ def schedules(config: Config | None = None, max_faults: int = 8) -> Any:
     ids = cfg.node_ids()
     at = st.integers(0, cfg.horizon - 1)
     some_nodes = st.lists(st.sampled_from(ids), min_size=1, max_size=len(ids) - 1, unique=True)
-    one_node = st.sampled_from(ids).map(lambda n: (n,))
     fault = st.one_of(
         st.builds(Fault, at, st.just("crash"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("partition"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("restart"), some_nodes.map(lambda ns: tuple(sorted(ns)))),
         st.builds(Fault, at, st.just("heal")),
         st.builds(Fault, at, st.just("drop"), rate=st.sampled_from((0.0, 0.05, 0.1, 0.2, 0.3))),
-        st.builds(Fault, at, st.sampled_from(DISK_FAULTS), one_node),
     )
-    return st.builds(
-        Schedule,
-        st.integers(0, 2**16),
-        st.lists(fault, max_size=max_faults).map(_one_disk_fault),
+    # At most one disk lost or put back, its node down for a while (both shrink).
+    one_node = st.sampled_from(ids).map(lambda n: (n,))
+    disk = st.none() | st.tuples(
+        st.builds(Fault, at, st.sampled_from(DISK_FAULTS), one_node), st.integers(1, 15)
     )
 
+    def assemble(seed: int, faults: list[Fault], lost: tuple | None) -> Schedule:
+        if lost is not None:
+            faults = _with_disk_fault(faults, *lost)
+        return Schedule(seed, tuple(sorted(faults, key=lambda f: f.at)))
 
-def _one_disk_fault(faults: list[Fault]) -> tuple[Fault, ...]:
-    """The faults in order of their steps, with only the first that takes a disk back, and
-    its node started again two steps later (so that it serves with what it has left)."""
-    first = next((f for f in sorted(faults, key=lambda f: f.at) if f.kind in DISK_FAULTS), None)
-    kept = [f for f in faults if f.kind not in DISK_FAULTS or f is first]
-    if first is not None:
-        kept.append(Fault(first.at + 2, "restart", first.nodes))
-    return tuple(sorted(kept, key=lambda f: f.at))
+    return st.builds(assemble, st.integers(0, 2**16), st.lists(fault, max_size=max_faults), disk)
 
 
 # -- entry points -----------------------------------------------------------------------------

@@ -26,7 +26,8 @@ def test_seed_budget_passes(workload):
     # the budget reaches the paths that matter: every outcome, sloppy quorum and its hints,
     # stand-in coordinators, read repair, lost messages
     assert min(found.ops.values()) > 0, found.ops
-    for counter in ("hints_delivered", "sloppy_coordinated", "read_repairs", "lost", "disks_lost"):
+    counters = ("hints_delivered", "sloppy_coordinated", "read_repairs", "lost", "disks_lost")
+    for counter in (*counters, "disks_rolled_back"):  # a backup older than the disk put back
         assert found.stats[counter] > 0, (counter, found.stats)
 
 
@@ -182,3 +183,25 @@ def test_a_disk_that_went_back_in_time_needs_an_actor_id_of_its_own(workload, sc
     result = sim.run(workload, schedule, FIXED)
     assert result.valid, result.summary()
     assert result.stats["disks_lost"] == 1
+
+
+def test_stand_in_ids_go_back_in_time_with_their_hint_copies():
+    """n4 stands in for the crashed primaries, and its disk is put back from a backup: the
+    stand-in id it had chosen for the hint copy would repeat dots it handed out since."""
+    schedule = Schedule(
+        36793,
+        (
+            Fault(0, "crash", ALL_PRIMARIES),
+            Fault(18, "rollback", ("n4",)),
+            Fault(19, "restart", ("n4",)),
+        ),
+    )
+    result = sim.run("counter", schedule, FIXED)
+    assert result.valid, result.summary()
+    assert result.stats["disks_rolled_back"] == 1
+
+
+def test_a_schedule_takes_at_most_one_disk_back():
+    two = Schedule(0, (Fault(5, "wipe", ("n1",)), Fault(9, "rollback", ("n2",))))
+    with pytest.raises(ValueError, match="at most one disk"):
+        sim.run("set", two, FIXED)
