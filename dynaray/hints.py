@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dynaray import records
-from dynaray.storage import DOTS, HINTS, Store, Txn
+from dynaray.storage import HINTS, Store, Txn
 
 
 def hint_key(owner: str, dkey: bytes) -> bytes:
@@ -100,26 +99,9 @@ class HintedHandoff:
             self._busy.discard(owner)
 
     def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> None:
-        """Delete delivered hints unless a newer write changed them since they were read."""
+        """Delete delivered hints unless a newer write changed them since they were read.
+        (A stand-in's writes carry an actor id of their own for each write, so nothing
+        about its counters needs remembering once the hint is gone.)"""
         for hkey, raw in items:
-            if txn.get(HINTS, hkey) != raw:
-                continue
-            record = records.decode(raw)
-            mine = None
-            if record.kind == "siblings":
-                mine = next((e for e in record.state[0] if e[0] == self.me), None)
-            if mine is not None:
-                # We coordinated writes to this key as a fallback: remember our counter so a
-                # later stand-in never reissues a dot the owner already holds.
-                dkey = _split(hkey)[1]
-                old = txn.get(DOTS, dkey)
-                if old is None or int(old) < mine[1]:
-                    txn.put(DOTS, dkey, str(mine[1]).encode())
-            txn.delete(HINTS, hkey)
-
-    def dot_floor(self, txn: Txn, dkey: bytes) -> records.Record | None:
-        """The counter we last used for dkey as a fallback coordinator, as an empty record."""
-        raw = txn.get(DOTS, dkey)
-        if raw is None:
-            return None
-        return records.Record("siblings", (((self.me, int(raw), ()),), ()), 0)
+            if txn.get(HINTS, hkey) == raw:
+                txn.delete(HINTS, hkey)

@@ -31,7 +31,7 @@ DATA = b"data"
 HINTS = b"hints"
 META = b"meta"
 MERKLE = b"merkle"
-DOTS = b"dots"
+DOTS = b"dots"  # written by earlier versions (stand-in dot floors); no longer used
 _STAMP = b"node_id"
 _ACTOR = b"actor"
 # Beside the LMDB files: the node's actor id and LMDB's number of the last transaction it
