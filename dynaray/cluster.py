@@ -630,8 +630,10 @@ class Cluster:
         """
         handles = self._handles
         if nodes is not None:
-            if isinstance(nodes, str) or not nodes:
-                raise ValueError(f"nodes takes a non-empty list of node names, not {nodes!r}")
+            if isinstance(nodes, str):
+                raise TypeError(f"nodes takes a list of node names, e.g. nodes=[{nodes!r}]")
+            if not nodes:
+                raise ValueError("nodes=[] limits the client to no node; name at least one")
             nodes = [self._known(node) for node in nodes]
             # A listed node that is down now is learned from the others once it runs again.
             handles = {n: h for n in nodes if (h := self._handle(n)) is not None}

@@ -133,9 +133,10 @@ class StorageNode:
         self.store = Store(path, node_id, sync=self.options.sync, fresh=fresh)
         # The id this node's writes carry in version vectors and CRDTs (Store._check_stamp).
         self.actor = self.store.actor
-        # A directory created empty for a node that may have had data: every range is
-        # taken over from its replicas when the ring arrives (configure), and until then
-        # (or a restart in the middle of it) its reads go to them. Kept on disk until done.
+        # A directory created empty for a node that may have had data, or whose data went
+        # back in time (Store._gone_back): every range is taken over from its replicas when
+        # the ring arrives (configure), merged into what it holds, and until then (or a
+        # restart in the middle of it) its reads go to them. Kept on disk until done.
         self.refill = self.store.get(META, REFILL) is not None
         if self.store.created and not fresh:
             log.warning(
@@ -164,6 +165,8 @@ class StorageNode:
             suspect_after=self.options.suspect_after,
             down_after=self.options.down_after,
         )
+        # This start's number, part of every stand-in write's actor id (below, _update).
+        self.life = self.membership.incarnation
         self.handoff = HintedHandoff(
             self.store, node_id, self._send_hints, batch=self.options.handoff_batch
         )
@@ -252,7 +255,8 @@ class StorageNode:
         gained: list[int] = []
         n = int(config.get("n", 3))
         marked, self.refill = self.refill, False
-        # Back with an empty directory (or restarted before it was refilled), not joining:
+        # Back with an empty directory, or one whose data went back in time (or restarted
+        # before it was refilled), not joining:
         # every range is taken over from its other replicas, as a joining node would,
         # instead of waiting for anti-entropy; meanwhile reads go to the replicas that
         # have them. A joiner (given `previous`) takes what it gains, its whole share.
@@ -298,9 +302,9 @@ class StorageNode:
 
     async def _take_range(self, old: Ring, partition: int, refill: bool) -> None:
         """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
-        old replicas may be gone for good). A node refilling its emptied ranges does not:
-        its own copy of them has nothing, so it keeps trying, and keeps refusing reads of
-        the range, until a replica answers."""
+        old replicas may be gone for good). A node refilling its ranges does not: its own
+        copy of them is empty or older than what it acknowledged, so it keeps trying, and
+        keeps refusing reads of the range, until a replica answers."""
         sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
         copied = None
         attempt = 0
@@ -1088,8 +1092,10 @@ class StorageNode:
             self.metrics.count("sloppy_writes")
             # A stand-in's copy is not the key's full history (it may hold another copy for
             # another primary, or have handed an earlier one over), so its own id could issue
-            # a dot twice: each stand-in write gets an actor id of its own instead.
-            actor = f"{self.actor}~{stamp:x}"
+            # a dot twice: each stand-in write gets an actor id of its own instead. The HLC
+            # starts again with each life, so the life's number keeps a stamp seen in an
+            # earlier life (a wall clock set back) from naming the same actor twice.
+            actor = f"{self.actor}~{self.life:x}.{stamp:x}"
         record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
         if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
             log.warning("key %r has %d siblings", dkey, versions.size(record.state))

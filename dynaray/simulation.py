@@ -43,8 +43,8 @@ the code, all fixed since; each has a switch, and `BEFORE_FIXES` brings the old 
 - `stand_in_actor`: a stand-in coordinator applies a write as itself on its hint copy for one
   primary. A node holding hint copies for two primaries of a key (or one whose hint was
   delivered and deleted) hands out the same dot twice (an acknowledged sibling is lost) or
-  restarts its counter entry at zero (acknowledged increments are lost). Fixed: "fresh", each
-  stand-in write gets its own actor id, as node.py does now.
+  restarts its counter entry at zero (acknowledged increments are lost). Fixed: "fresh", a
+  stand-in gets an actor id of its own per hint copy (node.py: one per write).
 - `forward_retry`: node._forward passes a write to the next primary after any failure,
   including a deadline (a forwarded coordinator may take 3 replica timeouts, the forward waits
   one), so an increment is applied twice. Fixed: a non-idempotent write is not forwarded again.
@@ -340,7 +340,8 @@ class SimNode:
 
     def update_local(self, key: str, me: quorum.Target, op: list, stamp: int) -> records.Record:
         """The coordinator applies op on top of its own stored copy: its data, or as a
-        stand-in the hint it holds for that primary plus its dot floor for the key."""
+        stand-in the hint it holds for that primary (under the old rule, stand_in_actor="node",
+        plus its dot floor for the key)."""
         actor = self.actor
         if me.hint is None:
             stored = self.data.get(key)

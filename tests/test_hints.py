@@ -3,46 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 
 import pytest
 
-from dynaray import codec, versions
+from dynaray import codec, records, versions
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.storage import HINTS, Store
 from dynaray.transport import PeerUnavailable
 
 ME = "n4"
 
-# Records moved from codec (encode_record, a bare DVVSet clock) to dynaray.records (a Record
-# with a kind); write and read hints in whichever form this tree uses.
-if hasattr(codec, "encode_record"):
 
-    def encode_clock(clock):
-        return codec.encode_record(clock)
+def encode_clock(clock):
+    return records.encode(records.Record("siblings", clock, 0))
 
-    def clock_of_wire(wire):
-        return versions.from_wire(wire)
 
-    def clock_of_floor(floor):
-        return floor
-
-else:
-    records = importlib.import_module("dynaray.records")
-
-    def encode_clock(clock):
-        return records.encode(records.Record("siblings", clock, 0))
-
-    def clock_of_wire(raw):
-        record = records.decode(raw)  # hints travel encoded, as stored
-        assert record.kind == "siblings"
-        return record.state
-
-    def clock_of_floor(floor):
-        if floor is None:
-            return None
-        assert floor.kind == "siblings"
-        return floor.state
+def clock_of_wire(raw):
+    record = records.decode(raw)  # hints travel encoded, as stored
+    assert record.kind == "siblings"
+    return record.state
 
 
 def written(value: bytes, node: str = ME, stored=None):
