@@ -87,11 +87,11 @@ FIXES: dict[str, Any] = {
     "forward_retry": False,
     "unavailable_after_died": False,
 }
-FAULT_KINDS = ("partition", "heal", "crash", "restart", "drop", "wipe", "rollback")
+_OTHER_FAULTS = ("partition", "heal", "crash", "restart", "drop")
 # Faults that take a node's disk back in time; a schedule holds at most one (two nodes losing
 # their copies before any repair may lose a write for good, as on real machines).
 DISK_FAULTS = ("wipe", "rollback")
-_OTHER_FAULTS = ("partition", "heal", "crash", "restart", "drop")
+FAULT_KINDS = _OTHER_FAULTS + DISK_FAULTS
 BROKEN = ("empty_copy", "lww_merge", "same_actor")
 
 # Reasons a call fails. Only the first two say the request never left, so any request may

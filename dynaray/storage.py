@@ -109,7 +109,7 @@ class Store:
         self._shut = False  # close() has run (_closed also means the writer failed)
         self._last_commit = -1  # the file's descriptor, opened by _check_stamp
         self._marking = threading.Lock()
-        self._check_stamp(fresh, sync)
+        self._check_stamp(fresh)
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
         self._resize = threading.Lock()
@@ -119,7 +119,7 @@ class Store:
         self._writer.daemon = True
         self._writer.start()
 
-    def _check_stamp(self, fresh: bool, sync: bool) -> None:
+    def _check_stamp(self, fresh: bool) -> None:
         """The directory's identity: the node it belongs to, and `actor`, the id its writes
         carry in version vectors and CRDTs, written together when the directory is new.
 
@@ -173,7 +173,7 @@ class Store:
                         )
                 txn.put(_KEEPS_LAST_COMMIT, b"1", db=meta)
                 boot = _boot_id()
-                if not sync and boot is not None:
+                if not self._sync and boot is not None:
                     txn.put(_BOOT, boot.encode(), db=meta)
                 else:
                     txn.delete(_BOOT, db=meta)
