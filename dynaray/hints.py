@@ -43,14 +43,12 @@ class HintedHandoff:
     def __init__(
         self,
         store: Store,
-        me: str,
         send: Callable[[str, list], Awaitable[object]],
         *,
         batch: int = 128,
         pause: float = 0.02,
     ) -> None:
         self.store = store
-        self.me = me
         self._send = send
         self.batch = batch
         self.pause = pause

@@ -167,9 +167,7 @@ class StorageNode:
         )
         # This start's number, part of every stand-in write's actor id (below, _update).
         self.life = self.membership.incarnation
-        self.handoff = HintedHandoff(
-            self.store, node_id, self._send_hints, batch=self.options.handoff_batch
-        )
+        self.handoff = HintedHandoff(self.store, self._send_hints, batch=self.options.handoff_batch)
         self.ranges = KeyRanges(self.store)
         # Ranges this node gained in a ring change and is still receiving (ownership
         # handoff): it does not answer reads for them until it has them.

@@ -78,7 +78,7 @@ class Recorder:
 
 
 def test_no_hints(store):
-    handoff = HintedHandoff(store, ME, Recorder(), batch=4, pause=0)
+    handoff = HintedHandoff(store, Recorder(), batch=4, pause=0)
     assert handoff.owners() == []
     assert handoff.count() == 0
     assert asyncio.run(handoff.deliver("n1")) == 0
@@ -89,7 +89,7 @@ def test_owners_lists_each_owner_once(store):
     for n, owner in enumerate(owners):
         for i in range(n + 1):
             put_hint(store, owner, dkey(i), written(f"{owner}-{i}".encode()))
-    handoff = HintedHandoff(store, ME, Recorder(), batch=4, pause=0)
+    handoff = HintedHandoff(store, Recorder(), batch=4, pause=0)
     found = handoff.owners()
     assert sorted(found) == sorted(owners)
     assert len(found) == len(set(found))
@@ -113,7 +113,7 @@ def test_deliver_sends_each_hint_once_in_batches(store):
     others = {dkey(i): put_hint(store, "n10", dkey(i), written(b"o%d" % i)) for i in range(3)}
     others2 = {dkey(i): put_hint(store, "n2", dkey(i), written(b"p%d" % i)) for i in range(2)}
     send = Recorder(store)
-    handoff = HintedHandoff(store, ME, send, batch=3, pause=0)
+    handoff = HintedHandoff(store, send, batch=3, pause=0)
 
     assert asyncio.run(handoff.deliver("n1")) == 7
     assert handoff.delivered == 7
@@ -141,7 +141,7 @@ def test_deliver_with_batch_equal_to_count(store):
     for i in range(4):
         put_hint(store, "n1", dkey(i), written(b"v"))
     send = Recorder()
-    handoff = HintedHandoff(store, ME, send, batch=4, pause=0)
+    handoff = HintedHandoff(store, send, batch=4, pause=0)
     assert asyncio.run(handoff.deliver("n1")) == 4
     assert [len(items) for _, items in send.calls] == [4]
     assert handoff.count() == 0
@@ -150,7 +150,7 @@ def test_deliver_with_batch_equal_to_count(store):
 def test_deliver_uses_an_explicit_send(store):
     put_hint(store, "n1", dkey(1), written(b"v"))
     default, explicit = Recorder(), Recorder()
-    handoff = HintedHandoff(store, ME, default, batch=4, pause=0)
+    handoff = HintedHandoff(store, default, batch=4, pause=0)
     assert asyncio.run(handoff.deliver("n1", explicit)) == 1
     assert default.calls == []
     assert explicit.sent_keys() == [dkey(1)]
@@ -159,7 +159,7 @@ def test_deliver_uses_an_explicit_send(store):
 def test_failed_send_propagates_and_keeps_hints(store):
     before = {dkey(i): put_hint(store, "n1", dkey(i), written(b"v%d" % i)) for i in range(5)}
     send = Recorder(fail=PeerUnavailable("n1", "down"))
-    handoff = HintedHandoff(store, ME, send, batch=2, pause=0)
+    handoff = HintedHandoff(store, send, batch=2, pause=0)
     with pytest.raises(PeerUnavailable) as info:
         asyncio.run(handoff.deliver("n1"))
     assert info.value.peer == "n1"
@@ -183,7 +183,7 @@ def test_failure_after_some_batches_keeps_the_rest(store):
         if len(calls) == 2:
             raise PeerUnavailable(owner, "gone again")
 
-    handoff = HintedHandoff(store, ME, send, batch=2, pause=0)
+    handoff = HintedHandoff(store, send, batch=2, pause=0)
     with pytest.raises(PeerUnavailable):
         asyncio.run(handoff.deliver("n1"))
     assert set(hints_of(store, "n1")) == {k for k in map(dkey, range(5))} - set(calls[0])
@@ -207,7 +207,7 @@ def test_hint_changed_during_send_is_not_deleted(store):
             seen_at_second_send.append(hints_of(store, "n1"))
 
     send = Recorder(hook=hook)
-    handoff = HintedHandoff(store, ME, send, batch=10, pause=0)
+    handoff = HintedHandoff(store, send, batch=10, pause=0)
     asyncio.run(handoff.deliver("n1"))
 
     # the first round deleted the unchanged hint but kept the changed one ...
@@ -234,7 +234,7 @@ def test_changed_hint_survives_when_owner_fails_afterwards(store):
         raise PeerUnavailable(owner, "down")
 
     calls: list = []
-    handoff = HintedHandoff(store, ME, send, batch=10, pause=0)
+    handoff = HintedHandoff(store, send, batch=10, pause=0)
     with pytest.raises(PeerUnavailable):
         asyncio.run(handoff.deliver("n1"))
     assert hints_of(store, "n1") == {key: newer_raw}
@@ -252,7 +252,7 @@ def test_one_delivery_per_owner_at_a_time(store):
             calls.append(len(items))
             await gate.wait()
 
-        handoff = HintedHandoff(store, ME, send, batch=2, pause=0)
+        handoff = HintedHandoff(store, send, batch=2, pause=0)
         first = asyncio.create_task(handoff.deliver("n1"))
         await asyncio.sleep(0)
         while not calls:
@@ -296,7 +296,7 @@ def test_delivering_twice_changes_nothing(store):
         put_hint(store, "n1", dkey(i), clock)
 
     owner = ModelOwner()
-    handoff = HintedHandoff(store, ME, owner, batch=2, pause=0)
+    handoff = HintedHandoff(store, owner, batch=2, pause=0)
     assert asyncio.run(handoff.deliver("n1")) == 5
     first = owner.snapshot()
     assert set(first) == set(clocks)
@@ -323,7 +323,7 @@ def test_delivery_merges_with_owners_newer_data(store):
     owner.data = {key: versions.sync(later, concurrent)}
     expected = owner.snapshot()
 
-    handoff = HintedHandoff(store, ME, owner, batch=2, pause=0)
+    handoff = HintedHandoff(store, owner, batch=2, pause=0)
     asyncio.run(handoff.deliver("n1"))
     assert owner.snapshot() == expected  # an already-overwritten hint brings nothing back
     assert b"during-outage" not in versions.values(owner.data[key])
@@ -340,7 +340,7 @@ def test_hints_survive_reopening(tmp_path):
 
     again = Store(path, ME, sync=True)
     try:
-        handoff = HintedHandoff(again, ME, Recorder(), batch=2, pause=0)
+        handoff = HintedHandoff(again, Recorder(), batch=2, pause=0)
         assert sorted(handoff.owners()) == ["n1", "n10", "n2"]
         assert handoff.count() == 9
         for owner in ("n1", "n10", "n2"):
@@ -354,7 +354,7 @@ def test_hints_survive_reopening(tmp_path):
 
     third = Store(path, ME, sync=True)
     try:
-        assert sorted(HintedHandoff(third, ME, Recorder()).owners()) == ["n1", "n2"]
+        assert sorted(HintedHandoff(third, Recorder()).owners()) == ["n1", "n2"]
         assert third.count(HINTS) == 6
     finally:
         third.close()
