@@ -20,6 +20,7 @@ from dynaray.errors import (
     QuorumError,
     RequestTimeout,
     SiblingLimitError,
+    StorageError,
     Unavailable,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "QuorumError",
     "RequestTimeout",
     "SiblingLimitError",
+    "StorageError",
     "Unavailable",
     "connect",
     "start",

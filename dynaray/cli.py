@@ -164,6 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "hints": i.get("hints", "?"),
                 "last anti-entropy": f"{time.time() - last:.0f}s ago" if last else "never",
                 "disk": f"{i['disk_bytes'] / 2**20:.1f} MiB" if "disk_bytes" in i else "?",
+                "writes": ("FAILING: " + i["disk_error"]) if i.get("disk_error") else "ok",
             }
         )
     if args.json:
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("value")
     put.set_defaults(func=cmd_put)
     for name, func, text in (
-        ("status", cmd_status, "per node: state, ranges, keys, hints, last anti-entropy, disk"),
+        ("status", cmd_status, "per node: state, keys, hints, last anti-entropy, disk, writes"),
         ("ring", cmd_ring, "ownership shares (and --png FILE for a picture of the ring)"),
         ("join", cmd_join, "add a node: it takes its share of the ring and its data"),
         ("repair", cmd_repair, "run one anti-entropy round now"),

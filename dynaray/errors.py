@@ -100,3 +100,8 @@ class Unavailable(DynarayError):
 
 class NodeError(DynarayError):
     """A storage node refused to start or to act (its directory, its stamp, its ring)."""
+
+
+class StorageError(NodeError):
+    """A node could not commit a write to its disk (full, failing, read-only): nothing of
+    that write was stored there. Its coordinator hands the write to another replica."""

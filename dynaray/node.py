@@ -25,7 +25,7 @@ import ray
 from dynaray import codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
-from dynaray.errors import DynarayError, NodeError, RequestTimeout
+from dynaray.errors import DynarayError, NodeError, RequestTimeout, StorageError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
@@ -130,7 +130,9 @@ class StorageNode:
         self.id = node_id
         self.options = NodeOptions(**(options or {}))
         self.path = path
-        self.store = Store(path, node_id, sync=self.options.sync, fresh=fresh)
+        self.store = Store(
+            path, node_id, sync=self.options.sync, fresh=fresh, on_failure=self._store_failed
+        )
         # The id this node's writes carry in version vectors and CRDTs (Store._check_stamp).
         self.actor = self.store.actor
         # A directory created empty for a node that may have had data, or whose data went
@@ -191,6 +193,20 @@ class StorageNode:
         if self.refill and self.ring is not None:
             # Restarted in the middle of a refill: answer no read until configure resumes it.
             self.pending.update(self._replicated())
+
+    def _store_failed(self) -> None:
+        """The store's writer thread stopped for good: this node can no longer make a write
+        durable. Crash, so that peers and clients see it down and write to stand-ins (with
+        hints) instead of to a node that fails every write; its data stays on disk for a
+        restart. Only a node running as a Ray actor exits its process."""
+        log.critical(
+            "node %s cannot write to its store any more (see the error above): it stops; "
+            "fix the cause, then `dynaray restart %s`",
+            self.id,
+            self.id,
+        )
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            os._exit(70)  # EX_SOFTWARE; LMDB needs no clean close to stay consistent
 
     def _spawn(self, coro: Coroutine) -> asyncio.Task:
         """Background work owned by the node: cancelled by stop(), never left dangling."""
@@ -524,6 +540,8 @@ class StorageNode:
                 await work()
             except asyncio.CancelledError:
                 raise
+            except StorageError as exc:  # a full disk, here or at a peer: no trace to read
+                log.warning("background round of %s failed: %s", work.__name__, exc)
             except Exception:
                 log.exception("background round of %s failed", work.__name__)
 
@@ -742,7 +760,7 @@ class StorageNode:
     async def _deliver_to(self, owner: str) -> None:
         try:
             delivered = await self.handoff.deliver(owner)
-        except PeerUnavailable:
+        except (PeerUnavailable, StorageError):  # a disk that refused: the next round retries
             return
         if delivered:
             self.metrics.count("hints_delivered", delivered)
@@ -863,7 +881,7 @@ class StorageNode:
             else:
                 gets.append(_Request(index, dkey, preference, targets, needed, rest[-1]))
         await asyncio.gather(
-            self._put_batch(puts, answers),
+            self._put_batch(sender, requests, puts, answers),
             self._get_batch(sender, requests, gets, answers),
             *(self._coordinate_into(answers, i, sender, requests[i]) for i in single),
         )
@@ -879,7 +897,9 @@ class StorageNode:
         except DynarayError as exc:
             answers[index] = ["error", exc]
 
-    async def _put_batch(self, batch: list[_Request], answers: list) -> None:
+    async def _put_batch(
+        self, sender: str, requests: list, batch: list[_Request], answers: list
+    ) -> None:
         """Puts whose coordinator is one of their N primaries, all up: one transaction here,
         then one replica_put per peer carrying every key that peer replicates."""
         if not batch:
@@ -897,7 +917,15 @@ class StorageNode:
                     out.append(exc)
             return out
 
-        written = await self.store.write(op)
+        try:
+            written = await self.store.write(op)
+        except StorageError:
+            # Nothing was written: each key takes the one-key path, which hands it to
+            # another primary when our disk refuses it again.
+            await asyncio.gather(
+                *(self._coordinate_into(answers, r.index, sender, requests[r.index]) for r in batch)
+            )
+            return
         live: list[_Request] = []
         per_peer: dict[str, list[_Request]] = {}
         orphans: list[tuple] = []
@@ -1007,7 +1035,7 @@ class StorageNode:
         call per replica; one that cannot be reached is left to hints and anti-entropy."""
         for node, items in stale.items():
             self.metrics.count("read_repairs", len(items))
-            with contextlib.suppress(PeerUnavailable):
+            with contextlib.suppress(PeerUnavailable, StorageError):  # repair is a shortcut
                 if node == self.id:
                     await self._apply(items)
                 else:
@@ -1065,9 +1093,19 @@ class StorageNode:
                     return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
-        record, encoded = await self.store.write(
-            lambda txn: self._update(txn, dkey, mine, op, stamp)
-        )
+        try:
+            record, encoded = await self.store.write(
+                lambda txn: self._update(txn, dkey, mine, op, stamp)
+            )
+        except StorageError:
+            # Our disk refused it (full, failing): nothing was written anywhere yet, so
+            # another primary may coordinate it, whatever the operation.
+            if forwarded or mine.hint is not None:
+                raise
+            answer = await self._forward(targets, "coordinate_put", bucket, key, op, w, n, True)
+            if answer is None:
+                raise
+            return answer
         others = [t for t in targets if t.node != self.id]
         await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up, n)
@@ -1107,7 +1145,9 @@ class StorageNode:
         returns, without waiting for anti-entropy. Beyond W: nothing waits on it but this.
         A strict quorum (sloppy_quorum off) keeps no hints."""
         if items and self.options.sloppy_quorum:
-            await self._apply(items)
+            # Our disk may refuse them (logged by the store): anti-entropy covers them then.
+            with contextlib.suppress(StorageError):
+                await self._apply(items)
 
     async def _forward(
         self, targets: list[quorum.Target], method: str, *args: Any, retry: bool = True
@@ -1122,6 +1162,8 @@ class StorageNode:
                 try:
                     self.metrics.count("forwards")
                     return await self._call(target.node, method, *args)
+                except StorageError:
+                    continue  # its disk refused the write: nothing was stored there
                 except PeerUnavailable as exc:
                     if not retry and exc.reason not in ("unknown peer", "partitioned"):
                         raise RequestTimeout(
@@ -1144,7 +1186,7 @@ class StorageNode:
             try:
                 await self._call_batched(target.node, "replica_put", [dkey, encoded, target.hint])
                 tally.answered(target.node)
-            except PeerUnavailable:
+            except (PeerUnavailable, DynarayError):  # as in _replicate_batch
                 replacement = tally.failure(target)
                 if replacement is not None:
                     self._spawn(send(replacement))
@@ -1398,6 +1440,8 @@ class StorageNode:
             "hints_delivered": self.handoff.delivered,
             "incarnation": self.membership.incarnation,
             "disk_bytes": self.store.disk_bytes(),
+            # Why its last write did not commit (a full or failing disk), while that lasts.
+            "disk_error": self.store.failing,
             "rss_bytes": _rss_bytes(),
             "ring_version": self.ring.version if self.ring else None,
             "stats": self.metrics.snapshot(),

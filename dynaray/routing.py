@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
 from dynaray import codec, quorum, reads, records
-from dynaray.errors import QuorumError, RequestTimeout, Unavailable
+from dynaray.errors import QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
 
@@ -268,9 +268,9 @@ class Routing:
 
     async def _send_repairs(self, stale: dict[str, list], timeout: float) -> None:
         """Send each stale replica its merged copies, one call per replica; one that cannot
-        be reached is left to anti-entropy."""
+        be reached, or whose disk refuses them, is left to anti-entropy."""
         for node, items in stale.items():
-            with contextlib.suppress(PeerUnavailable):
+            with contextlib.suppress(PeerUnavailable, StorageError):
                 await self.transport.call(node, "replica_repair", items, timeout=timeout)
 
     def _spawn(self, coro: Coroutine) -> asyncio.Task:

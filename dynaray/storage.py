@@ -9,6 +9,7 @@ read transactions on the caller's thread and never span an await.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from dynaray.errors import NodeError
+from dynaray.errors import NodeError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,20 @@ class Txn:
 class Store:
     """One node's LMDB environment. Create it in the actor, close it when the actor stops."""
 
-    def __init__(self, path: str, node_id: str, *, sync: bool = True, fresh: bool = False) -> None:
-        """`fresh`: node_id has never written anywhere (a new store, a never-used id)."""
+    def __init__(
+        self,
+        path: str,
+        node_id: str,
+        *,
+        sync: bool = True,
+        fresh: bool = False,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        """`fresh`: node_id has never written anywhere (a new store, a never-used id).
+        `on_failure`: called on the writer thread if it stops for good, after every write
+        waiting for it has failed."""
         self.path = path
+        self._on_failure = on_failure
         self.node_id = node_id
         try:
             os.makedirs(path, exist_ok=True)
@@ -115,6 +127,9 @@ class Store:
         self._resize = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self._writer_failed = False
+        # Why the last commit failed (a full or failing disk), until one succeeds again.
+        self.failing: str | None = None
         self._writer = threading.Thread(target=self._write_loop, name=f"lmdb-writer-{node_id}")
         self._writer.daemon = True
         self._writer.start()
@@ -307,10 +322,12 @@ class Store:
     async def write(self, op: Callable[[Txn], T]) -> T:
         """Run op inside the next group-committed transaction; resolves after the commit."""
         if self._closed:
-            raise NodeError(f"node {self.node_id} store is closed")
+            raise StorageError(f"node {self.node_id}: its store is closed; nothing was written")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((op, loop, future))
+        if self._writer_failed:  # it may have failed the queue before this write joined it
+            self._fail_queued()
         return await future
 
     def _write_loop(self) -> None:
@@ -318,7 +335,29 @@ class Store:
             self._write_batches()
         except Exception:  # never die silently: every later write would hang
             log.exception("node %s: the LMDB writer thread failed", self.node_id)
-            self._closed = True
+            self._closed = self._writer_failed = True
+            self._fail_queued()
+            if self._on_failure is not None:
+                self._on_failure()
+
+    def _fail_queued(self) -> None:
+        """Fail every write still queued behind a writer that stopped for good, so no
+        waiter is left without an answer."""
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._fail([item for item in items if item is not _STOP])
+
+    def _fail(self, items: list) -> None:
+        failure = StorageError(
+            f"node {self.node_id}: its LMDB writer stopped, nothing was written; restart the node"
+        )
+        for _, loop, future in items:
+            with contextlib.suppress(RuntimeError):  # its event loop is closed
+                loop.call_soon_threadsafe(_resolve, future, False, failure)
 
     def _write_batches(self) -> None:
         while True:
@@ -336,7 +375,11 @@ class Store:
                     stop = True
                     break
                 batch.append(item)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception:
+                self._fail(batch)
+                raise
             if stop:
                 return
 
@@ -354,19 +397,40 @@ class Store:
                         except Exception as exc:  # one bad op must not fail the batch
                             results.append((False, exc))
             except lmdb.MapFullError:
-                self._grow()
-                continue
+                try:
+                    self._grow()
+                    continue
+                except lmdb.Error as exc:  # the map cannot grow: this batch fails, not the thread
+                    results = self._failed(
+                        batch,
+                        f"its LMDB map is full and cannot grow ({exc}); free memory on its "
+                        "machine, or move the node",
+                    )
             except lmdb.Error as exc:
-                results = [(False, NodeError(f"LMDB write failed: {exc}"))] * len(batch)
-                break
-            self._mark_commit()
-            self._notify(txn.changes)
+                results = self._failed(
+                    batch, f"LMDB could not commit ({exc}); is the disk of {self.path!r} full?"
+                )
+            else:
+                if self.failing is not None:
+                    log.warning("node %s: writes commit again", self.node_id)
+                    self.failing = None
+                self._mark_commit()
+                self._notify(txn.changes)
             break
         for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
             try:
                 loop.call_soon_threadsafe(_resolve, future, ok, value)
             except RuntimeError:
                 continue  # the waiter's event loop is closed: nobody is listening
+
+    def _failed(self, batch: list, why: str) -> list[tuple[bool, Any]]:
+        """Every write of a batch that did not commit fails with why; logged once, when the
+        store starts failing, not at every batch of a full disk."""
+        failure = StorageError(f"node {self.node_id} stored nothing of this write: {why}")
+        if self.failing is None:
+            log.error("%s", failure)
+        self.failing = why
+        return [(False, failure)] * len(batch)
 
     def _mark_commit(self) -> int:
         """Write the actor id and the number of the last committed transaction into
@@ -405,6 +469,7 @@ class Store:
         if self._writer.is_alive():
             log.error("node %s: the LMDB writer did not stop; its files stay open", self.node_id)
             return
+        self._fail_queued()  # writes that joined the queue behind the stop
         try:
             if not self._sync:
                 with self.env.begin(write=True) as txn:

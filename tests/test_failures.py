@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import dynaray
@@ -240,3 +242,69 @@ def test_dropped_and_delayed_links_still_meet_quorum(cluster):
         assert client.get(f"lossy{i}").value == i
     cluster.heal()
     wait_for(lambda: no_hints(cluster), what="hints delivered after heal")
+
+
+@pytest.fixture
+def full_disk_store(ray_session, tmp_path):
+    """A 4-node store whose n2 keeps its directory on a small disk of its own (a tmpfs),
+    which the test fills up; skipped where mounting one is not allowed (not root)."""
+    import subprocess
+
+    disk = tmp_path / "n2"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            "filling a node's disk needs a small disk of its own: run as root, so that "
+            f"`mount -t tmpfs` works ({mounted.stderr.decode().strip()})"
+        )
+    store = None
+    try:
+        store = dynaray.start(
+            nodes=4, n=3, r=2, w=2, node_options=FAST, partitions=64, data_dir=str(tmp_path)
+        )
+        yield store, disk
+    finally:
+        if store is not None:
+            store.shutdown()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
+    """A node whose disk is full stores nothing, so it cannot coordinate or take a copy.
+    Every write still succeeds: the coordinator hands it to another primary, and the full
+    node's copy goes to a stand-in as a hint, delivered once the disk has room again."""
+    cluster, disk = full_disk_store
+    client = cluster.client()
+    client.put("before", None, "v")
+    first_n2 = [k for k in (f"full-{i}" for i in range(400)) if owners(cluster, k)[0] == "n2"]
+    also_n2 = [k for k in (f"bulk-{i}" for i in range(400)) if "n2" in owners(cluster, k)[:3]]
+    assert len(first_n2) >= 10 and len(also_n2) >= 50  # enough keys for n2 to coordinate
+    ballast = disk / "ballast"
+    # Someone else's file fills the disk (unbuffered: nothing left to flush at close).
+    with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+
+    for key in first_n2[:10]:  # one key at a time: n2 coordinates each, through the client
+        assert client.put(key, None, f"value-{key}") is not None
+    assert cluster.info()["n2"]["disk_error"] is not None
+    answers = client.put_many({key: (None, f"value-{key}") for key in also_n2[:50]})  # batched
+    failed = {k: a for k, a in answers.items() if isinstance(a, Exception)}
+    assert not failed, failed
+    for key in first_n2[:10] + also_n2[:50]:
+        assert client.get(key).values == [f"value-{key}"]
+    assert client.get("before").values == ["v"]  # n2 still answers reads
+
+    ballast.unlink()
+    written = first_n2[:10] + also_n2[:50]
+    # Its copies come back from the stand-ins' hints once its disk takes writes again.
+    wait_for(
+        lambda: all("n2" in cluster.replica_state(k) for k in written),
+        timeout=60,
+        what="n2 holding every key written while its disk was full",
+    )
+    assert cluster.info()["n2"]["disk_error"] is None
+    assert all(cluster.replica_state(k)["n2"] == [f"value-{k}"] for k in written)

@@ -283,6 +283,78 @@ def test_map_full_grows_past_initial_64_mib(tmp_path):
         s.close()
 
 
+def test_a_map_that_cannot_grow_fails_its_batch_not_the_writer(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
+    s = Store(str(tmp_path / "stuck"), "n1", sync=False)
+    try:
+
+        def no_room(self):
+            raise lmdb.Error("cannot allocate memory")
+
+        monkeypatch.setattr(Store, "_grow", no_room)
+        value = b"v" * (256 << 10)
+
+        async def fill():
+            # a hang here fails the test through wait_for, not through a timing check
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(s.write(put(DATA, b"k-%d" % i, value)) for i in range(8)),
+                    return_exceptions=True,
+                ),
+                60,
+            )
+
+        results = run(fill())
+        failed = [r for r in results if isinstance(r, NodeError)]
+        assert failed and "cannot grow" in str(failed[0])
+        assert s._writer.is_alive()
+        monkeypatch.undo()
+        assert run(s.write(put(DATA, b"later", value))) == b"later"
+        assert s.get(DATA, b"later") == value
+    finally:
+        s.close()
+
+
+def test_a_writer_that_dies_answers_every_waiting_write(tmp_path, monkeypatch):
+    told = []
+    s = Store(str(tmp_path / "dies"), "n1", sync=False, on_failure=lambda: told.append(1))
+    entered = threading.Event()
+    gate = threading.Event()
+    real_commit = Store._commit
+
+    def broken_commit(self, batch):
+        if any(op is hold for op, _, _ in batch):
+            entered.set()
+            gate.wait(10)
+            raise RuntimeError("a bug in the writer")
+        return real_commit(self, batch)
+
+    def hold(txn):
+        return None
+
+    monkeypatch.setattr(Store, "_commit", broken_commit)
+
+    async def main():
+        held = asyncio.ensure_future(s.write(hold))
+        await asyncio.to_thread(entered.wait, 10)
+        behind = [asyncio.ensure_future(s.write(put(DATA, b"b-%d" % i, b"1"))) for i in range(3)]
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(held, *behind, return_exceptions=True), 60)
+
+    try:
+        results = run(main())
+        assert all(isinstance(r, NodeError) for r in results), results
+        assert "writer stopped" in str(results[0])
+        s._writer.join(10)
+        assert told == [1]  # the node is told, to crash (StorageNode._store_failed)
+        with pytest.raises(NodeError, match="closed"):
+            run(s.write(put(DATA, b"after", b"1")))
+        assert s.get(DATA, b"b-0") is None
+    finally:
+        s.close()
+
+
 def test_reads_during_growth(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
     s = Store(str(tmp_path / "grow"), "n1", sync=False)
