@@ -14,7 +14,7 @@ properties of every bucket created before it. The policies, and what each may lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -57,6 +57,15 @@ async def open_bucket(
         raise ValueError(f"policy must be one of {records.POLICIES}, got {policy!r}")
     if resolver is not None and not callable(resolver):
         raise ValueError("resolver must be a function taking the list of sibling values")
+    if resolver is not None and policy not in (None, "siblings"):
+        raise ValueError(
+            f"a resolver merges siblings, which a {policy!r} bucket never has; drop it, or use "
+            "policy='siblings'"
+        )
+    if r is not None or w is not None:
+        # Stored for good with the bucket: checked now, or every request would fail.
+        await client.routing._ensure_ring()
+        client.routing.quorum(r, w)
     wanted = BucketProps(policy or "siblings", r, w)
     if name == codec.DEFAULT_BUCKET:
         if wanted.policy != "siblings":
@@ -82,6 +91,11 @@ async def open_bucket(
         # A bucket without stored properties is a "siblings" bucket.
         return Bucket(client, name, wanted, resolver)
     props = BucketProps.decode(stored[0])
+    if resolver is not None and props.policy != "siblings":
+        raise ValueError(
+            f"bucket {name!r} has policy {props.policy!r}, which never keeps siblings: a "
+            "resolver would never run; open it without one"
+        )
     for field in ("policy", "r", "w"):
         asked = getattr(wanted, field) if field != "policy" else policy
         if asked is not None and asked != getattr(props, field):
@@ -219,7 +233,7 @@ class Bucket:
     async def aadd(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
         """Add elements; an add concurrent with a remove of the same element wins."""
         self._need("set", call="add")
-        op = ["set", ["add", [codec.encode_value(e) for e in elements]]]
+        op = ["set", ["add", _added(elements)]]
         await self.client._write(self.name, key, op, self._w(w))
 
     def add(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
@@ -295,24 +309,58 @@ class Bucket:
 def map_ops(increment, add, remove, assign, enable, disable, seen) -> list:
     """Field operations of one map update, checked before anything is sent."""
     ops: list = []
-    for name, delta in (increment or {}).items():
+    for name, delta in _fields(increment, "increment", '{"visits": 1}'):
         _check_delta(delta)
         ops.append([_field(name), "counter", ["increment", delta]])
-    for name, elements in (add or {}).items():
-        ops.append([_field(name), "set", ["add", [codec.encode_value(e) for e in elements]]])
-    for name, elements in (remove or {}).items():
-        encoded = [codec.encode_value(e) for e in elements]
+    for name, elements in _fields(add, "add", '{"tags": ["a"]}'):
+        ops.append([_field(name), "set", ["add", _added(_many(elements, f"add[{name!r}]"))]])
+    for name, elements in _fields(remove, "remove", '{"tags": ["a"]}'):
+        encoded = [codec.encode_value(e) for e in _many(elements, f"remove[{name!r}]")]
         ops.append([_field(name), "set", ["remove", encoded, seen]])
-    for name, value in (assign or {}).items():
+    for name, value in _fields(assign, "assign", '{"name": "Ann"}'):
         # The coordinating node stamps the register with its hybrid clock (records.update).
         ops.append([_field(name), "register", ["assign", 0, codec.encode_value(value)]])
-    for name in enable or ():
+    for name in _many(enable or (), "enable"):
         ops.append([_field(name), "flag", ["enable"]])
-    for name in disable or ():
+    for name in _many(disable or (), "disable"):
         ops.append([_field(name), "flag", ["disable", seen]])
     if not ops:
         raise ValueError("update() needs at least one of increment, add, remove, assign, enable")
     return ops
+
+
+def _fields(given: object, what: str, example: str) -> list[tuple]:
+    """The (field, argument) pairs of one kind of map operation, given as a dict."""
+    if given is None:
+        return []
+    if not isinstance(given, dict):
+        raise TypeError(f"{what} takes a dict of field names, e.g. {what}={example}")
+    return list(given.items())
+
+
+def _many(elements: object, what: str) -> list:
+    """A list of elements or field names; a lone string is refused, not split into
+    its characters."""
+    if not isinstance(elements, list | tuple | set | frozenset):  # a str, too
+        raise TypeError(f"{what} takes a list, e.g. [{elements!r}], got {type(elements).__name__}")
+    return list(elements)
+
+
+def _added(elements: Iterable[Any]) -> list[bytes]:
+    """Set elements to add, encoded. They come back as a Python set, so each must be
+    hashable; a list or a dict in a set could never be read back. (A remove takes any
+    element, so one stored before this check can still be taken out.)"""
+    encoded = []
+    for element in elements:
+        try:
+            hash(element)
+        except TypeError:
+            raise ValueError(
+                f"set elements must be hashable (str, bytes, numbers, tuples, frozensets), "
+                f"got the {type(element).__name__} {element!r}: use a tuple or a frozenset"
+            ) from None
+        encoded.append(codec.encode_value(element))
+    return encoded
 
 
 def _field(name: object) -> str:

@@ -20,6 +20,15 @@ def _state_file(store: str) -> str:
     return os.path.join(STATE_DIR, f"{store}.json")
 
 
+def _read_state(store: str) -> dict:
+    """What `dynaray up` recorded about the store: its data directory, and whether it
+    started the local Ray."""
+    if not os.path.exists(_state_file(store)):
+        return {}
+    with open(_state_file(store)) as f:
+        return json.load(f)
+
+
 def _ray_command() -> list[str]:
     found = shutil.which("ray")
     return [found] if found else [sys.executable, "-m", "ray.scripts.scripts"]
@@ -53,22 +62,38 @@ def _connect_ray(address: str | None) -> bool:
     return True
 
 
+def _stop_ray() -> None:
+    """Disconnect this driver, then stop the local Ray (`ray stop`)."""
+    import ray
+
+    ray.shutdown()  # before `ray stop`, or the stop tears down a live driver
+    subprocess.run([*_ray_command(), "stop"], check=False, stdout=subprocess.DEVNULL)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import dynaray
 
     data_dir = os.path.abspath(
         os.path.expanduser(args.data_dir or os.path.join(STATE_DIR, "data", args.store))
     )
-    started = _connect_ray(args.address)
-    cluster = dynaray.start(
-        nodes=args.nodes,
-        n=args.n,
-        r=args.r,
-        w=args.w,
-        data_dir=data_dir,
-        store=args.store,
-        empty=args.empty or (),
-    )
+    started_now = _connect_ray(args.address)
+    # A Ray an earlier `up` started and `down --keep-ray` left running is still ours to stop.
+    started = started_now or _read_state(args.store).get("started_ray", False)
+    try:
+        cluster = dynaray.start(
+            nodes=args.nodes,
+            n=args.n,
+            r=args.r,
+            w=args.w,
+            data_dir=data_dir,
+            store=args.store,
+            empty=args.empty or (),
+        )
+    except BaseException:
+        if started_now:  # no store runs on the Ray this command started: stop it again
+            _stop_ray()
+            print("Stopped the local Ray head again.", file=sys.stderr)
+        raise
     os.makedirs(STATE_DIR, exist_ok=True)
     with open(_state_file(args.store), "w") as f:
         json.dump({"store": args.store, "data_dir": data_dir, "started_ray": started}, f)
@@ -85,23 +110,21 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     import dynaray
 
-    state: dict = {}
-    if os.path.exists(_state_file(args.store)):
-        with open(_state_file(args.store)) as f:
-            state = json.load(f)
+    state = _read_state(args.store)
     import ray
 
     cluster = dynaray.Cluster.attach(args.store, address=args.address or "auto")
     cluster.shutdown()
-    ray.shutdown()  # disconnect before `ray stop`, or the stop tears down a live driver
     print(
         f"dynaray store {args.store!r} stopped; its data stays in {state.get('data_dir', 'place')}."
     )
     if state.get("started_ray") and not args.keep_ray:
-        subprocess.run([*_ray_command(), "stop"], check=False, stdout=subprocess.DEVNULL)
+        _stop_ray()
         print("Stopped the local Ray that `dynaray up` started.")
-    if state:
-        os.remove(_state_file(args.store))
+    else:
+        ray.shutdown()
+    if state and not (args.keep_ray and state.get("started_ray")):
+        os.remove(_state_file(args.store))  # kept while the Ray it started still runs
     return 0
 
 
@@ -207,8 +230,10 @@ def _draw_ring(ring, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("no PNG: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-        return
+        raise DynarayError(
+            "no PNG written: matplotlib is not installed (pip install matplotlib, or "
+            "pip install 'dynaray[bench]')"
+        ) from None
     nodes = list(ring.nodes())
     colours = {node: plt.cm.tab20(i % 20) for i, node in enumerate(nodes)}
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -248,7 +273,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    dead = _cluster(args).kill(args.node)
+    cluster = _cluster(args)
+    if cluster._handle(cluster._known(args.node), fresh=True) is None:
+        print(f"node {args.node} is not running; nothing to kill")
+        return 0
+    dead = cluster.kill(args.node)
     print(f"node {args.node} killed; its directory stays" + ("" if dead else " (not dead yet)"))
     return 0 if dead else 1
 
@@ -301,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="walk through get, put, siblings and their merge")
-    demo.add_argument("--nodes", type=int, default=5)
+    demo.add_argument("--nodes", type=int, default=5, help="storage nodes (default 5)")
     demo.set_defaults(func=cmd_demo)
 
     def store_args(p: argparse.ArgumentParser) -> None:
@@ -310,10 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a store that outlives this command")
     store_args(up)
-    up.add_argument("--nodes", type=int, default=5)
-    up.add_argument("-n", type=int, default=3, help="replicas per key (N)")
-    up.add_argument("-r", type=int, default=2, help="read quorum (R)")
-    up.add_argument("-w", type=int, default=2, help="write quorum (W)")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="storage nodes (default: 5 for a new store, as many as its data directory holds "
+        "when started again)",
+    )
+    up.add_argument("-n", type=int, default=3, help="replicas per key, N (default 3)")
+    up.add_argument("-r", type=int, default=2, help="read quorum, R (default 2)")
+    up.add_argument("-w", type=int, default=2, help="write quorum, W (default 2)")
     up.add_argument(
         "--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)"
     )
@@ -359,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     buckets.add_argument("--policy", choices=["siblings", "lww", "counter", "set", "map"])
     buckets.add_argument("-r", type=int, default=None, help="the bucket's read quorum")
     buckets.add_argument("-w", type=int, default=None, help="the bucket's write quorum")
-    buckets.add_argument("--json", action="store_true")
+    buckets.add_argument("--json", action="store_true", help="machine-readable output")
     buckets.set_defaults(func=cmd_buckets)
     for name, func, text in (
         ("leave", cmd_leave, "a node hands its ranges to the others and stops"),

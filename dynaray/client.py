@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -70,7 +70,13 @@ def _decode_crdt(value: object) -> object:
     if isinstance(value, bytes):
         return codec.decode_value(value)
     if isinstance(value, frozenset | set):
-        return {_decode_crdt(v) for v in value}
+        elements = [_decode_crdt(v) for v in value]
+        try:
+            return set(elements)
+        except TypeError:
+            # An unhashable element, added before adds checked for it: a list, so that
+            # the key can still be read, and the element removed.
+            return elements
     if isinstance(value, dict):
         return {k: _decode_crdt(v) for k, v in value.items()}
     return value
@@ -175,13 +181,24 @@ class Client:
         self._routing = routing
         self._loop: _LoopThread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def routing(self) -> Routing:
         return self._routing
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DynarayError(
+                "this client was closed (or its store handle shut down); make a new one with "
+                "cluster.client() or dynaray.connect()"
+            )
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self._lock:
+            if self._closed:
+                coro.close()
+                self._check_open()
             if self._loop is None:
                 self._loop = _LoopThread()
             loop = self._loop
@@ -189,8 +206,9 @@ class Client:
 
     def close(self) -> None:
         """Stop the private event loop of the sync API, cancelling background read repairs
-        still in flight. The async twins run on the caller's loop and need no closing."""
+        still in flight. Every later call, sync or async, is refused."""
         with self._lock:
+            self._closed = True
             loop, self._loop = self._loop, None
         if loop is not None:
             loop.close()
@@ -198,6 +216,7 @@ class Client:
     # -- the one read path and the one write path ------------------------------------------
 
     async def _read(self, bucket: str, key: str | bytes, r: int | None) -> GetResult:
+        self._check_open()
         b, k, hashed = address(bucket, key)
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
@@ -206,6 +225,7 @@ class Client:
     async def _write(self, bucket: str, key: str | bytes, op: Any, w: int | None) -> Context:
         """Send one operation; `op` is a records.update operation, or a function of the key's
         hashed address that builds one (so a context can be checked against the key)."""
+        self._check_open()
         b, k, hashed = address(bucket, key)
         if callable(op):
             op = op(hashed)
@@ -241,6 +261,10 @@ class Client:
         so a batch costs a few actor calls, not one per key; each key keeps its own quorum
         outcome.
         """
+        self._check_open()
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise TypeError(f"get_many takes a list of keys, e.g. [{keys!r}]")
+        keys = list(keys)  # read twice below: a generator would be empty the second time
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
         results: dict = dict.fromkeys(keys)  # answers in the order the keys were given
@@ -260,6 +284,11 @@ class Client:
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
         """Write many keys at once: items is {key: (context, value)}; returns
         {key: new Context, or the exception that key's write raised}."""
+        self._check_open()
+        if not isinstance(items, dict):
+            raise TypeError(
+                f"put_many takes a dict {{key: (context, value)}}, got {type(items).__name__}"
+            )
         for key, pair in items.items():
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise ValueError(
@@ -309,6 +338,7 @@ class Client:
     ) -> Bucket:
         from dynaray.buckets import open_bucket
 
+        self._check_open()
         return await open_bucket(self, name, policy, resolver, r, w)
 
     # -- sync API ---------------------------------------------------------------------------

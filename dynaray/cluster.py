@@ -33,7 +33,7 @@ from dynaray.anti_entropy import Figures
 from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
 from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name
-from dynaray.ring import DEFAULT_PARTITIONS, Ring
+from dynaray.ring import DEFAULT_PARTITIONS, Ring, check_partitions
 from dynaray.routing import Routing
 from dynaray.transport import actor_of
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 KVNODE = "kvnode"
 _STARTUP_TIMEOUT = 120.0
+DEFAULT_NODES = 5  # of a new store started without `nodes`
 _CALL_TIMEOUT = 60.0
 # How long kill() waits for Ray to end the actor.
 _KILL_WAIT = 10.0
@@ -76,6 +77,21 @@ class Router:
             return ["quorum", exc.answered, exc.needed, exc.asked]
 
 
+def _node_options(sync: bool, given: dict | None) -> dict:
+    """The options every node starts with, checked as a node will check them."""
+    from dynaray.node import NodeOptions
+
+    if given is not None and not isinstance(given, dict):
+        raise TypeError(f"node_options is a dict, got {type(given).__name__}")
+    options = {"sync": sync, **(given or {})}
+    try:
+        NodeOptions(**options)
+    except TypeError as exc:
+        known = ", ".join(NodeOptions.__dataclass_fields__)
+        raise ValueError(f"node_options: {exc}; the options are {known}") from None
+    return options
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Connect to Ray if the process is not; True when we started an embedded local Ray."""
     if ray.is_initialized():
@@ -109,7 +125,7 @@ def _node_sort_key(node_id: str) -> tuple:
 
 
 def start(
-    nodes: int = 5,
+    nodes: int | None = None,
     n: int = 3,
     r: int = 2,
     w: int = 2,
@@ -123,18 +139,29 @@ def start(
     empty: Iterable[str] = (),
 ) -> Cluster:
     """Start a store of `nodes` storage nodes with N/R/W quorums; returns its Cluster handle.
+    Without `nodes`: 5 for a new store, and as many as its data directory holds when a
+    store is started again.
 
     Uses the Ray cluster this process is connected to (or the one at `address`, "auto" to
-    find it); otherwise starts an embedded local Ray that `shutdown()` stops again.
+    find it); otherwise starts an embedded local Ray that `shutdown()` stops again. Like
+    `ray.init()`, "otherwise" includes a Ray started on this machine with `ray start`.
     `data_dir=None` keeps the data in a temporary directory removed by `shutdown()`; give a
     directory to keep it: a later start on the same directory finds the data again.
     `empty`: nodes of a store started again on several machines whose directories are lost
     for good; they start empty on free machines and copy their ranges back. A node whose
     directory no running machine holds is otherwise refused (its machine may be starting).
     """
-    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+    if nodes is not None and (not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1):
         raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
-    quorum.check_quorum(n, r, w, nodes)
+    quorum.check_quorum(n, r, w, nodes or n)
+    # Everything a node would refuse at its start is checked here, before Ray starts.
+    if (nodes or DEFAULT_NODES) > check_partitions(partitions):
+        raise ValueError(f"{nodes} nodes need at least as many partitions; got {partitions}")
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise TypeError(f"data_dir is a directory path, got {type(data_dir).__name__}")
+    if not isinstance(store, str) or not store:
+        raise ValueError(f"store is a non-empty name, got {store!r}")
+    _node_options(sync, node_options)
     if isinstance(empty, str):
         raise TypeError(f"empty takes a list of node names, e.g. empty=[{empty!r}]")
     empty = list(empty)
@@ -153,9 +180,9 @@ def start(
             )
         ephemeral = data_dir is None
         root = tempfile.mkdtemp(prefix="dynaray-") if ephemeral else os.path.abspath(data_dir)
-        resources = _placement(nodes)
-        options = {"sync": sync, **(node_options or {})}
-        node_ids = [f"n{i}" for i in range(1, nodes + 1)]
+        resources = _placement(nodes or 1)
+        options = _node_options(sync, node_options)
+        node_ids = [f"n{i}" for i in range(1, (nodes or DEFAULT_NODES) + 1)]
         homes = {}
         fresh = True
         if not ephemeral:
@@ -173,6 +200,9 @@ def start(
                 )
             if resources:
                 homes = homes_for(node_ids, _fingerprints(found), empty)
+        if nodes is None:  # as many as the data directory holds: checked now
+            quorum.check_quorum(n, r, w, len(node_ids))
+            _placement(len(node_ids))
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
@@ -257,11 +287,12 @@ def _check_kept_n(kept_n: int, n: int) -> None:
 
 
 def members_for(
-    nodes: int, found: dict[str, dict[str, dict]], n: int | None = None
+    nodes: int | None, found: dict[str, dict[str, dict]], n: int | None = None
 ) -> tuple[list[str], bool]:
     """The ids of the nodes to start, from the node directories found ({machine:
     _node_directories there}): those of the newest ring the directories kept (a store
-    started again), else n1 to n{nodes} (a new store); and whether the store is new.
+    started again), else n1 to n{nodes} (a new store; DEFAULT_NODES when nodes is None);
+    and whether the store is new.
 
     Nodes that joined since the store was created keep their ids, and the directories of
     nodes that left stay shut. The store is new only when no node directory exists at all.
@@ -284,16 +315,17 @@ def members_for(
                     "directory, or start the store with the dynaray version that wrote it"
                 ) from None
     if not rings:
-        return [f"n{i}" for i in range(1, nodes + 1)], not any(found.values())
+        count = DEFAULT_NODES if nodes is None else nodes
+        return [f"n{i}" for i in range(1, count + 1)], not any(found.values())
     newest, kept_n = max(rings, key=lambda kept: kept[0].version)
     if n is not None and kept_n is not None:
         _check_kept_n(kept_n, n)
     members = sorted(newest.nodes(), key=_node_sort_key)
-    if len(members) != nodes:
+    if nodes is not None and len(members) != nodes:
         raise DynarayError(
             f"the data directory holds a store of {len(members)} nodes "
-            f"({', '.join(members)}); start it with nodes={len(members)} (`dynaray up "
-            f"--nodes {len(members)}`) or use another data directory"
+            f"({', '.join(members)}); start it with nodes={len(members)}, or without nodes "
+            "(`dynaray up` without --nodes), or use another data directory"
         )
     left = sorted({n for dirs in found.values() for n in dirs} & set(newest.departed))
     if left:
@@ -585,6 +617,7 @@ class Cluster:
         self._resources = dict(resources or {})
         self._clients: list[Client] = []
         self._faults = faults.Faults()
+        self._shut = False  # shutdown() ran: every later call is refused
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
         self._homes = _homes_of(self._ask("info"))
@@ -628,6 +661,7 @@ class Cluster:
 
         `nodes` limits the client to some nodes, as a client on one side of a partition.
         """
+        self._check_open()
         handles = self._handles
         if nodes is not None:
             if isinstance(nodes, str):
@@ -652,11 +686,19 @@ class Cluster:
             raise ValueError(f"unknown node {node!r}; the store's nodes are {self.nodes()}")
         return node
 
+    def _check_open(self) -> None:
+        if self._shut:
+            raise DynarayError(
+                f"this handle of store {self.store!r} was shut down; start the store again "
+                "(dynaray.start with its data_dir) or attach to a running one"
+            )
+
     def _handle(self, node: str, fresh: bool = False) -> Any | None:
         """The node's actor handle, or None if no actor of it runs. Looked up by name when
         this handle has none (the node was down when it attached) or when `fresh` (another
         driver may have restarted the node: a new actor). A lookup needs Ray's control
         plane (the GCS), so only the operations that change the store ask for fresh ones."""
+        self._check_open()
         if not fresh and node in self._handles:
             return self._handles[node]
         try:
@@ -691,6 +733,7 @@ class Cluster:
         """Call method on each node (every node whose actor this handle knows); {node:
         answer} of those that answered in time. Actor calls only, no name lookup: this
         works while Ray's GCS is down, as the store does."""
+        self._check_open()
         handles = self._handles if nodes is None else {n: self._handles.get(n) for n in nodes}
         refs = {n: getattr(h, method).remote(*args) for n, h in handles.items() if h is not None}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
@@ -830,6 +873,12 @@ class Cluster:
         live = self._running(but=node)
         if ray_node not in alive:
             ray_node = self._new_home(node, ray_node, path, empty, live)
+        elif empty:
+            raise ValueError(
+                f"restart(empty=True) is for a node whose machine is gone with its disk; "
+                f"node {node!r}'s machine is up, so it restarts with what its directory holds "
+                f"(an emptied directory included): restart({node!r})"
+            )
         handle = _create_node(
             self.store, node, path, self._options, self._resources, ray_node=ray_node
         )
@@ -1170,7 +1219,9 @@ class Cluster:
 
     def shutdown(self) -> None:
         """Stop the store's actors (data kept unless the store was started with data_dir=None),
-        and the embedded Ray if start() began it."""
+        and the embedded Ray if start() began it. A second call does nothing."""
+        if self._shut:
+            return
         for client in self._clients:
             client.close()
         try:  # those another driver restarted or added too
@@ -1178,6 +1229,7 @@ class Cluster:
         except Exception as exc:  # noqa: BLE001 - the GCS is not answering: stop those known
             log.warning("could not list the store's actors (%s); stopping those known here", exc)
         self._ask("destroy" if self._ephemeral_root else "stop", timeout=30.0)
+        self._shut = True
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)
         if self._router is not None:

@@ -47,7 +47,8 @@ class QuorumError(DynarayError):
         self.needed = needed
         self.asked = asked
         message = (
-            f"{op} of {key!r}: {answered} of {asked} replicas answered in time, {needed} needed"
+            f"{op} of {key!r}: {answered} of {asked} replicas answered, {needed} needed (the "
+            "others failed, or did not answer in time)"
         )
         if op == "create bucket":
             message = (

@@ -1171,7 +1171,7 @@ class StorageNode:
                             args[1].decode(errors="replace"),
                             self.options.replica_timeout,
                             f"the coordinator {target.node} it was forwarded to did not answer "
-                            f"({exc.reason}); the write may or may not have been applied",
+                            f"({exc.reason})",
                         ) from None
                     continue
         return None

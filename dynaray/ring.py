@@ -37,7 +37,7 @@ def key_hash(data: bytes) -> int:
     return mmh3.hash(data, signed=False)
 
 
-def _check_partitions(partitions: object) -> int:
+def check_partitions(partitions: object) -> int:
     # A power of two makes every partition exactly the same size (2**32 / Q hashes) and turns
     # partition_of into a shift; fewer than 8 partitions leaves nothing to balance with.
     if (
@@ -108,7 +108,7 @@ class Ring:
     )
 
     def __post_init__(self) -> None:
-        q = _check_partitions(self.partitions)
+        q = check_partitions(self.partitions)
         owners = self.owners
         if not isinstance(owners, tuple | list):
             raise ValueError(f"owners must be a sequence of node ids, got {type(owners).__name__}")
@@ -144,7 +144,7 @@ class Ring:
     @classmethod
     def create(cls, nodes: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> Ring:
         """A ring of ``partitions`` partitions dealt round-robin over the sorted node ids."""
-        _check_partitions(partitions)
+        check_partitions(partitions)
         if isinstance(nodes, str | bytes):
             raise ValueError("nodes must be a sequence of node ids, not a single string")
         ids = [_check_node_id(n) for n in nodes]

@@ -462,9 +462,8 @@ class Routing:
                 op,
                 key_repr(key),
                 self.request_timeout,
-                f"coordinator {node} failed during the request ({failure.reason}); "
-                "the write may or may not have been applied, and repeating it "
-                "could apply it twice: read the key to find out",
+                f"coordinator {node} failed during the request ({failure.reason}), and "
+                "repeating the write could apply it twice",
             )
         return None
 
@@ -509,7 +508,7 @@ class Routing:
                 key_repr(key),
                 self.request_timeout,
                 f"every coordinator tried failed ({last}), at least one after the request "
-                "reached it: the write may or may not have been applied; read the key to find out",
+                "reached it",
             )
         raise Unavailable(
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dynaray
+from dynaray import codec
 from tests.conftest import FAST, all_see_all_up, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -284,3 +285,53 @@ def test_lww_delete_hides_key(client):
     assert scores.get("k").value == 2
     scores.delete("k")
     assert scores.get("k").values == []
+
+
+def test_arguments_a_bucket_cannot_use_are_refused_before_anything_is_stored(cluster, client):
+    with pytest.raises(ValueError, match="must not exceed n=3"):
+        client.bucket("too-wide", r=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        client.bucket("too-narrow", w=0)
+    with pytest.raises(ValueError, match="never has"):
+        client.bucket("lww-resolved", policy="lww", resolver=lambda vs: vs[0])
+    client.bucket("lww-plain", policy="lww")
+    with pytest.raises(ValueError, match="would never run"):
+        client.bucket("lww-plain", resolver=lambda vs: vs[0])
+    stored = cluster.buckets()
+    assert not {"too-wide", "too-narrow", "lww-resolved"} & set(stored)
+    assert stored["lww-plain"]["policy"] == "lww"
+
+
+def test_set_elements_that_could_not_be_read_back_are_refused(cluster, client):
+    tags = client.bucket("tags-hashable", policy="set")
+    with pytest.raises(ValueError, match="hashable.*use a tuple"):
+        tags.add("d", ["a", "list"])
+    with pytest.raises(ValueError, match="hashable"):
+        tags.add("d", "fine", {"a set"})
+    assert cluster.replica_state("d", bucket="tags-hashable") == {}  # nothing was written
+    tags.add("d", ("a", "tuple"), frozenset({1}))
+    assert tags.get("d").value == {("a", "tuple"), frozenset({1})}
+    profiles = client.bucket("profiles-hashable", policy="map")
+    with pytest.raises(ValueError, match="hashable"):
+        profiles.update("u", add={"t": [["x"]]})
+
+
+def test_an_unhashable_element_stored_before_the_check_can_be_read_and_removed(client):
+    tags = client.bucket("tags-legacy", policy="set")
+    # As an older client wrote it: past the check, straight to the store.
+    op = ["set", ["add", [codec.encode_value(["a", "list"])]]]
+    client._run(client._write("tags-legacy", "d", op, None))
+    assert tags.get("d").value == [["a", "list"]]  # a list: the key stays readable
+    tags.remove("d", ["a", "list"])
+    assert tags.get("d").value == set()
+
+
+def test_map_arguments_of_the_wrong_shape_are_refused(cluster, client):
+    profiles = client.bucket("profiles-shapes", policy="map")
+    with pytest.raises(TypeError, match=r"takes a list, e.g. \['vip'\]"):
+        profiles.update("u", enable="vip")  # not the fields "v", "i" and "p"
+    with pytest.raises(TypeError, match="takes a list"):
+        profiles.update("u", add={"t": "abc"})
+    with pytest.raises(TypeError, match="takes a dict"):
+        profiles.update("u", increment=["visits"])
+    assert cluster.replica_state("u", bucket="profiles-shapes") == {}  # nothing was written

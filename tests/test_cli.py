@@ -48,7 +48,8 @@ def test_store_survives_down_and_up(tmp_path):
         # The nodes are gone: a get now fails with a clear message, not a hang.
         gone = _dynaray(["get", "greeting"], home, check=False)
         assert gone.returncode == 2 and "no store named" in gone.stderr
-        _dynaray(["up", "--nodes", "3", "--data-dir", data], home)
+        # Without --nodes, as many nodes as the data directory holds.
+        assert "n1, n2, n3," in _dynaray(["up", "--data-dir", data], home).stdout
         assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
         absent = _dynaray(["get", "nothing-here"], home, check=False)
         assert absent.returncode == 1 and "(absent)" in absent.stdout
@@ -56,6 +57,7 @@ def test_store_survives_down_and_up(tmp_path):
         assert "n1" in status and "up" in status and "last anti-entropy" in status
         rows = json.loads(_dynaray(["status", "--json"], home).stdout)
         assert [r["node"] for r in rows] == ["n1", "n2", "n3"]
+        assert all(r["writes"] == "ok" for r in rows)
         assert sum(r["keys"] for r in rows) == 3  # one key on N=3 nodes
         ring = json.loads(_dynaray(["ring", "--json"], home).stdout)
         assert sum(r["partitions"] for r in ring["nodes"]) == ring["partitions"]
@@ -71,8 +73,15 @@ def test_store_survives_down_and_up(tmp_path):
         running = _dynaray(["restart", "n2"], home, check=False)
         assert running.returncode == 2 and "is running; kill it before" in running.stderr
         assert "killed" in _dynaray(["kill", "n2"], home).stdout
+        assert "not running" in _dynaray(["kill", "n2"], home).stdout
         assert "restarted" in _dynaray(["restart", "n2"], home).stdout
         assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
+        _dynaray(["down"], home)  # stops the Ray head the first `up` started
+        # An `up` that fails stops the Ray head it started, instead of leaving it running.
+        wrong = _dynaray(["up", "--nodes", "4", "--data-dir", data], home, check=False)
+        assert wrong.returncode == 2 and "holds a store of 3 nodes" in wrong.stderr
+        assert "Stopped the local Ray head again" in wrong.stderr
+        assert subprocess.run(["ray", "status"], capture_output=True, timeout=120).returncode != 0
     finally:
         _dynaray(["down"], home, check=False)
         subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)

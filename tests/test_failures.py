@@ -59,6 +59,10 @@ def test_one_owner_down_writes_succeed_then_hints_drain(cluster):
         assert client.get(key).value == f"value-{key}"
     wait_for(lambda: cluster.status()[victim] == "down", what=f"{victim} seen down")
 
+    # Its machine is up with its directory: empty=True (for a machine lost with its disk)
+    # does not apply, and is refused rather than ignored.
+    with pytest.raises(ValueError, match="machine is up"):
+        cluster.restart(victim, empty=True)
     cluster.restart(victim)
     wait_for(lambda: cluster.status()[victim] == "up", what=f"{victim} seen up")
     wait_for(lambda: no_hints(cluster), what="every hint delivered")

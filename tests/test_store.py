@@ -299,3 +299,45 @@ def test_put_many_and_get_many_keep_each_keys_outcome(client):
     assert after["bulk0"].value == "next"
     assert sorted(after["bulk1"].values, key=repr) == sorted([{"n": 1}, "blind"], key=repr)
     assert after["bulk2"].value == {"n": 2}
+
+
+def test_bulk_calls_of_the_wrong_shape_are_refused(client):
+    with pytest.raises(TypeError, match=r"list of keys, e.g. \['abc'\]"):
+        client.get_many("abc")  # not the keys "a", "b" and "c"
+    with pytest.raises(TypeError, match="takes a dict"):
+        client.put_many([("a", None, 1)])
+    got = client.get_many(k for k in ["bulk-gen-a", "bulk-gen-b"])  # any iterable of keys
+    assert set(got) == {"bulk-gen-a", "bulk-gen-b"}
+
+
+def test_start_refuses_bad_arguments_before_ray_starts(ray_session, tmp_path):
+    for kwargs, error, match in (
+        ({"partitions": 7}, ValueError, "power of two"),
+        ({"nodes": 20, "partitions": 16}, ValueError, "at least as many partitions"),
+        ({"data_dir": 123}, TypeError, "directory path"),
+        ({"node_options": {"replica_timeot": 1}}, ValueError, "the options are sync"),
+        ({"store": ""}, ValueError, "non-empty name"),
+    ):
+        with pytest.raises(error, match=match):
+            dynaray.start(**kwargs)
+
+
+def test_a_store_handle_and_its_clients_refuse_calls_after_shutdown(ray_session):
+    store = dynaray.start(nodes=3, node_options=FAST, partitions=16, store="shut")
+    client = store.client()
+    client.put("k", None, "v")
+    store.shutdown()
+    store.shutdown()  # a second call does nothing
+    with pytest.raises(dynaray.DynarayError, match="shut down"):
+        store.status()
+    with pytest.raises(dynaray.DynarayError, match="shut down"):
+        store.client()
+    with pytest.raises(dynaray.DynarayError, match="client was closed"):
+        client.get("k")
+
+    async def later():
+        return await client.aget("k")
+
+    with pytest.raises(dynaray.DynarayError, match="client was closed"):
+        asyncio.run(later())
+    assert ray.is_initialized()  # the module's Ray was not this store's to stop
