@@ -153,15 +153,17 @@ def start(
     """
     if nodes is not None and (not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1):
         raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
-    quorum.check_quorum(n, r, w, nodes or n)
-    # Everything a node would refuse at its start is checked here, before Ray starts.
-    if (nodes or DEFAULT_NODES) > check_partitions(partitions):
-        raise ValueError(f"{nodes} nodes need at least as many partitions; got {partitions}")
+    # Everything a node would refuse at its start is checked here, before Ray starts. A
+    # store started again without `nodes` has as many as it kept: checked once known.
+    count = nodes or (DEFAULT_NODES if data_dir is None else None)
+    quorum.check_quorum(n, r, w, count or n)
+    if (count or 0) > check_partitions(partitions):
+        raise ValueError(f"{count} nodes need at least as many partitions; got {partitions}")
     if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
         raise TypeError(f"data_dir is a directory path, got {type(data_dir).__name__}")
     if not isinstance(store, str) or not store:
         raise ValueError(f"store is a non-empty name, got {store!r}")
-    _node_options(sync, node_options)
+    options = _node_options(sync, node_options)
     if isinstance(empty, str):
         raise TypeError(f"empty takes a list of node names, e.g. empty=[{empty!r}]")
     empty = list(empty)
@@ -181,7 +183,6 @@ def start(
         ephemeral = data_dir is None
         root = tempfile.mkdtemp(prefix="dynaray-") if ephemeral else os.path.abspath(data_dir)
         resources = _placement(nodes or 1)
-        options = _node_options(sync, node_options)
         node_ids = [f"n{i}" for i in range(1, (nodes or DEFAULT_NODES) + 1)]
         homes = {}
         fresh = True
@@ -272,8 +273,8 @@ def _placement(nodes: int) -> dict[str, float]:
         return {}
     if nodes > available:
         raise ValueError(
-            f"{nodes} store nodes asked for, but the Ray cluster has only {int(available)} "
-            f"machines with the {KVNODE!r} resource; add machines or ask for fewer nodes"
+            f"{nodes} store nodes to start, but the Ray cluster has only {int(available)} "
+            f"machines with the {KVNODE!r} resource: add machines, or start fewer nodes"
         )
     return {KVNODE: 1}
 
@@ -315,8 +316,14 @@ def members_for(
                     "directory, or start the store with the dynaray version that wrote it"
                 ) from None
     if not rings:
-        count = DEFAULT_NODES if nodes is None else nodes
-        return [f"n{i}" for i in range(1, count + 1)], not any(found.values())
+        new = not any(found.values())
+        if nodes is None and not new:
+            raise DynarayError(
+                "the data directory holds node directories but no ring (a store that stopped "
+                "before it was set up): say how many nodes it has with nodes= (`dynaray up "
+                "--nodes K`), or use another data directory"
+            )
+        return [f"n{i}" for i in range(1, (nodes or DEFAULT_NODES) + 1)], new
     newest, kept_n = max(rings, key=lambda kept: kept[0].version)
     if n is not None and kept_n is not None:
         _check_kept_n(kept_n, n)

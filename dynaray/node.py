@@ -342,7 +342,7 @@ class StorageNode:
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
         for source in sources:
             if source != copied:
-                with contextlib.suppress(PeerUnavailable):
+                with contextlib.suppress(PeerUnavailable, StorageError):
                     await self._exchange(partition, source).run()
 
     async def _pull(self, source: str, partition: int) -> bool:
@@ -358,7 +358,7 @@ class StorageNode:
                 await self._apply([(k, raw, None) for k, raw in items])
                 self.transfer["keys_received"] += len(items)
                 after = items[-1][0]
-        except PeerUnavailable:
+        except (PeerUnavailable, StorageError):
             return False
 
     @ray.method(enable_task_events=False)
@@ -414,7 +414,7 @@ class StorageNode:
                     continue
                 try:
                     figures.add(await self._exchange(partition, peer).run())
-                except PeerUnavailable:
+                except (PeerUnavailable, StorageError):  # or a disk refused a repair
                     skipped.add(peer)
         figures.peers_unreachable = len(skipped)
         for partition in self.ring.replicated_partitions(self.id, self.n):
@@ -447,7 +447,7 @@ class StorageNode:
                 theirs = await self._call(
                     peer, "anti_entropy_call", "read_records", partition, keys
                 )
-            except PeerUnavailable:
+            except (PeerUnavailable, StorageError):
                 return 0  # every replica must hold the tombstone: try again next round
             for (key, own), raw in zip(candidates, theirs, strict=True):
                 if raw is None or not records.same_encoded(own, raw):
@@ -459,7 +459,7 @@ class StorageNode:
         for peer in peers:
             try:
                 reaped += await self._call(peer, "anti_entropy_call", "reap", partition, doomed)
-            except PeerUnavailable:
+            except (PeerUnavailable, StorageError):
                 continue  # its copy stays; the next round reaps it
         return reaped + await self._reap_local(doomed)
 
@@ -747,14 +747,14 @@ class StorageNode:
                     else:
                         await self._call(target, "replica_put", batch)
                     acked += 1
-                except PeerUnavailable:
+                except (PeerUnavailable, StorageError):
                     continue
             if not acked:
                 raise PeerUnavailable(owner, "no current owner reachable")
 
         try:
             await self.handoff.deliver(owner, send)
-        except PeerUnavailable:
+        except (PeerUnavailable, StorageError):
             return
 
     async def _deliver_to(self, owner: str) -> None:
@@ -1076,36 +1076,36 @@ class StorageNode:
     async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
         dkey, preference, targets = self._route(bucket, key, n, w)
         mine = next((t for t in targets if t.node == self.id), None)
+
+        async def hand_on() -> list | None:
+            """The write, coordinated by another primary (forwarded: it never forwards)."""
+            retry = records.idempotent(op)
+            args = (bucket, key, op, w, n, True)
+            return await self._forward(targets, "coordinate_put", *args, retry=retry)
+
         if mine is None:
-            if not forwarded:
-                answer = await self._forward(
-                    targets,
-                    "coordinate_put",
-                    bucket,
-                    key,
-                    op,
-                    w,
-                    n,
-                    True,
-                    retry=records.idempotent(op),
-                )
-                if answer is not None:
-                    return answer
+            if not forwarded and (answer := await hand_on()) is not None:
+                return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
         try:
             record, encoded = await self.store.write(
                 lambda txn: self._update(txn, dkey, mine, op, stamp)
             )
-        except StorageError:
-            # Our disk refused it (full, failing): nothing was written anywhere yet, so
-            # another primary may coordinate it, whatever the operation.
+        except StorageError as refused:
+            # Our disk refused it (full, failing) and nothing was written anywhere yet:
+            # another primary coordinates it instead, as for a key we do not own.
             if forwarded or mine.hint is not None:
                 raise
-            answer = await self._forward(targets, "coordinate_put", bucket, key, op, w, n, True)
-            if answer is None:
-                raise
-            return answer
+            if (answer := await hand_on()) is not None:
+                return answer
+            # A primary that timed out may have applied it: the outcome is not known.
+            raise RequestTimeout(
+                "put",
+                key.decode(errors="replace"),
+                self.options.replica_timeout,
+                f"node {self.id}'s disk refused it ({refused.args[0]}) and no other owner answered",
+            ) from None
         others = [t for t in targets if t.node != self.id]
         await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up, n)

@@ -195,12 +195,14 @@ class Routing:
         """
         nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
         self.rng.shuffle(nodes)
-        last: PeerUnavailable | None = None
+        last: Exception | None = None
         for node in nodes[:3]:
             try:
                 return await self.transport.call(node, method, *args, timeout=self.request_timeout)
             except PeerUnavailable as exc:
                 self._mark_down(node)
+                last = exc
+            except StorageError as exc:  # its disk refused (full?): another node may not
                 last = exc
         raise Unavailable(f"{what}: no storage node could be reached ({last})")
 
@@ -477,6 +479,7 @@ class Routing:
         """
         candidates = await self.coordinators(bucket, key, rest[-1])
         last: PeerUnavailable | None = None
+        refused: StorageError | None = None  # a coordinator's disk refused: nothing stored
         maybe_applied = False  # a write reached a coordinator that then failed
         for node in candidates[:3]:
             try:
@@ -495,6 +498,8 @@ class Routing:
                 if reply[0] == "error":
                     raise reply[1]
                 return reply
+            except StorageError as exc:
+                refused = exc
             except PeerUnavailable as exc:
                 self._mark_down(node)
                 maybe_applied = maybe_applied or (_sent(exc) and method == "coordinate_put")
@@ -510,6 +515,8 @@ class Routing:
                 f"every coordinator tried failed ({last}), at least one after the request "
                 "reached it",
             )
+        if refused is not None:
+            raise refused
         raise Unavailable(
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"

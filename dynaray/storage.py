@@ -9,7 +9,6 @@ read transactions on the caller's thread and never span an await.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -341,23 +340,17 @@ class Store:
                 self._on_failure()
 
     def _fail_queued(self) -> None:
-        """Fail every write still queued behind a writer that stopped for good, so no
-        waiter is left without an answer."""
+        """Answer every write still queued behind a writer that will take no more: none of
+        them reached LMDB."""
         items = []
         while True:
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        self._fail([item for item in items if item is not _STOP])
-
-    def _fail(self, items: list) -> None:
-        failure = StorageError(
-            f"node {self.node_id}: its LMDB writer stopped, nothing was written; restart the node"
-        )
-        for _, loop, future in items:
-            with contextlib.suppress(RuntimeError):  # its event loop is closed
-                loop.call_soon_threadsafe(_resolve, future, False, failure)
+        failure = StorageError(f"node {self.node_id}: its store is closed; nothing was written")
+        pending = [item for item in items if item is not _STOP]
+        _answer(pending, [(False, failure)] * len(pending))
 
     def _write_batches(self) -> None:
         while True:
@@ -376,14 +369,24 @@ class Store:
                     break
                 batch.append(item)
             try:
-                self._commit(batch)
+                _answer(batch, self._commit(batch))
             except Exception:
-                self._fail(batch)
+                # Not a StorageError: whether the commit reached the disk is not known, so
+                # no coordinator may hand these writes to another node as never written.
+                failure = NodeError(
+                    f"node {self.node_id}: its LMDB writer stopped; this write may or may not "
+                    "be on its disk. The node stops: restart it"
+                )
+                _answer(batch, [(False, failure)] * len(batch))
                 raise
             if stop:
                 return
 
-    def _commit(self, batch: list) -> None:
+    def _commit(self, batch: list) -> list[tuple[bool, Any]]:
+        """One transaction for the batch; each write's outcome. A commit that fails as a
+        full or failing disk does fails the batch (nothing of it was stored) and keeps the
+        writer going, as the disk may get room again. What LMDB cannot recover from (a map
+        that failed to grow leaves the environment unusable, a panic) stops the writer."""
         while True:
             results: list[tuple[bool, Any]] = []
             try:
@@ -397,35 +400,24 @@ class Store:
                         except Exception as exc:  # one bad op must not fail the batch
                             results.append((False, exc))
             except lmdb.MapFullError:
-                try:
-                    self._grow()
-                    continue
-                except lmdb.Error as exc:  # the map cannot grow: this batch fails, not the thread
-                    results = self._failed(
-                        batch,
-                        f"its LMDB map is full and cannot grow ({exc}); free memory on its "
-                        "machine, or move the node",
-                    )
+                self._grow()
+                continue
+            except lmdb.PanicError:
+                raise
             except lmdb.Error as exc:
-                results = self._failed(
-                    batch, f"LMDB could not commit ({exc}); is the disk of {self.path!r} full?"
-                )
-            else:
+                return self._failed(batch, exc)
+            if txn.changes or any(ok for ok, _ in results):
                 if self.failing is not None:
                     log.warning("node %s: writes commit again", self.node_id)
-                    self.failing = None
-                self._mark_commit()
-                self._notify(txn.changes)
-            break
-        for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
-            try:
-                loop.call_soon_threadsafe(_resolve, future, ok, value)
-            except RuntimeError:
-                continue  # the waiter's event loop is closed: nobody is listening
+                self.failing = None
+            self._mark_commit()
+            self._notify(txn.changes)
+            return results
 
-    def _failed(self, batch: list, why: str) -> list[tuple[bool, Any]]:
-        """Every write of a batch that did not commit fails with why; logged once, when the
-        store starts failing, not at every batch of a full disk."""
+    def _failed(self, batch: list, exc: lmdb.Error) -> list[tuple[bool, Any]]:
+        """Every write of a batch whose commit failed fails; logged once, when the store
+        starts failing, not at every batch of a full disk."""
+        why = f"LMDB could not commit ({exc}); check the disk of {self.path!r}: full? failing?"
         failure = StorageError(f"node {self.node_id} stored nothing of this write: {why}")
         if self.failing is None:
             log.error("%s", failure)
@@ -466,10 +458,12 @@ class Store:
         self._shut = self._closed = True
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
+        # Writes that joined the queue behind the stop (or behind a writer stuck in a
+        # commit, which takes nothing more once it is free: it finds the stop or no work).
+        self._fail_queued()
         if self._writer.is_alive():
             log.error("node %s: the LMDB writer did not stop; its files stay open", self.node_id)
             return
-        self._fail_queued()  # writes that joined the queue behind the stop
         try:
             if not self._sync:
                 with self.env.begin(write=True) as txn:
@@ -482,6 +476,15 @@ class Store:
         finally:
             os.close(self._last_commit)
             self.env.close()
+
+
+def _answer(batch: list, results: list[tuple[bool, Any]]) -> None:
+    """Resolve each queued write's future, on its own event loop, with its outcome."""
+    for (_, loop, future), (ok, value) in zip(batch, results, strict=True):
+        try:
+            loop.call_soon_threadsafe(_resolve, future, ok, value)
+        except RuntimeError:
+            continue  # the waiter's event loop is closed: nobody is listening
 
 
 def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:

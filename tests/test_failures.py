@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 import dynaray
-from tests.conftest import FAST, all_see_all_up, wait_for
+from tests.conftest import FAST, all_see_all_up, fill, small_disk, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -250,30 +248,15 @@ def test_dropped_and_delayed_links_still_meet_quorum(cluster):
 
 @pytest.fixture
 def full_disk_store(ray_session, tmp_path):
-    """A 4-node store whose n2 keeps its directory on a small disk of its own (a tmpfs),
-    which the test fills up; skipped where mounting one is not allowed (not root)."""
-    import subprocess
-
-    disk = tmp_path / "n2"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            "filling a node's disk needs a small disk of its own: run as root, so that "
-            f"`mount -t tmpfs` works ({mounted.stderr.decode().strip()})"
-        )
-    store = None
-    try:
+    """A 4-node store whose n2 keeps its directory on a small disk of its own, to fill."""
+    with small_disk(tmp_path / "n2") as disk:
         store = dynaray.start(
             nodes=4, n=3, r=2, w=2, node_options=FAST, partitions=64, data_dir=str(tmp_path)
         )
-        yield store, disk
-    finally:
-        if store is not None:
+        try:
+            yield store, disk
+        finally:
             store.shutdown()
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
@@ -286,11 +269,7 @@ def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
     first_n2 = [k for k in (f"full-{i}" for i in range(400)) if owners(cluster, k)[0] == "n2"]
     also_n2 = [k for k in (f"bulk-{i}" for i in range(400)) if "n2" in owners(cluster, k)[:3]]
     assert len(first_n2) >= 10 and len(also_n2) >= 50  # enough keys for n2 to coordinate
-    ballast = disk / "ballast"
-    # Someone else's file fills the disk (unbuffered: nothing left to flush at close).
-    with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
+    fill(disk)
 
     for key in first_n2[:10]:  # one key at a time: n2 coordinates each, through the client
         assert client.put(key, None, f"value-{key}") is not None
@@ -302,7 +281,7 @@ def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
         assert client.get(key).values == [f"value-{key}"]
     assert client.get("before").values == ["v"]  # n2 still answers reads
 
-    ballast.unlink()
+    (disk / "ballast").unlink()
     written = first_n2[:10] + also_n2[:50]
     # Its copies come back from the stand-ins' hints once its disk takes writes again.
     wait_for(

@@ -277,6 +277,11 @@ def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
         dynaray.DynarayError, match=r"4 nodes \(n1, n3, n4, n5\); start it with nodes=4"
     ):
         members_for(5, found)
+    # Without a number of nodes: 5 for a new store, the kept ring's for one started again.
+    assert members_for(None, {}) == (["n1", "n2", "n3", "n4", "n5"], True)
+    assert members_for(None, found) == (["n1", "n3", "n4", "n5"], False)
+    with pytest.raises(dynaray.DynarayError, match="no ring.*nodes="):
+        members_for(None, {"a": {"n1": kept(None)}})  # how many it had is not known
     # Another replication factor is refused before any node starts (nothing is written).
     assert members_for(4, found, 3) == (["n1", "n3", "n4", "n5"], False)
     with pytest.raises(ValueError, match="holds a store with n=3; start it with n=3"):

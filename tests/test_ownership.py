@@ -11,8 +11,11 @@ import asyncio
 import pytest
 
 from dynaray import codec, quorum, reads
+from dynaray.client import siblings_op
+from dynaray.errors import RequestTimeout, StorageError
 from dynaray.node import StorageNode
 from dynaray.ring import Ring
+from dynaray.transport import PeerUnavailable
 
 BUCKET = b"default"
 
@@ -136,3 +139,86 @@ def test_a_node_looks_its_peers_up_by_name_one_lookup_at_a_time(node, monkeypatc
             gcs_down.clear()  # no lookup thread left blocked, whatever failed
 
     asyncio.run(rounds())
+
+
+# -- a coordinator whose own disk refuses a write ------------------------------------------
+
+
+def _refusing(node: StorageNode, monkeypatch, answers: dict) -> list[str]:
+    """n1's disk refuses every write; its peers answer coordinate_put from `answers` ({peer:
+    a reply, or an exception to raise}). Returns the peers called, in order."""
+
+    async def refuse(op):
+        raise StorageError("node n1 stored nothing of this write: the disk is full")
+
+    called: list[str] = []
+
+    async def call(peer, method, *args):
+        assert method == "coordinate_put" and args[-1] is True  # forwarded
+        called.append(peer)
+        answer = answers[peer]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(node.store, "write", refuse)
+    monkeypatch.setattr(node, "_call", call)
+    return called
+
+
+def _owned_first(node: StorageNode) -> tuple[bytes, list[str]]:
+    """A key whose preference list starts with n1, and its other two owners."""
+    for i in range(1000):
+        key = f"k{i}".encode()
+        partition, _ = quorum.locate(node.ring, BUCKET, key)
+        owners = node.ring.preference_list(partition)[:3]
+        if owners[0] == "n1":
+            return key, owners[1:]
+    raise AssertionError("no key owned first by n1")
+
+
+def _ready(node: StorageNode) -> None:
+    node._adopt(Ring.create(["n1", "n2", "n3", "n4"], 32))
+    node.config = {"n": 3}
+
+
+def test_a_coordinator_whose_disk_refuses_hands_the_write_to_another_owner(node, monkeypatch):
+    _ready(node)
+    key, (second, third) = _owned_first(node)
+
+    called = _refusing(
+        node,
+        monkeypatch,
+        {second: StorageError("full too"), third: ["ok", [["n3", 1]]]},
+    )
+    op = ["counter", ["increment", 1]]
+    assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == [
+        "ok",
+        [["n3", 1]],
+    ]
+    assert called == [second, third]  # a refusal stored nothing: the next owner is safe
+
+    # An owner that did not answer may have applied it: a counter is not sent again.
+    called = _refusing(
+        node, monkeypatch, {second: PeerUnavailable(second, "timeout"), third: ["ok", []]}
+    )
+
+    with pytest.raises(RequestTimeout, match="may or may not have been stored"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3))
+    assert called == [second]
+
+
+def test_a_refused_write_no_other_owner_took_is_reported_as_unknown(node, monkeypatch):
+    """Even for a write that is safe to repeat: an owner that timed out may hold it, so the
+    answer is not the coordinator's own "nothing was stored"."""
+    _ready(node)
+    key, (second, third) = _owned_first(node)
+    called = _refusing(
+        node,
+        monkeypatch,
+        {second: PeerUnavailable(second, "timeout"), third: PeerUnavailable(third, "unknown peer")},
+    )
+    op = siblings_op(None, b"v")(codec.hash_input(BUCKET, key))
+    with pytest.raises(RequestTimeout, match="disk refused it"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3))
+    assert called == [second, third]
