@@ -474,7 +474,15 @@ def _dead(handle: Any) -> bool:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _delete_directory(path: str) -> None:
-    shutil.rmtree(path)
+    if not os.path.ismount(path):
+        shutil.rmtree(path)
+        return
+    # A directory that is a disk of its own: losing the disk leaves a blank one mounted there.
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)
 
 
 def _directories_found(root: str, resources: dict) -> dict[str, dict[str, dict]]:

@@ -5,7 +5,8 @@
 
 `run()` starts a store with short failure-detection settings, drives `clients` concurrent
 asyncio clients against `keys` keys while a seeded nemesis injects faults (partitions of
-several shapes, link drops and delays, kills and restarts, lost disks, joins and leaves),
+several shapes, link drops and delays, kills and restarts, lost disks, full disks, joins
+and leaves),
 records every operation as an invoke followed by ok / fail / info in a
 `dynaray.history.History`, then heals everything, waits for hints to drain and anti-entropy
 to repair nothing more, checks that replicas converged, reads every key back and runs the
@@ -35,7 +36,9 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynaray.errors import DynarayError, QuorumError, RequestTimeout, Unavailable
+from dynaray.errors import DynarayError, QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.history import (
     History,
     check_counter,
@@ -53,7 +56,7 @@ from dynaray.history import (
     max_siblings,
 )
 
-NEMESES = ("partition", "kill", "join", "leave", "link", "wipe")
+NEMESES = ("partition", "kill", "join", "leave", "link", "wipe", "full")
 WORKLOADS = ("set", "counter", "register")
 N, R, W = 3, 2, 2
 
@@ -78,6 +81,7 @@ RECOVERY_TIMEOUT = 90.0  # healing, restarting, nodes seen up, hints drained: ea
 AE_TIMEOUT = 180.0  # anti-entropy rounds until one repairs nothing
 AE_ROUNDS = 10
 WIPE_WAIT = 30.0  # a lost disk waits this long for pending hints, else is skipped
+DISK_SIZE = "64m"  # each node's own disk for the `full` nemesis (a tmpfs)
 FINAL_READ_TIMEOUT = 60.0
 
 
@@ -126,8 +130,8 @@ def _classify(exc: BaseException, write: bool) -> str:
         return "fail"  # a read changes nothing the checkers judge
     if isinstance(exc, QuorumError | RequestTimeout | TimeoutError):
         return "info"
-    if isinstance(exc, Unavailable | ValueError):
-        return "fail"  # nothing reached, or refused before anything was written
+    if isinstance(exc, Unavailable | ValueError | StorageError):
+        return "fail"  # nothing reached, refused, or no disk took it: nothing was written
     return "info"  # anything else: we cannot know, so we claim nothing
 
 
@@ -352,6 +356,7 @@ class Nemesis:
         *,
         min_nodes: int,
         max_nodes: int,
+        disks: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.kinds = tuple(kinds)
@@ -362,6 +367,8 @@ class Nemesis:
         self.killed: set[str] = set()
         self.wiped: set[str] = set()
         self.wipes_skipped = 0  # hints still pending, or an earlier fault not repaired
+        self.disks = dict(disks or {})  # node: the mount point of its own disk (`full`)
+        self.full: set[str] = set()  # nodes whose disk is full now
         self.stop = asyncio.Event()
         self.network_faulty = False
         self.faults: list[Fault] = []
@@ -435,7 +442,7 @@ class Nemesis:
         else:
             if result is not None:
                 fault.detail = result
-            if kind in ("heal", "restart", "repair", "join", "leave"):
+            if kind in ("heal", "restart", "repair", "join", "leave", "free"):
                 fault.end = self.history.now()
             self.history.complete(invocation, "ok")
         self.faults.append(fault)
@@ -530,6 +537,23 @@ class Nemesis:
 
         self.active.append(await self._act("wipe", "disk lost", victim, fn, CLUSTER_CALL_TIMEOUT))
 
+    async def _inject_full(self) -> None:
+        """Another program's file takes every free byte of a node's disk: its node stays up
+        and must write around it (its writes go to other owners and stand-ins)."""
+        c, rng = self.cluster, self.rng
+        nodes = set(c.nodes())
+        candidates = sorted(n for n in self.disks if n in nodes and n not in self.full)
+        if not candidates or self.full:  # one full disk at a time
+            return
+        victim = rng.choice(candidates)
+        self.full.add(victim)
+        disk = self.disks[victim]
+
+        def fn() -> None:
+            fill_disk(disk)
+
+        self.active.append(await self._act("full", "disk full", victim, fn, CLUSTER_CALL_TIMEOUT))
+
     async def _inject_join(self) -> None:
         c = self.cluster
         await self._act("join", "add_node", None, c.add_node, RESHAPE_TIMEOUT)
@@ -547,8 +571,21 @@ class Nemesis:
     # -- recovery ---------------------------------------------------------------------------
 
     async def recover(self, deadline: float = RECOVERY_TIMEOUT) -> bool:
-        """Heal the network and restart every killed node; True when all of it worked."""
+        """Free full disks, heal the network and restart every killed node; True when all of
+        it worked."""
         ok = True
+        if self.full:
+            victims = sorted(self.full)
+
+            def free() -> None:
+                for victim in victims:
+                    free_disk(self.disks[victim])
+
+            fault = await self._act("free", "disk freed", victims, free, CLUSTER_CALL_TIMEOUT)
+            ok = fault.error is None
+            if ok:
+                self.full.clear()
+                self._ended(("full",))
         if self.network_faulty:
             fault = await self._act("heal", "heal", None, self.cluster.heal, CLUSTER_CALL_TIMEOUT)
             ok = fault.error is None
@@ -584,7 +621,7 @@ class Nemesis:
         if not self.killed:
             self._ended(("kill", "wipe"))
         # What could not be undone ends here too.
-        self._ended(("partition", "link", "kill", "wipe"))
+        self._ended(("partition", "link", "kill", "wipe", "full"))
         return ok
 
     def _refill(self) -> dict:
@@ -619,7 +656,7 @@ class Nemesis:
         """Faults injected, by kind and shape ("partition:bridge": 2)."""
         tally: Counter[str] = Counter()
         for fault in self.faults:
-            if fault.kind not in ("heal", "restart", "repair"):
+            if fault.kind not in ("heal", "restart", "repair", "free"):
                 tally[f"{fault.kind}:{fault.shape}"] += 1
         return dict(sorted(tally.items()))
 
@@ -768,6 +805,65 @@ class Report:
         return "\n".join(lines)
 
 
+# -- disks of their own, to fill (the `full` nemesis) ---------------------------------------
+
+
+def mount_disk(path: str, size: str = DISK_SIZE) -> None:
+    """A small disk of its own (a tmpfs of `size`) at path. ValueError where mounting is not
+    allowed (not root)."""
+    import subprocess
+
+    os.makedirs(path, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise ValueError(
+            f"a disk of its own to fill needs root (`mount -t tmpfs`: {done.stderr.strip()}); "
+            "run as root, or leave the `full` nemesis out"
+        )
+
+
+def mount_disks(root: str, nodes: list[str]) -> dict[str, str]:
+    """mount_disk for each node's directory under root; {node: its mount point}. Mounts
+    nothing if one fails."""
+    disks: dict[str, str] = {}
+    for node in nodes:
+        path = os.path.join(root, node)
+        try:
+            mount_disk(path)
+        except ValueError:
+            unmount_disks(disks)
+            raise
+        disks[node] = path
+    return disks
+
+
+def unmount_disks(disks: dict[str, str]) -> None:
+    import subprocess
+
+    for path in disks.values():
+        subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+
+
+def fill_disk(path: str) -> None:
+    """Write a file into the disk at path until it has no free byte left (unbuffered:
+    nothing is left to flush when it is closed)."""
+    with open(os.path.join(path, BALLAST), "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(1 << 16))
+
+
+def free_disk(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a lost disk took it along
+        os.remove(os.path.join(path, BALLAST))
+
+
+BALLAST = "ballast"
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -797,14 +893,34 @@ def run(
     work = make_workload(workload, keys)
     options = {**NODE_OPTIONS, **(node_options or {})}
     store = f"verify-{uuid.uuid4().hex[:8]}"
-    cluster = dynaray.start(
-        nodes=nodes, n=N, r=R, w=W, store=store, partitions=64, node_options=options
-    )
-    report = Report(workload, seed, duration, nodes, clients, keys, list(kinds))
+    root, disks = None, {}
+    if "full" in kinds:  # the nodes' directories on disks of their own, to fill
+        root = tempfile.mkdtemp(prefix="dynaray-verify-")
+        try:
+            disks = mount_disks(root, [f"n{i}" for i in range(1, nodes + 1)])
+        except ValueError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
     try:
-        asyncio.run(_drive(cluster, work, kinds, report, seed))
+        cluster = dynaray.start(
+            nodes=nodes,
+            n=N,
+            r=R,
+            w=W,
+            store=store,
+            partitions=64,
+            node_options=options,
+            data_dir=root,
+        )
+        report = Report(workload, seed, duration, nodes, clients, keys, list(kinds))
+        try:
+            asyncio.run(_drive(cluster, work, kinds, report, seed, disks))
+        finally:
+            cluster.shutdown()
     finally:
-        cluster.shutdown()
+        if root is not None:
+            unmount_disks(disks)
+            shutil.rmtree(root, ignore_errors=True)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         write_json(report, os.path.join(out_dir, "report.json"))
@@ -815,7 +931,9 @@ def run(
     return report
 
 
-async def _drive(cluster: Any, work: Workload, kinds: tuple, report: Report, seed: int) -> None:
+async def _drive(
+    cluster: Any, work: Workload, kinds: tuple, report: Report, seed: int, disks: dict
+) -> None:
     history = History()
     report.history = history
     handles = [cluster.client() for _ in range(report.clients)]
@@ -828,6 +946,7 @@ async def _drive(cluster: Any, work: Workload, kinds: tuple, report: Report, see
         history,
         min_nodes=N + 1,
         max_nodes=report.nodes + 1,
+        disks=disks,
     )
 
     async def client_loop(process: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 
 import pytest
 import ray
@@ -13,29 +12,18 @@ import ray
 
 @contextlib.contextmanager
 def small_disk(path, size: str = "8m"):
-    """A disk of its own at path (a tmpfs of `size`), to fill up; the test is skipped where
-    mounting one is not allowed (not root)."""
-    path.mkdir(exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            "filling a disk needs a small disk of its own: run as root, so that "
-            f"`mount -t tmpfs` works ({mounted.stderr.decode().strip()})"
-        )
+    """A disk of its own at path (a tmpfs of `size`), to fill up (`verify.fill_disk`); the
+    test is skipped where mounting one is not allowed (not root)."""
+    from dynaray import verify
+
+    try:
+        verify.mount_disk(str(path), size)
+    except ValueError as exc:
+        pytest.skip(str(exc))
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk) -> None:
-    """Someone else's file takes every free byte of the disk (unbuffered: nothing is left to
-    flush when it is closed); `disk / "ballast"` frees it again."""
-    with open(disk / "ballast", "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
+        verify.unmount_disks({"disk": str(path)})
 
 
 # Ray's per-call task events cost CPU the tests do not need.

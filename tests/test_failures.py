@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import dynaray
-from tests.conftest import FAST, all_see_all_up, fill, small_disk, wait_for
+from dynaray.verify import fill_disk, free_disk
+from tests.conftest import FAST, all_see_all_up, small_disk, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -269,7 +270,7 @@ def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
     first_n2 = [k for k in (f"full-{i}" for i in range(400)) if owners(cluster, k)[0] == "n2"]
     also_n2 = [k for k in (f"bulk-{i}" for i in range(400)) if "n2" in owners(cluster, k)[:3]]
     assert len(first_n2) >= 10 and len(also_n2) >= 50  # enough keys for n2 to coordinate
-    fill(disk)
+    fill_disk(str(disk))
 
     for key in first_n2[:10]:  # one key at a time: n2 coordinates each, through the client
         assert client.put(key, None, f"value-{key}") is not None
@@ -281,7 +282,7 @@ def test_writes_succeed_while_one_nodes_disk_is_full(full_disk_store):
         assert client.get(key).values == [f"value-{key}"]
     assert client.get("before").values == ["v"]  # n2 still answers reads
 
-    (disk / "ballast").unlink()
+    free_disk(str(disk))
     written = first_n2[:10] + also_n2[:50]
     # Its copies come back from the stand-ins' hints once its disk takes writes again.
     wait_for(

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from dynaray import storage
 from dynaray.errors import NodeError, StorageError
 from dynaray.storage import DATA, DOTS, HINTS, MERKLE, META, Store
-from tests.conftest import fill, small_disk
+from dynaray.verify import fill_disk, free_disk
+from tests.conftest import small_disk
 
 
 @pytest.fixture
@@ -289,7 +290,7 @@ def test_a_full_disk_fails_the_batch_and_the_store_writes_again_once_it_has_room
         s = Store(str(disk / "db"), "n1", sync=True)
         try:
             assert run(s.write(put(DATA, b"before", b"1"))) == b"before"
-            fill(disk)
+            fill_disk(str(disk))
 
             async def burst():
                 writes = (s.write(put(DATA, b"k-%d" % i, b"v" * 4096)) for i in range(64))
@@ -300,7 +301,7 @@ def test_a_full_disk_fails_the_batch_and_the_store_writes_again_once_it_has_room
             assert refused and all(isinstance(r, StorageError) for r in refused)
             assert "stored nothing" in str(refused[0]) and "full?" in str(refused[0])
             assert s.failing is not None and s._writer.is_alive()
-            (disk / "ballast").unlink()
+            free_disk(str(disk))
             assert run(s.write(put(DATA, b"after", b"2"))) == b"after"
             assert s.failing is None
             assert s.get(DATA, b"before") == b"1" and s.get(DATA, b"after") == b"2"

@@ -58,6 +58,22 @@ def test_counter_through_lost_disks(ray_session):
     assert report.convergence["ok"]
 
 
+@pytest.mark.timeout(300)
+def test_set_through_full_disks_and_kills(ray_session):
+    # A node whose disk is full stays up and is written around; a write it reports as
+    # stored nowhere (StorageError) counts as failed, so one found later fails the run.
+    try:
+        report = verify.run(
+            duration=15, nemesis=("full", "kill"), workload="set", seed=4, clients=6
+        )
+    except ValueError as exc:
+        pytest.skip(str(exc))  # not root: no disk of its own to fill
+    assert_passed(report)
+    assert report.faults.get("full:disk full", 0) >= 1
+    assert report.acknowledged_lost == 0
+    assert report.convergence["ok"]
+
+
 @pytest.mark.timeout(240)
 def test_register_under_partitions_reports_loss_without_failing(ray_session):
     report = verify.run(duration=8, nemesis=("partition",), workload="register", seed=3, clients=6)
