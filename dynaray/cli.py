@@ -1,5 +1,5 @@
-"""The `dynaray` command: demo, up, down, get, put, status, ring, join, leave, forget, repair,
-bench."""
+"""The `dynaray` command: demo, up, down, get, put, delete, status, ring, join, leave, forget,
+kill, restart, repair, buckets, bench, verify."""
 
 from __future__ import annotations
 
@@ -128,10 +128,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_get(args: argparse.Namespace) -> int:
+def _keys_of(args: argparse.Namespace):
+    """The default bucket (a Client) or the bucket named by --bucket, of the running store."""
     import dynaray
 
-    res = dynaray.connect(args.store, address=args.address or "auto").get(args.key)
+    client = dynaray.connect(args.store, address=args.address or "auto")
+    return client.bucket(args.bucket) if args.bucket else client
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    res = _keys_of(args).get(args.key)
     if not res.values:
         print(f"{args.key}: (absent)")
         return 1
@@ -143,13 +149,17 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    import dynaray
-
-    client = dynaray.connect(args.store, address=args.address or "auto")
+    keys = _keys_of(args)
     # The command line has no context to carry, so it reads first: the put replaces what it saw.
-    seen = client.get(args.key)
-    client.put(args.key, seen.context, args.value)
+    seen = keys.get(args.key)
+    keys.put(args.key, seen.context, args.value)
     print(f"{args.key} = {args.value}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _keys_of(args).delete(args.key)  # with no context: what a read sees now
+    print(f"{args.key} deleted")
     return 0
 
 
@@ -366,16 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--keep-ray", action="store_true", help="leave the local Ray running")
     down.set_defaults(func=cmd_down)
 
-    get = sub.add_parser("get", help="print a key's value(s)")
-    store_args(get)
-    get.add_argument("key")
-    get.set_defaults(func=cmd_get)
-
-    put = sub.add_parser("put", help="set a key to a string value")
-    store_args(put)
-    put.add_argument("key")
-    put.add_argument("value")
-    put.set_defaults(func=cmd_put)
+    for name, func, text in (
+        ("get", cmd_get, "print a key's value(s)"),
+        ("put", cmd_put, "set a key to a string value (replacing what a read sees)"),
+        ("delete", cmd_delete, "delete a key (what a read sees)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        store_args(p)
+        p.add_argument("--bucket", default=None, help="a bucket (default: the default bucket)")
+        p.add_argument("key")
+        if name == "put":
+            p.add_argument("value")
+        p.set_defaults(func=func)
     for name, func, text in (
         ("status", cmd_status, "per node: state, keys, hints, last anti-entropy, disk, writes"),
         ("ring", cmd_ring, "ownership shares (and --png FILE for a picture of the ring)"),

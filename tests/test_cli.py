@@ -68,6 +68,15 @@ def test_store_survives_down_and_up(tmp_path):
         )
         clash = _dynaray(["buckets", "--create", "likes", "--policy", "set"], home, check=False)
         assert clash.returncode == 2 and "exists with policy='counter'" in clash.stderr
+        # get, put and delete in a bucket; a put the bucket's policy does not take is refused
+        _dynaray(["buckets", "--create", "names", "--policy", "lww"], home)
+        _dynaray(["put", "--bucket", "names", "u1", "Ann"], home)
+        assert _dynaray(["get", "--bucket", "names", "u1"], home).stdout.strip() == "Ann"
+        assert "deleted" in _dynaray(["delete", "--bucket", "names", "u1"], home).stdout
+        gone = _dynaray(["get", "--bucket", "names", "u1"], home, check=False)
+        assert gone.returncode == 1 and "(absent)" in gone.stdout
+        wrong = _dynaray(["put", "--bucket", "likes", "k", "1"], home, check=False)
+        assert wrong.returncode == 2 and "policy siblings or lww" in wrong.stderr
         repair = json.loads(_dynaray(["repair", "--json"], home).stdout)
         assert repair["keys_repaired"] == 0 and repair["ranges_compared"] > 0
         running = _dynaray(["restart", "n2"], home, check=False)
