@@ -478,7 +478,9 @@ def _delete_directory(path: str) -> None:
         shutil.rmtree(path)
         return
     # A directory that is a disk of its own: losing the disk leaves a blank one mounted there.
-    for entry in os.scandir(path):
+    with os.scandir(path) as listing:
+        entries = list(listing)
+    for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:

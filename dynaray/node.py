@@ -1093,13 +1093,15 @@ class StorageNode:
                 lambda txn: self._update(txn, dkey, mine, op, stamp)
             )
         except StorageError as refused:
-            # Our disk refused it (full, failing) and nothing was written anywhere yet:
-            # another primary coordinates it instead, as for a key we do not own.
-            if forwarded or mine.hint is not None:
+            # Our disk refused it (full, failing): another primary coordinates it instead,
+            # as for a key we do not own. Forwarded here, we tried no other node: nothing
+            # was stored anywhere, which the forwarder needs to know.
+            if forwarded:
                 raise
-            if (answer := await hand_on()) is not None:
+            if mine.hint is None and (answer := await hand_on()) is not None:
                 return answer
-            # A primary that timed out may have applied it: the outcome is not known.
+            # A primary that timed out, here or before we stood in, may have applied it:
+            # the outcome is not known.
             raise RequestTimeout(
                 "put",
                 key.decode(errors="replace"),

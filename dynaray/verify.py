@@ -56,6 +56,8 @@ from dynaray.history import (
     max_siblings,
 )
 
+log = logging.getLogger(__name__)
+
 NEMESES = ("partition", "kill", "join", "leave", "link", "wipe", "full")
 WORKLOADS = ("set", "counter", "register")
 N, R, W = 3, 2, 2
@@ -318,8 +320,8 @@ def make_workload(name: str, keys: int) -> Workload:
 
 @dataclass
 class Fault:
-    kind: str  # partition, link, kill, wipe, join, leave
-    shape: str  # halves, one, bridge, ring, slow, flaky, crash, disk lost, add/remove_node
+    kind: str  # partition, link, kill, wipe, full, join, leave (and heal, restart, repair, free)
+    shape: str  # halves, one, bridge, ring, slow, flaky, crash, disk lost, disk full, ...
     start: float
     end: float | None = None
     detail: Any = None
@@ -588,10 +590,11 @@ class Nemesis:
                 self._ended(("full",))
         if self.network_faulty:
             fault = await self._act("heal", "heal", None, self.cluster.heal, CLUSTER_CALL_TIMEOUT)
-            ok = fault.error is None
-            if ok:
+            if fault.error is None:
                 self.network_faulty = False
                 self._ended(("partition", "link"))
+            else:
+                ok = False
         give_up = time.monotonic() + deadline
         for victim in sorted(self.killed):
             while True:
@@ -620,8 +623,8 @@ class Nemesis:
             ok = ok and fault.error is None
         if not self.killed:
             self._ended(("kill", "wipe"))
-        # What could not be undone ends here too.
-        self._ended(("partition", "link", "kill", "wipe", "full"))
+        # What could not be undone ends here too, but a disk still full stays in effect.
+        self._ended(("partition", "link", "kill", "wipe") + (() if self.full else ("full",)))
         return ok
 
     def _refill(self) -> dict:
@@ -814,15 +817,19 @@ def mount_disk(path: str, size: str = DISK_SIZE) -> None:
     import subprocess
 
     os.makedirs(path, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+            capture_output=True,
+            text=True,
+        )
+        why = done.stderr.strip() if done.returncode != 0 else None
+    except OSError as exc:  # no `mount` command
+        why = str(exc)
+    if why is not None:
         raise ValueError(
-            f"a disk of its own to fill needs root (`mount -t tmpfs`: {done.stderr.strip()}); "
-            "run as root, or leave the `full` nemesis out"
+            f"a disk of its own to fill needs root (`mount -t tmpfs`: {why}); run as root, "
+            "or leave the `full` nemesis out"
         )
 
 
@@ -834,7 +841,7 @@ def mount_disks(root: str, nodes: list[str]) -> dict[str, str]:
         path = os.path.join(root, node)
         try:
             mount_disk(path)
-        except ValueError:
+        except BaseException:
             unmount_disks(disks)
             raise
         disks[node] = path
@@ -842,10 +849,17 @@ def mount_disks(root: str, nodes: list[str]) -> dict[str, str]:
 
 
 def unmount_disks(disks: dict[str, str]) -> None:
+    for path in disks.values():
+        unmount_disk(path)
+
+
+def unmount_disk(path: str) -> None:
+    """Unmount a disk of mount_disk (lazily: a node's process may still be exiting)."""
     import subprocess
 
-    for path in disks.values():
-        subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+    done = subprocess.run(["umount", "-l", path], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log.warning("could not unmount %s: %s", path, done.stderr.strip())
 
 
 def fill_disk(path: str) -> None:
@@ -895,6 +909,13 @@ def run(
     store = f"verify-{uuid.uuid4().hex[:8]}"
     root, disks = None, {}
     if "full" in kinds:  # the nodes' directories on disks of their own, to fill
+        import ray
+
+        if ray.is_initialized() and ray.cluster_resources().get("kvnode"):
+            raise ValueError(
+                "the `full` nemesis fills disks on this machine, where the store's nodes must "
+                "run: not on a Ray cluster whose nodes run on `kvnode` machines"
+            )
         root = tempfile.mkdtemp(prefix="dynaray-verify-")
         try:
             disks = mount_disks(root, [f"n{i}" for i in range(1, nodes + 1)])
@@ -1165,9 +1186,10 @@ def plot_timeline(report: Report, path: str) -> str | None:
         "link": "#9467bd",
         "kill": "#8c564b",
         "wipe": "#d62728",
+        "full": "#ff7f0e",
     }
     for fault in report.fault_log:
-        if fault["kind"] in ("heal", "restart", "repair"):
+        if fault["kind"] in ("heal", "restart", "repair", "free"):
             continue
         start, stop = fault["start"], fault["end"] if fault["end"] is not None else end
         colour = fault_colours.get(fault["kind"], "#7f7f7f")
@@ -1266,6 +1288,9 @@ def main(argv: list[str] | None = None) -> int:
             keys=args.keys,
             out_dir=args.out_dir,
         )
+    except ValueError as exc:  # refused before any load: not a failed check (status 1)
+        print(f"dynaray verify: {exc}", file=sys.stderr)
+        return 2
     finally:
         if started_ray:
             import ray

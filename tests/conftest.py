@@ -23,7 +23,7 @@ def small_disk(path, size: str = "8m"):
     try:
         yield path
     finally:
-        verify.unmount_disks({"disk": str(path)})
+        verify.unmount_disk(str(path))
 
 
 # Ray's per-call task events cost CPU the tests do not need.

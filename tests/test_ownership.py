@@ -222,3 +222,23 @@ def test_a_refused_write_no_other_owner_took_is_reported_as_unknown(node, monkey
     with pytest.raises(RequestTimeout, match="disk refused it"):
         asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3))
     assert called == [second, third]
+
+
+def test_a_stand_in_whose_disk_refuses_does_not_claim_nothing_was_stored(node, monkeypatch):
+    _ready(node)
+    for i in range(1000):  # a key n1 does not own: it forwards, then stands in
+        key = f"s{i}".encode()
+        owners = node.ring.preference_list(quorum.locate(node.ring, BUCKET, key)[0])[:3]
+        if "n1" not in owners:
+            break
+    op = siblings_op(None, b"v")(codec.hash_input(BUCKET, key))
+    # An owner timed out (it may hold the write), the others are unknown: n1 stands in.
+    answers = {owner: PeerUnavailable(owner, "unknown peer") for owner in owners}
+    answers[owners[0]] = PeerUnavailable(owners[0], "timeout")
+    called = _refusing(node, monkeypatch, answers)
+    with pytest.raises(RequestTimeout, match="disk refused it"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3))
+    assert called == list(owners)
+    # Forwarded to n1, it tried no other node: nothing is stored anywhere, and it says so.
+    with pytest.raises(StorageError, match="stored nothing"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3, True))

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from dynaray import verify
-from dynaray.errors import QuorumError, RequestTimeout, Unavailable
+from dynaray.errors import NodeError, QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.history import History
 
 
@@ -63,13 +63,15 @@ def test_set_through_full_disks_and_kills(ray_session):
     # A node whose disk is full stays up and is written around; a write it reports as
     # stored nowhere (StorageError) counts as failed, so one found later fails the run.
     try:
+        # Seed 1 draws a full disk first, then a kill.
         report = verify.run(
-            duration=15, nemesis=("full", "kill"), workload="set", seed=4, clients=6
+            duration=15, nemesis=("full", "kill"), workload="set", seed=1, clients=6
         )
     except ValueError as exc:
         pytest.skip(str(exc))  # not root: no disk of its own to fill
     assert_passed(report)
     assert report.faults.get("full:disk full", 0) >= 1
+    assert report.faults.get("kill:crash", 0) >= 1
     assert report.acknowledged_lost == 0
     assert report.convergence["ok"]
 
@@ -152,6 +154,9 @@ def test_outcomes_of_failed_operations():
     assert verify._classify(TimeoutError(), write=True) == "info"
     assert verify._classify(Unavailable("nobody"), write=True) == "fail"
     assert verify._classify(ValueError("bad"), write=True) == "fail"
+    # No disk took it (StorageError): nothing was stored. Its parent NodeError claims nothing.
+    assert verify._classify(StorageError("n2 stored nothing"), write=True) == "fail"
+    assert verify._classify(NodeError("writer stopped"), write=True) == "info"
     assert verify._classify(RuntimeError("?"), write=True) == "info"
     assert verify._classify(QuorumError("get", "k", 1, 2, 3), write=False) == "fail"
 
