@@ -1076,16 +1076,22 @@ class StorageNode:
     async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
         dkey, preference, targets = self._route(bucket, key, n, w)
         mine = next((t for t in targets if t.node == self.id), None)
+        reached: list[str] = []  # primaries that may have applied it without answering
 
         async def hand_on() -> list | None:
             """The write, coordinated by another primary (forwarded: it never forwards)."""
             retry = records.idempotent(op)
             args = (bucket, key, op, w, n, True)
-            return await self._forward(targets, "coordinate_put", *args, retry=retry)
+            return await self._forward(
+                targets, "coordinate_put", *args, retry=retry, reached=reached
+            )
 
+        handed_on = False  # the primaries were tried already
         if mine is None:
-            if not forwarded and (answer := await hand_on()) is not None:
-                return answer
+            if not forwarded:
+                handed_on = True
+                if (answer := await hand_on()) is not None:
+                    return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
         try:
@@ -1098,15 +1104,19 @@ class StorageNode:
             # was stored anywhere, which the forwarder needs to know.
             if forwarded:
                 raise
-            if mine.hint is None and (answer := await hand_on()) is not None:
+            if not handed_on and (answer := await hand_on()) is not None:
                 return answer
-            # A primary that timed out, here or before we stood in, may have applied it:
-            # the outcome is not known.
-            raise RequestTimeout(
-                "put",
-                key.decode(errors="replace"),
-                self.options.replica_timeout,
-                f"node {self.id}'s disk refused it ({refused.args[0]}) and no other owner answered",
+            if reached:  # a primary that did not answer may have applied it
+                raise RequestTimeout(
+                    "put",
+                    key.decode(errors="replace"),
+                    self.options.replica_timeout,
+                    f"node {self.id}'s disk refused it ({refused.args[0]}), and owner "
+                    f"{reached[0]} did not answer",
+                ) from None
+            raise StorageError(
+                f"{refused.args[0]}; no other owner took it either (each refused it, or could "
+                "not be reached): nothing of this write was stored"
             ) from None
         others = [t for t in targets if t.node != self.id]
         await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
@@ -1152,12 +1162,18 @@ class StorageNode:
                 await self._apply(items)
 
     async def _forward(
-        self, targets: list[quorum.Target], method: str, *args: Any, retry: bool = True
+        self,
+        targets: list[quorum.Target],
+        method: str,
+        *args: Any,
+        retry: bool = True,
+        reached: list[str] | None = None,
     ) -> Any:
         """The "any node" path: hand the request to a primary that will coordinate it.
 
         A primary that did not answer may still have done the work, so the next one is
         asked only if doing it twice is harmless (`retry`); else the outcome is unknown.
+        Such primaries are added to `reached`.
         """
         for target in targets:
             if target.hint is None and target.node != self.id:
@@ -1175,6 +1191,8 @@ class StorageNode:
                             f"the coordinator {target.node} it was forwarded to did not answer "
                             f"({exc.reason})",
                         ) from None
+                    if reached is not None and exc.reason not in ("unknown peer", "partitioned"):
+                        reached.append(target.node)
                     continue
         return None
 

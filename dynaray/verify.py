@@ -6,8 +6,7 @@
 `run()` starts a store with short failure-detection settings, drives `clients` concurrent
 asyncio clients against `keys` keys while a seeded nemesis injects faults (partitions of
 several shapes, link drops and delays, kills and restarts, lost disks, full disks, joins
-and leaves),
-records every operation as an invoke followed by ok / fail / info in a
+and leaves), records every operation as an invoke followed by ok / fail / info in a
 `dynaray.history.History`, then heals everything, waits for hints to drain and anti-entropy
 to repair nothing more, checks that replicas converged, reads every key back and runs the
 workload's checker.
@@ -57,6 +56,11 @@ from dynaray.history import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class Refused(ValueError):
+    """A run that cannot be made as asked (arguments, no root for `full`): nothing ran."""
+
 
 NEMESES = ("partition", "kill", "join", "leave", "link", "wipe", "full")
 WORKLOADS = ("set", "counter", "register")
@@ -311,7 +315,7 @@ class RegisterWorkload(Workload):
 def make_workload(name: str, keys: int) -> Workload:
     classes = {"set": SetWorkload, "counter": CounterWorkload, "register": RegisterWorkload}
     if name not in classes:
-        raise ValueError(f"workload must be one of {WORKLOADS}, got {name!r}")
+        raise Refused(f"workload must be one of {WORKLOADS}, got {name!r}")
     return classes[name](keys)
 
 
@@ -827,7 +831,7 @@ def mount_disk(path: str, size: str = DISK_SIZE) -> None:
     except OSError as exc:  # no `mount` command
         why = str(exc)
     if why is not None:
-        raise ValueError(
+        raise Refused(
             f"a disk of its own to fill needs root (`mount -t tmpfs`: {why}); run as root, "
             "or leave the `full` nemesis out"
         )
@@ -857,9 +861,13 @@ def unmount_disk(path: str) -> None:
     """Unmount a disk of mount_disk (lazily: a node's process may still be exiting)."""
     import subprocess
 
-    done = subprocess.run(["umount", "-l", path], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        log.warning("could not unmount %s: %s", path, done.stderr.strip())
+    try:
+        done = subprocess.run(["umount", "-l", path], capture_output=True, text=True)
+        why = done.stderr.strip() if done.returncode != 0 else None
+    except OSError as exc:  # no `umount` command
+        why = str(exc)
+    if why is not None:
+        log.warning("could not unmount %s: %s", path, why)
 
 
 def fill_disk(path: str) -> None:
@@ -876,6 +884,19 @@ def free_disk(path: str) -> None:
 
 
 BALLAST = "ballast"
+
+
+def _check_disks_are_here(cluster: Any) -> None:
+    """The disks `full` fills are this machine's: every node must run here too."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    elsewhere = sorted(n for n, i in cluster.info().items() if i.get("ray_node") != here)
+    if elsewhere:
+        raise Refused(
+            f"the `full` nemesis fills disks of this machine, and nodes {', '.join(elsewhere)} "
+            "run on other machines of the Ray cluster: run it on a single-machine Ray"
+        )
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -899,27 +920,20 @@ def run(
     kinds = tuple(nemesis)
     for kind in kinds:
         if kind not in NEMESES:
-            raise ValueError(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES)}")
+            raise Refused(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES)}")
     if nodes < N:
-        raise ValueError(f"nodes must be at least n={N}, got {nodes}")
+        raise Refused(f"nodes must be at least n={N}, got {nodes}")
     if clients < 1 or keys < 1 or duration <= 0:
-        raise ValueError("clients and keys must be >= 1 and duration > 0")
+        raise Refused("clients and keys must be >= 1 and duration > 0")
     work = make_workload(workload, keys)
     options = {**NODE_OPTIONS, **(node_options or {})}
     store = f"verify-{uuid.uuid4().hex[:8]}"
     root, disks = None, {}
     if "full" in kinds:  # the nodes' directories on disks of their own, to fill
-        import ray
-
-        if ray.is_initialized() and ray.cluster_resources().get("kvnode"):
-            raise ValueError(
-                "the `full` nemesis fills disks on this machine, where the store's nodes must "
-                "run: not on a Ray cluster whose nodes run on `kvnode` machines"
-            )
         root = tempfile.mkdtemp(prefix="dynaray-verify-")
         try:
             disks = mount_disks(root, [f"n{i}" for i in range(1, nodes + 1)])
-        except ValueError:
+        except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
     try:
@@ -935,6 +949,8 @@ def run(
         )
         report = Report(workload, seed, duration, nodes, clients, keys, list(kinds))
         try:
+            if disks:
+                _check_disks_are_here(cluster)
             asyncio.run(_drive(cluster, work, kinds, report, seed, disks))
         finally:
             cluster.shutdown()
@@ -1243,7 +1259,7 @@ def parse_nemesis(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in NEMESES]
     if unknown:
-        raise ValueError(f"unknown nemesis {', '.join(unknown)}; choose from {', '.join(NEMESES)}")
+        raise Refused(f"unknown nemesis {', '.join(unknown)}; choose from {', '.join(NEMESES)}")
     return kinds
 
 
@@ -1288,7 +1304,7 @@ def main(argv: list[str] | None = None) -> int:
             keys=args.keys,
             out_dir=args.out_dir,
         )
-    except ValueError as exc:  # refused before any load: not a failed check (status 1)
+    except Refused as exc:  # nothing ran: not a failed check (status 1)
         print(f"dynaray verify: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -242,3 +242,30 @@ def test_a_stand_in_whose_disk_refuses_does_not_claim_nothing_was_stored(node, m
     # Forwarded to n1, it tried no other node: nothing is stored anywhere, and it says so.
     with pytest.raises(StorageError, match="stored nothing"):
         asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3, True))
+
+
+def test_a_write_every_owner_refused_says_nothing_was_stored(node, monkeypatch):
+    _ready(node)
+    key, (second, third) = _owned_first(node)
+    refusal = StorageError("full too")
+    called = _refusing(node, monkeypatch, {second: refusal, third: refusal})
+    op = ["counter", ["increment", 1]]
+    with pytest.raises(StorageError, match="nothing of this write was stored"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3))
+    assert called == [second, third]
+
+
+def test_a_node_routed_as_a_stand_in_tries_the_owners_when_its_disk_refuses(node, monkeypatch):
+    """n1 coordinates a key as the stand-in for its first owner, down in n1's view (the
+    "any" path, the router): when its disk refuses, the live owners are asked, not skipped."""
+    _ready(node)
+    for i in range(1000):
+        key = f"r{i}".encode()
+        pref = node.ring.preference_list(quorum.locate(node.ring, BUCKET, key)[0])
+        if pref[3] == "n1":
+            break
+    monkeypatch.setattr(node, "is_up", lambda peer: peer != pref[0])
+    called = _refusing(node, monkeypatch, {pref[1]: ["ok", []], pref[2]: ["ok", []]})
+    op = ["counter", ["increment", 1]]
+    assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == ["ok", []]
+    assert called == [pref[1]]

@@ -370,7 +370,11 @@ def test_a_writer_that_dies_answers_every_waiting_write(tmp_path, monkeypatch):
     try:
         results = run(main())
         assert all(isinstance(r, NodeError) for r in results), results
+        # The batch in the failed commit: not known to be unwritten, so not a StorageError.
+        assert not isinstance(results[0], StorageError)
         assert "writer stopped" in str(results[0]) and "may or may not" in str(results[0])
+        # The writes queued behind it never reached LMDB.
+        assert all(isinstance(r, StorageError) for r in results[1:]), results
         s._writer.join(10)
         assert told == [1]  # the node is told, to crash (StorageNode._store_failed)
         with pytest.raises(NodeError, match="closed"):

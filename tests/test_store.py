@@ -310,7 +310,7 @@ def test_bulk_calls_of_the_wrong_shape_are_refused(client):
     assert set(got) == {"bulk-gen-a", "bulk-gen-b"}
 
 
-def test_start_refuses_bad_arguments_before_ray_starts(ray_session, tmp_path):
+def test_start_refuses_bad_arguments_before_starting_any_node(ray_session, tmp_path):
     for kwargs, error, match in (
         ({"partitions": 7}, ValueError, "power of two"),
         ({"nodes": 20, "partitions": 16}, ValueError, "at least as many partitions"),
