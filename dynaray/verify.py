@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 class Refused(ValueError):
-    """A run that cannot be made as asked (arguments, no root for `full`): nothing ran."""
+    """A run that cannot be made as asked (arguments, no root for `full`): no load ran."""
 
 
 NEMESES = ("partition", "kill", "join", "leave", "link", "wipe", "full")
@@ -86,6 +86,7 @@ RESHAPE_TIMEOUT = 180.0  # one join or leave, including its data handoff
 RECOVERY_TIMEOUT = 90.0  # healing, restarting, nodes seen up, hints drained: each
 AE_TIMEOUT = 180.0  # anti-entropy rounds until one repairs nothing
 AE_ROUNDS = 10
+PARTITIONS = 64  # of the store a run starts
 WIPE_WAIT = 30.0  # a lost disk waits this long for pending hints, else is skipped
 DISK_SIZE = "64m"  # each node's own disk for the `full` nemesis (a tmpfs)
 FINAL_READ_TIMEOUT = 60.0
@@ -891,12 +892,16 @@ def _check_disks_are_here(cluster: Any) -> None:
     import ray
 
     here = ray.get_runtime_context().get_node_id()
-    elsewhere = sorted(n for n, i in cluster.info().items() if i.get("ray_node") != here)
-    if elsewhere:
-        raise Refused(
-            f"the `full` nemesis fills disks of this machine, and nodes {', '.join(elsewhere)} "
-            "run on other machines of the Ray cluster: run it on a single-machine Ray"
-        )
+    info = cluster.info()
+    elsewhere = [n for n in cluster.nodes() if info.get(n, {}).get("ray_node") != here]
+    if elsewhere:  # or did not answer: where it runs is not known
+        raise Refused(_ELSEWHERE.format(nodes=", ".join(elsewhere), where="other machines"))
+
+
+_ELSEWHERE = (
+    "the `full` nemesis fills disks of this machine, and {nodes} run on {where} of the Ray "
+    "cluster: run it on a single-machine Ray"
+)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -921,8 +926,8 @@ def run(
     for kind in kinds:
         if kind not in NEMESES:
             raise Refused(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES)}")
-    if nodes < N:
-        raise Refused(f"nodes must be at least n={N}, got {nodes}")
+    if not N <= nodes <= PARTITIONS:
+        raise Refused(f"nodes must be between n={N} and {PARTITIONS}, got {nodes}")
     if clients < 1 or keys < 1 or duration <= 0:
         raise Refused("clients and keys must be >= 1 and duration > 0")
     work = make_workload(workload, keys)
@@ -930,6 +935,10 @@ def run(
     store = f"verify-{uuid.uuid4().hex[:8]}"
     root, disks = None, {}
     if "full" in kinds:  # the nodes' directories on disks of their own, to fill
+        import ray
+
+        if ray.is_initialized() and ray.cluster_resources().get("kvnode"):
+            raise Refused(_ELSEWHERE.format(nodes="the store's nodes", where="`kvnode` machines"))
         root = tempfile.mkdtemp(prefix="dynaray-verify-")
         try:
             disks = mount_disks(root, [f"n{i}" for i in range(1, nodes + 1)])
@@ -937,16 +946,19 @@ def run(
             shutil.rmtree(root, ignore_errors=True)
             raise
     try:
-        cluster = dynaray.start(
-            nodes=nodes,
-            n=N,
-            r=R,
-            w=W,
-            store=store,
-            partitions=64,
-            node_options=options,
-            data_dir=root,
-        )
+        try:
+            cluster = dynaray.start(
+                nodes=nodes,
+                n=N,
+                r=R,
+                w=W,
+                store=store,
+                partitions=PARTITIONS,
+                node_options=options,
+                data_dir=root,
+            )
+        except ValueError as exc:  # refused before any node started (too few machines)
+            raise Refused(str(exc)) from None
         report = Report(workload, seed, duration, nodes, clients, keys, list(kinds))
         try:
             if disks:
@@ -1304,7 +1316,7 @@ def main(argv: list[str] | None = None) -> int:
             keys=args.keys,
             out_dir=args.out_dir,
         )
-    except Refused as exc:  # nothing ran: not a failed check (status 1)
+    except Refused as exc:  # no load ran: not a failed check (status 1)
         print(f"dynaray verify: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -150,6 +150,19 @@ def test_parse_nemesis():
     assert verify.main(["--nemesis", "meteor"]) == 2
 
 
+def test_runs_that_cannot_be_made_are_refused_with_status_2():
+    for kwargs, match in (
+        ({"nodes": 65}, "between n=3 and 64"),
+        ({"nodes": 2}, "between n=3 and 64"),
+        ({"nemesis": ("flood",)}, "unknown nemesis"),
+        ({"keys": 0}, "must be >= 1"),
+        ({"workload": "queue"}, "workload must be one of"),
+    ):
+        with pytest.raises(verify.Refused, match=match):
+            verify.run(**kwargs)
+    assert verify.main(["--nodes", "65", "--nemesis", "none"]) == 2  # not 1: no check failed
+
+
 def test_outcomes_of_failed_operations():
     quorum = QuorumError("put", "k", 1, 2, 3)
     assert verify._classify(quorum, write=True) == "info"
