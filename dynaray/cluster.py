@@ -182,8 +182,8 @@ def start(
             )
         ephemeral = data_dir is None
         root = tempfile.mkdtemp(prefix="dynaray-") if ephemeral else os.path.abspath(data_dir)
-        resources = _placement(nodes or 1)
-        node_ids = [f"n{i}" for i in range(1, (nodes or DEFAULT_NODES) + 1)]
+        resources = _placement(count or 1)
+        node_ids = [f"n{i}" for i in range(1, (count or DEFAULT_NODES) + 1)]
         homes = {}
         fresh = True
         if not ephemeral:
@@ -201,7 +201,7 @@ def start(
                 )
             if resources:
                 homes = homes_for(node_ids, _fingerprints(found), empty)
-        if nodes is None:  # as many as the data directory holds: checked now
+        if count is None:  # as many as the data directory holds: checked now
             quorum.check_quorum(n, r, w, len(node_ids))
             _placement(len(node_ids))
         pinned = sorted(homes, key=_node_sort_key)

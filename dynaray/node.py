@@ -1086,12 +1086,10 @@ class StorageNode:
                 targets, "coordinate_put", *args, retry=retry, reached=reached
             )
 
-        handed_on = False  # the primaries were tried already
+        handed_on = mine is None and not forwarded  # the primaries are asked first
         if mine is None:
-            if not forwarded:
-                handed_on = True
-                if (answer := await hand_on()) is not None:
-                    return answer
+            if handed_on and (answer := await hand_on()) is not None:
+                return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
         try:
@@ -1183,7 +1181,9 @@ class StorageNode:
                 except StorageError:
                     continue  # its disk refused the write: nothing was stored there
                 except PeerUnavailable as exc:
-                    if not retry and exc.reason not in ("unknown peer", "partitioned"):
+                    if not exc.may_have_arrived:
+                        continue
+                    if not retry:
                         raise RequestTimeout(
                             "put",
                             args[1].decode(errors="replace"),
@@ -1191,9 +1191,8 @@ class StorageNode:
                             f"the coordinator {target.node} it was forwarded to did not answer "
                             f"({exc.reason})",
                         ) from None
-                    if reached is not None and exc.reason not in ("unknown peer", "partitioned"):
+                    if reached is not None:
                         reached.append(target.node)
-                    continue
         return None
 
     async def _replicate(

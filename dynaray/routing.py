@@ -459,7 +459,7 @@ class Routing:
         if "no answer" in failure.reason:
             # A coordinator that timed out may have done the work: do not repeat it.
             return RequestTimeout(op, key_repr(key), self.request_timeout)
-        if not retry and _sent(failure):
+        if not retry and failure.may_have_arrived:
             return RequestTimeout(
                 op,
                 key_repr(key),
@@ -502,7 +502,9 @@ class Routing:
                 refused = exc
             except PeerUnavailable as exc:
                 self._mark_down(node)
-                maybe_applied = maybe_applied or (_sent(exc) and method == "coordinate_put")
+                maybe_applied = maybe_applied or (
+                    exc.may_have_arrived and method == "coordinate_put"
+                )
                 error = self._unrepeatable(op, key, node, exc, retry)
                 if error is not None:
                     raise error from None
@@ -528,11 +530,6 @@ def _chunks(groups: dict[str, list[int]]) -> Iterator[tuple[str, list[int]]]:
     for node, indexes in groups.items():
         for start in range(0, len(indexes), MANY_CHUNK):
             yield node, indexes[start : start + MANY_CHUNK]
-
-
-def _sent(failure: PeerUnavailable) -> bool:
-    """Whether a request may have reached the coordinator that failed."""
-    return failure.reason not in ("unknown peer", "partitioned")
 
 
 def _op_name(kind: str, op: Any) -> str:

@@ -34,6 +34,12 @@ class PeerUnavailable(PortableError):
         self.reason = reason
         super().__init__(f"{peer}: {reason}")
 
+    @property
+    def may_have_arrived(self) -> bool:
+        """Whether the request may have reached the peer (and been acted on) before the
+        failure: not when the peer was unknown or a partition stopped it before sending."""
+        return self.reason not in ("unknown peer", "partitioned")
+
 
 def actor_of(handle: Any) -> Any:
     """What tells two actor handles apart: the Ray actor id (the handle itself for a fake)."""

@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +64,8 @@ class Refused(ValueError):
 
 
 NEMESES = ("partition", "kill", "join", "leave", "link", "wipe", "full")
+# What the nemesis does to undo faults: recorded like faults, never counted or drawn as one.
+RECOVERIES = ("heal", "restart", "repair", "free")
 WORKLOADS = ("set", "counter", "register")
 N, R, W = 3, 2, 2
 
@@ -449,7 +452,7 @@ class Nemesis:
         else:
             if result is not None:
                 fault.detail = result
-            if kind in ("heal", "restart", "repair", "join", "leave", "free"):
+            if kind in (*RECOVERIES, "join", "leave"):
                 fault.end = self.history.now()
             self.history.complete(invocation, "ok")
         self.faults.append(fault)
@@ -664,7 +667,7 @@ class Nemesis:
         """Faults injected, by kind and shape ("partition:bridge": 2)."""
         tally: Counter[str] = Counter()
         for fault in self.faults:
-            if fault.kind not in ("heal", "restart", "repair", "free"):
+            if fault.kind not in RECOVERIES:
                 tally[f"{fault.kind}:{fault.shape}"] += 1
         return dict(sorted(tally.items()))
 
@@ -819,8 +822,6 @@ class Report:
 def mount_disk(path: str, size: str = DISK_SIZE) -> None:
     """A small disk of its own (a tmpfs of `size`) at path. ValueError where mounting is not
     allowed (not root)."""
-    import subprocess
-
     os.makedirs(path, exist_ok=True)
     try:
         done = subprocess.run(
@@ -860,8 +861,6 @@ def unmount_disks(disks: dict[str, str]) -> None:
 
 def unmount_disk(path: str) -> None:
     """Unmount a disk of mount_disk (lazily: a node's process may still be exiting)."""
-    import subprocess
-
     try:
         done = subprocess.run(["umount", "-l", path], capture_output=True, text=True)
         why = done.stderr.strip() if done.returncode != 0 else None
@@ -1217,7 +1216,7 @@ def plot_timeline(report: Report, path: str) -> str | None:
         "full": "#ff7f0e",
     }
     for fault in report.fault_log:
-        if fault["kind"] in ("heal", "restart", "repair", "free"):
+        if fault["kind"] in RECOVERIES:
             continue
         start, stop = fault["start"], fault["end"] if fault["end"] is not None else end
         colour = fault_colours.get(fault["kind"], "#7f7f7f")
