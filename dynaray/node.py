@@ -1078,17 +1078,15 @@ class StorageNode:
         mine = next((t for t in targets if t.node == self.id), None)
         reached: list[str] = []  # primaries that may have applied it without answering
 
-        async def hand_on() -> list | None:
-            """The write, coordinated by another primary (forwarded: it never forwards)."""
+        async def hand_on(to: list[quorum.Target]) -> list | None:
+            """The write, coordinated by another node of `to` (forwarded: it never forwards)."""
             retry = records.idempotent(op)
             args = (bucket, key, op, w, n, True)
-            return await self._forward(
-                targets, "coordinate_put", *args, retry=retry, reached=reached
-            )
+            return await self._forward(to, "coordinate_put", *args, retry=retry, reached=reached)
 
         handed_on = mine is None and not forwarded  # the primaries are asked first
         if mine is None:
-            if handed_on and (answer := await hand_on()) is not None:
+            if handed_on and (answer := await hand_on(_primaries(targets))) is not None:
                 return answer
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
@@ -1097,23 +1095,26 @@ class StorageNode:
                 lambda txn: self._update(txn, dkey, mine, op, stamp)
             )
         except StorageError as refused:
-            # Our disk refused it (full, failing): another primary coordinates it instead,
-            # as for a key we do not own. Forwarded here, we tried no other node: nothing
-            # was stored anywhere, which the forwarder needs to know.
+            # Our disk refused it (full, failing): another node coordinates it instead, as
+            # for a key we do not own: a primary (unless asked already), else a node
+            # standing in for a primary that is down. Forwarded here, we tried no other
+            # node: nothing was stored anywhere, which the forwarder needs to know.
             if forwarded:
                 raise
-            if not handed_on and (answer := await hand_on()) is not None:
+            takers = [] if handed_on else _primaries(targets)
+            takers += [t for t in targets if t.hint is not None and t.node != self.id]
+            if (answer := await hand_on(takers)) is not None:
                 return answer
-            if reached:  # a primary that did not answer may have applied it
+            if reached:  # a node that did not answer may have applied it
                 raise RequestTimeout(
                     "put",
                     key.decode(errors="replace"),
                     self.options.replica_timeout,
-                    f"node {self.id}'s disk refused it ({refused.args[0]}), and owner "
-                    f"{reached[0]} did not answer",
+                    f"node {self.id}'s disk refused it ({refused.args[0]}), and node "
+                    f"{reached[0]} it handed it to did not answer",
                 ) from None
             raise StorageError(
-                f"{refused.args[0]}; no other owner took it either (each refused it, or could "
+                f"{refused.args[0]}; no other node took it either (each refused it, or could "
                 "not be reached): nothing of this write was stored"
             ) from None
         others = [t for t in targets if t.node != self.id]
@@ -1167,14 +1168,15 @@ class StorageNode:
         retry: bool = True,
         reached: list[str] | None = None,
     ) -> Any:
-        """The "any node" path: hand the request to a primary that will coordinate it.
+        """The "any node" path: hand the request to the first of `targets` (not this node)
+        that will coordinate it.
 
-        A primary that did not answer may still have done the work, so the next one is
-        asked only if doing it twice is harmless (`retry`); else the outcome is unknown.
-        Such primaries are added to `reached`.
+        A node that did not answer may still have done the work, so the next one is asked
+        only if doing it twice is harmless (`retry`); else the outcome is unknown. Such
+        nodes are added to `reached`.
         """
         for target in targets:
-            if target.hint is None and target.node != self.id:
+            if target.node != self.id:
                 try:
                     self.metrics.count("forwards")
                     return await self._call(target.node, method, *args)
@@ -1244,7 +1246,8 @@ class StorageNode:
     async def _get(self, bucket: bytes, key: bytes, r: int, n: int, forwarded: bool) -> list:
         dkey, preference, targets = self._route(bucket, key, n, r)
         if not any(t.node == self.id for t in targets) and not forwarded:
-            answer = await self._forward(targets, "coordinate_get", bucket, key, r, n, True)
+            args = (bucket, key, r, n, True)
+            answer = await self._forward(_primaries(targets), "coordinate_get", *args)
             if answer is not None:
                 return answer
         request = reads.Read(dkey, quorum.Tally(preference, targets, r, self.is_up, n))
@@ -1524,6 +1527,11 @@ def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> l
     """The key's primaries that no target holds a copy for, in person or through a hint."""
     covered = {t.hint or t.node for t in targets}
     return [p for p in preference[:n] if p not in covered]
+
+
+def _primaries(targets: list[quorum.Target]) -> list[quorum.Target]:
+    """The targets asked for their own copy (no hint): the key's primaries."""
+    return [t for t in targets if t.hint is None]
 
 
 def _stand_in(

@@ -269,3 +269,20 @@ def test_a_node_routed_as_a_stand_in_tries_the_owners_when_its_disk_refuses(node
     op = ["counter", ["increment", 1]]
     assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == ["ok", []]
     assert called == [pref[1]]
+
+
+def test_a_primary_whose_disk_refuses_hands_the_write_to_a_stand_in(node, monkeypatch):
+    """n1 owns the key first and its disk refuses; the other two owners are down: a node
+    standing in for one of them coordinates the write, instead of the write failing."""
+    _ready(node)
+    key, (second, third) = _owned_first(node)
+    pref = node.ring.preference_list(quorum.locate(node.ring, BUCKET, key)[0])
+    spare = pref[3]
+    monkeypatch.setattr(node, "is_up", lambda peer: peer not in (second, third))
+    called = _refusing(node, monkeypatch, {spare: ["ok", [["n4~1.2", 1]]]})
+    op = ["counter", ["increment", 1]]
+    assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == [
+        "ok",
+        [["n4~1.2", 1]],
+    ]
+    assert called == [spare]  # the owners that look down are not asked first
