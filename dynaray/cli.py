@@ -183,27 +183,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     states = cluster.status()
     info = cluster.info()
+    # Machine-readable first (numbers, None when a node did not answer); the table is drawn
+    # from it.
     rows = []
     for node in cluster.nodes():
         i = info.get(node, {})
-        last = i.get("last_exchange")
         rows.append(
             {
                 "node": node,
                 "state": states.get(node, "down"),
-                "ray node": (i.get("ray_node") or "?")[:12],
-                "ranges": i.get("ranges", "?"),
-                "keys": i.get("keys", "?"),
-                "hints": i.get("hints", "?"),
-                "last anti-entropy": f"{time.time() - last:.0f}s ago" if last else "never",
-                "disk": f"{i['disk_bytes'] / 2**20:.1f} MiB" if "disk_bytes" in i else "?",
-                "writes": ("FAILING: " + i["disk_error"]) if i.get("disk_error") else "ok",
+                "answered": bool(i),  # its info(); the fields below are None when not
+                "ray_node": i.get("ray_node"),
+                "ranges": i.get("ranges"),
+                "keys": i.get("keys"),
+                "hints": i.get("hints"),
+                "last_anti_entropy": i.get("last_exchange"),
+                "disk_bytes": i.get("disk_bytes"),
+                "disk_error": i.get("disk_error"),
             }
         )
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows, list(rows[0]) if rows else ["node"])
+        return 0
+
+    def shown(value: object) -> object:
+        return "?" if value is None else value
+
+    table = [
+        {
+            "node": row["node"],
+            "state": row["state"],
+            "ray node": (row["ray_node"] or "?")[:12],
+            "ranges": shown(row["ranges"]),
+            "keys": shown(row["keys"]),
+            "hints": shown(row["hints"]),
+            "last anti-entropy": (
+                f"{time.time() - row['last_anti_entropy']:.0f}s ago"
+                if row["last_anti_entropy"]
+                else "never"
+            ),
+            "disk": "?" if row["disk_bytes"] is None else f"{row['disk_bytes'] / 2**20:.1f} MiB",
+            "writes": (
+                f"FAILING: {row['disk_error']}"
+                if row["disk_error"]
+                else ("ok" if row["answered"] else "?")
+            ),
+        }
+        for row in rows
+    ]
+    _print_table(table, list(table[0]) if table else ["node"])
     return 0
 
 
@@ -218,16 +246,26 @@ def cmd_ring(args: argparse.Namespace) -> int:
         {
             "node": node,
             "partitions": owned[node],
-            "share": f"{owned[node] / ring.partitions:.1%}",
-            "replica share": f"{len(ring.replicated_partitions(node, n)) / ring.partitions:.1%}",
+            "share": owned[node] / ring.partitions,
+            "replica_share": len(ring.replicated_partitions(node, n)) / ring.partitions,
         }
         for node in ring.nodes()
     ]
     if args.json:
-        print(json.dumps({"partitions": ring.partitions, "version": ring.version, "nodes": rows}))
+        shape = {"partitions": ring.partitions, "version": ring.version, "n": n}
+        print(json.dumps({**shape, "nodes": rows}))
     else:
         print(f"ring version {ring.version}: {ring.partitions} partitions, N={n}")
-        _print_table(rows, ["node", "partitions", "share", "replica share"])
+        table = [
+            {
+                "node": row["node"],
+                "partitions": row["partitions"],
+                "share": f"{row['share']:.1%}",
+                "replica share": f"{row['replica_share']:.1%}",
+            }
+            for row in rows
+        ]
+        _print_table(table, list(table[0]) if table else ["node"])
     if args.png:
         _draw_ring(ring, args.png)
     return 0

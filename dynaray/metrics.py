@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 # Latency buckets in seconds, from a fast local read to a request that hit its deadline.
 BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 LATENCY_SAMPLE = 512  # request latencies exported per interval, at most
+# An event-loop wake-up this late counts as a stall: every request the node had then
+# waited at least as long.
+STALL = 0.05
 
 
 class NodeMetrics:
@@ -33,6 +36,7 @@ class NodeMetrics:
         self._pending_latency: list[tuple[str, str, float]] = []
         self._latency_seen = 0  # requests since the last export
         self._rng = random.Random()
+        self.loop_late_max = 0.0  # seconds, since the last export
 
     def request(self, op: str, outcome: str, seconds: float) -> None:
         self.requests[(op, outcome)] += 1
@@ -47,6 +51,14 @@ class NodeMetrics:
             slot = self._rng.randrange(self._latency_seen)
             if slot < LATENCY_SAMPLE:
                 self._pending_latency[slot] = (op, outcome, seconds)
+
+    def loop_late(self, seconds: float) -> None:
+        """How late the node's event loop woke for a timer (node.watch_loop): a request
+        that arrived then waited as long, behind whatever held the loop."""
+        if seconds > self.loop_late_max:
+            self.loop_late_max = seconds
+        if seconds >= STALL:
+            self.counts["loop_stalls"] += 1
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -68,10 +80,13 @@ class NodeMetrics:
             **dict(sorted(self.counts.items())),
             **self.gauges,
             "max_siblings_per_read": self.max_siblings,
+            "loop_late_max_ms": round(1000 * self.loop_late_max, 1),
         }
 
     def export(self) -> None:
         """Push what changed since the last export to Ray's metrics."""
+        # The interval's worst lateness, even without Ray's metrics: snapshot() reports it.
+        late, self.loop_late_max = self.loop_late_max, 0.0
         try:
             metrics = self._ray or self._create()
         except Exception as exc:  # no metrics agent (tests, local runs): keep counting
@@ -94,6 +109,7 @@ class NodeMetrics:
             metrics["latency"].observe(seconds, tags={**tags, "op": op, "outcome": outcome})
         for name, value in self.gauges.items():
             metrics["gauge"].set(value, tags={**tags, "figure": name})
+        metrics["gauge"].set(late, tags={**tags, "figure": "loop_late_max_seconds"})
 
     def _create(self) -> dict:
         from ray.util.metrics import Counter as RayCounter

@@ -57,10 +57,12 @@ def test_store_survives_down_and_up(tmp_path):
         assert "n1" in status and "up" in status and "last anti-entropy" in status
         rows = json.loads(_dynaray(["status", "--json"], home).stdout)
         assert [r["node"] for r in rows] == ["n1", "n2", "n3"]
-        assert all(r["writes"] == "ok" for r in rows)
+        assert all(r["answered"] and r["disk_error"] is None for r in rows)
         assert sum(r["keys"] for r in rows) == 3  # one key on N=3 nodes
+        assert all(r["disk_bytes"] > 0 and "last_anti_entropy" in r for r in rows)
         ring = json.loads(_dynaray(["ring", "--json"], home).stdout)
         assert sum(r["partitions"] for r in ring["nodes"]) == ring["partitions"]
+        assert ring["n"] == 3 and sum(r["share"] for r in ring["nodes"]) == pytest.approx(1.0)
         made = _dynaray(["buckets", "--create", "likes", "--policy", "counter"], home).stdout
         assert "policy counter" in made
         assert (
