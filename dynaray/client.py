@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dynaray import codec, crdt, records, versions
+from dynaray.codec import key_repr
 from dynaray.context import Context, check_context, key_tag
 from dynaray.errors import ConflictError, DynarayError
-from dynaray.routing import Routing, key_repr
+from dynaray.routing import Routing
 
 if TYPE_CHECKING:
     from dynaray.buckets import Bucket
@@ -112,10 +113,12 @@ class _LoopThread:
         except RuntimeError:
             pass
         else:
+            twin = getattr(coro, "__name__", "aget")  # the coroutine the sync call wraps
             coro.close()
             raise RuntimeError(
-                "a sync dynaray call was made inside a running event loop; use the async twin "
-                "(aget, aput, adelete, ...) there"
+                f"a sync dynaray call was made inside a running event loop; use its async "
+                f"twin there: await ...{twin}(...) (every call has one: aget, aput, adelete, "
+                "aget_many, aput_many, abucket, and a bucket's aincrement, aadd, ...)"
             )
         with self._guard:
             if self._closing:

@@ -75,6 +75,15 @@ def bucket_bytes(bucket: str) -> bytes:
     return data
 
 
+def key_repr(key: bytes) -> str:
+    """A stored key (or bucket name) as messages show it: its text, or repr() of bytes
+    that are not UTF-8."""
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(key)
+
+
 def max_key_length(bucket: bytes) -> int:
     """The longest user key that fits LMDB's key limit after the partition and bucket prefix."""
     return MAX_KEY_SIZE - _PREFIX - 1 - len(bucket)

@@ -40,16 +40,32 @@ class ConflictError(DynarayError):
 class QuorumError(DynarayError):
     """Too few replicas answered in time. For a write, the outcome is indeterminate."""
 
-    def __init__(self, op: str, key: object, answered: int, needed: int, asked: int) -> None:
+    def __init__(
+        self,
+        op: str,
+        key: object,
+        answered: int,
+        needed: int,
+        asked: int,
+        failed: int | None = None,
+    ) -> None:
         self.op = op
         self.key = key
         self.answered = answered
         self.needed = needed
         self.asked = asked
+        self.failed = failed
         message = (
             f"{op} of {key!r}: {answered} of {asked} replicas answered, {needed} needed (the "
             "others failed, or did not answer in time)"
         )
+        if failed is not None and answered + failed < asked:
+            # A read stops once its quorum is out of reach: some were never waited for.
+            message = (
+                f"{op} of {key!r}: {answered} of {asked} replicas answered and {failed} "
+                f"failed, {needed} needed: with so many failed the quorum was out of reach, "
+                "so the rest were not waited for"
+            )
         if op == "create bucket":
             message = (
                 f"creating bucket {key!r}: {answered} of {asked} nodes stored its properties in "

@@ -25,6 +25,7 @@ import ray
 from dynaray import codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
+from dynaray.codec import key_repr
 from dynaray.errors import DynarayError, NodeError, RequestTimeout, StorageError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
@@ -1155,8 +1156,8 @@ class StorageNode:
             # earlier life (a wall clock set back) from naming the same actor twice.
             actor = f"{self.actor}~{self.life:x}.{stamp:x}"
         record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
-        if record.kind == "siblings" and versions.size(record.state) > SIBLING_WARNING:
-            log.warning("key %r has %d siblings", dkey, versions.size(record.state))
+        if record.kind == "siblings":
+            _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
         txn.put(db, rkey, encoded)
         return record, encoded
@@ -1249,7 +1250,8 @@ class StorageNode:
     ) -> list:
         """Coordinate one read: ask N replicas, answer after R with every sibling.
 
-        Returns ["ok", record encoded as stored | None] or ["quorum", answered, needed, asked].
+        Returns ["ok", record encoded as stored | None] or ["quorum", answered, needed,
+        asked, failed].
         """
         self._check_sender(sender)
         return await self._timed("get", self._get(bucket, key, r, n, forwarded))
@@ -1271,7 +1273,8 @@ class StorageNode:
         if not await reads.read(
             request, targets, fetch, self._spawn, self.options.replica_timeout * 3
         ):
-            return ["quorum", len(request.tally.ok), r, request.tally.asked]
+            tally = request.tally
+            return ["quorum", len(tally.ok), r, tally.asked, len(tally.failed)]
         if self.options.read_repair:
             self._spawn(self._read_repair(request))
         return ["ok", self._answer(request.merged)]
@@ -1538,6 +1541,26 @@ def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> l
     """The key's primaries that no target holds a copy for, in person or through a hint."""
     covered = {t.hint or t.node for t in targets}
     return [p for p in preference[:n] if p not in covered]
+
+
+def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: records.Record) -> None:
+    """Log a key whose siblings pile up: past SIBLING_WARNING, and again each time their
+    number doubles (not at every write: a key written in a loop would flood the log)."""
+
+    def level(count: int) -> int:
+        return 0 if count <= SIBLING_WARNING else (count // SIBLING_WARNING).bit_length()
+
+    count = versions.size(record.state)
+    before = versions.size(stored.state) if stored is not None and stored.kind == "siblings" else 0
+    if level(count) > level(before):
+        _, _, bucket, key = codec.split_data_key(dkey)
+        log.warning(
+            "key %s in bucket %s has %d siblings: the application is not resolving its "
+            "conflicts (read the key, merge its values, write the merge with the context)",
+            key_repr(key),
+            key_repr(bucket),
+            count,
+        )
 
 
 def _primaries(targets: list[quorum.Target]) -> list[quorum.Target]:

@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
 from dynaray import codec, quorum, reads, records
+from dynaray.codec import key_repr
 from dynaray.errors import QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
@@ -249,7 +250,10 @@ class Routing:
             return raw
 
         if not await reads.read(request, targets, fetch, self._spawn, timeout * 3):
-            raise QuorumError("get", key_repr(key), len(request.tally.ok), r, request.tally.asked)
+            tally = request.tally
+            raise QuorumError(
+                "get", key_repr(key), len(tally.ok), r, tally.asked, len(tally.failed)
+            )
         if options.get("read_repair", True):
             self._spawn(self._read_repair(request, timeout))
         return request.merged
@@ -552,10 +556,3 @@ def _answer(name: str, key: bytes, reply: tuple) -> Any:
         return _payload(name, key, reply)
     except QuorumError as exc:
         return exc
-
-
-def key_repr(key: bytes) -> str:
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return repr(key)

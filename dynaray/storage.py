@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -40,6 +42,10 @@ _ACTOR = b"actor"
 # off. See Store._gone_back.
 LAST_COMMIT_FILE = "last_commit"
 RESTORED_FILE = "restored"
+# Held (flock) by the one process whose node uses the directory. LMDB would let a second
+# process share it, and two nodes numbering writes in one copy corrupt their versions.
+LOCK_FILE = "node.lock"
+LOCK_WAIT = 10.0  # seconds: the process of a node just killed may still be exiting
 _KEEPS_LAST_COMMIT = b"last_commit_file"
 _BOOT = b"boot"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -98,6 +104,13 @@ class Store:
         self.node_id = node_id
         try:
             os.makedirs(path, exist_ok=True)
+            self._lock = _hold_directory(path, node_id)
+        except OSError as exc:
+            raise NodeError(
+                f"node {node_id} cannot open its data directory {path!r}: {exc}; check that the "
+                "path exists and is writable by the Ray worker"
+            ) from exc
+        try:
             self.env = lmdb.open(
                 path,
                 max_dbs=8,
@@ -108,19 +121,27 @@ class Store:
                 max_readers=256,
             )
         except (OSError, lmdb.Error) as exc:
+            _release(self._lock)
             raise NodeError(
                 f"node {node_id} cannot open its data directory {path!r}: {exc}; check that the "
                 "path exists, is writable by the Ray worker and is not used by another process"
             ) from exc
-        self.dbs = {name: self.env.open_db(name) for name in (DATA, HINTS, META, MERKLE, DOTS)}
+        self._sync = sync
+        self._last_commit = -1  # the file's descriptor, opened by _check_stamp
+        try:
+            self.dbs = {n: self.env.open_db(n) for n in (DATA, HINTS, META, MERKLE, DOTS)}
+            self._marking = threading.Lock()
+            self._check_stamp(fresh)  # which closes what it opened if it fails
+        except BaseException:
+            # Refused (another node's directory, a failed start): let go of the files, so
+            # that the directory is free for its own node (in this process too).
+            self.env.close()  # again does nothing
+            _release(self._lock)
+            raise
         # Called with (key, old value, new value) for every change to a database, after the
         # change committed: how Merkle trees stay current on every write.
         self.observers: dict[bytes, Callable[[bytes, bytes | None, bytes | None], None]] = {}
-        self._sync = sync
         self._shut = False  # close() has run (_closed also means the writer failed)
-        self._last_commit = -1  # the file's descriptor, opened by _check_stamp
-        self._marking = threading.Lock()
-        self._check_stamp(fresh)
         # set_mapsize needs every transaction of this process closed, so readers and the
         # resize share this lock; readers never contend with each other (one event loop).
         self._resize = threading.Lock()
@@ -476,6 +497,44 @@ class Store:
         finally:
             os.close(self._last_commit)
             self.env.close()
+            _release(self._lock)
+
+
+def _hold_directory(path: str, node_id: str) -> int | None:
+    """Take the directory's lock for this process (waiting up to LOCK_WAIT for a process
+    that is exiting); its descriptor, held until close. NodeError if another process
+    holds it. None on a file system without locks (logged)."""
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise NodeError(
+                f"node {node_id} cannot use {path!r}: another process runs a node on it "
+                f"({holder or 'unknown'}). Each node needs a directory of its own: give each "
+                "store its own data_dir, and stop a node before starting it again elsewhere"
+            ) from None
+        except OSError as exc:  # no flock here (some network file systems)
+            log.warning(
+                "node %s: cannot lock %s (%s); not guarded against sharing", node_id, path, exc
+            )
+            os.close(fd)
+            return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, node {node_id}\n".encode(), 0)
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def _answer(batch: list, results: list[tuple[bool, Any]]) -> None:

@@ -26,6 +26,15 @@ from dynaray.faults import Faults
 log = logging.getLogger(__name__)
 
 
+# Why a call failed before anything was sent: the peer was not known, a partition stood in
+# the way (fault injection), or its actor had already been seen dead (Ray does not bring an
+# actor that died back under the same handle).
+UNKNOWN_PEER = "unknown peer"
+PARTITIONED = "partitioned"
+DEAD = "actor seen dead before"
+NOTHING_SENT = (UNKNOWN_PEER, PARTITIONED, DEAD)
+
+
 class PeerUnavailable(PortableError):
     """A peer did not answer: dead, unreachable, partitioned away, or past the deadline."""
 
@@ -37,8 +46,8 @@ class PeerUnavailable(PortableError):
     @property
     def may_have_arrived(self) -> bool:
         """Whether the request may have reached the peer (and been acted on) before the
-        failure: not when the peer was unknown or a partition stopped it before sending."""
-        return self.reason not in ("unknown peer", "partitioned")
+        failure: not when it was never sent (NOTHING_SENT)."""
+        return self.reason not in NOTHING_SENT
 
 
 def actor_of(handle: Any) -> Any:
@@ -109,7 +118,12 @@ class Transport:
         """Call method on peer, passing our node id first; PeerUnavailable on any failure."""
         handle = self.peers.get(peer)
         if handle is None:
-            raise PeerUnavailable(peer, "unknown peer")
+            raise PeerUnavailable(peer, UNKNOWN_PEER)
+        if peer in self.dead and self.dead[peer] == actor_of(handle):
+            # A call to it now fails at once, and Ray's ActorDiedError would not say that it
+            # never ran: so a write known unsent can be reported as such (Unavailable).
+            self.failed["dead"] += 1
+            raise PeerUnavailable(peer, DEAD)
         if not self.faults.empty:
             await self._inject(peer)
         self.sent[method] += 1
@@ -122,7 +136,7 @@ class Transport:
         except RayTaskError as exc:
             if isinstance(exc.cause, Refused):
                 self.failed["refused"] += 1
-                raise PeerUnavailable(peer, "partitioned") from None
+                raise PeerUnavailable(peer, PARTITIONED) from None
             if isinstance(exc.cause, DynarayError):
                 raise exc.cause from None  # the peer answered, with an error of ours
             raise
@@ -193,7 +207,7 @@ class Transport:
             faults = self.faults  # the table may have changed while we slept
         if faults.partitioned(self.node_id, peer):
             self.failed["partitioned"] += 1
-            raise PeerUnavailable(peer, "partitioned")
+            raise PeerUnavailable(peer, PARTITIONED)
         if faults.dropped(self.node_id, peer, self.rng):
             self.failed["dropped"] += 1
             raise PeerUnavailable(peer, "message dropped")

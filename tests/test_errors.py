@@ -14,6 +14,7 @@ MADE = [
     errors.ConflictError("k", 3),
     errors.QuorumError("put", "k", 1, 2, 3),
     errors.QuorumError("create bucket", "tags", 1, 2, 5),
+    errors.QuorumError("get", "k", 0, 2, 3, 2),
     errors.RequestTimeout("put", "k", 1.5),
     errors.RequestTimeout("get", "k", 1.5, "the coordinator n2 did not answer"),
     errors.InvalidContext("a truncated context"),
@@ -42,3 +43,12 @@ def test_what_callers_test_for_survives_the_trip():
     assert quorum.indeterminate and (quorum.answered, quorum.needed, quorum.asked) == (1, 2, 3)
     peer = pickle.loads(pickle.dumps(PeerUnavailable("n3", "partitioned")))
     assert (peer.peer, peer.reason) == ("n3", "partitioned")
+
+
+def test_a_read_that_stopped_early_says_how_many_failed():
+    """Two of three replicas failed, so a read needing two stops without waiting for the
+    third: "0 of 3 answered" alone reads as if the third were down too."""
+    early = str(errors.QuorumError("get", "k", 0, 2, 3, 2))
+    assert "0 of 3 replicas answered and 2 failed" in early
+    assert "the rest were not waited for" in early
+    assert "and 2 failed" not in str(errors.QuorumError("get", "k", 1, 2, 3, 2))  # all heard

@@ -13,10 +13,10 @@ from ray.exceptions import ActorDiedError
 
 from dynaray import codec, quorum, reads, records
 from dynaray.client import Client
-from dynaray.errors import DynarayError, NodeError, QuorumError
+from dynaray.errors import DynarayError, NodeError, QuorumError, RequestTimeout, Unavailable
 from dynaray.ring import Ring
 from dynaray.routing import Routing
-from dynaray.transport import PeerUnavailable, Transport, actor_of
+from dynaray.transport import DEAD, PeerUnavailable, Transport, actor_of
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 BUCKET = codec.DEFAULT_BUCKET.encode()
@@ -333,3 +333,55 @@ def test_a_call_marks_dead_only_the_actor_it_was_made_to():
     transport.set_peers({"n2": dying})
     asyncio.run(call())
     assert transport.dead["n2"] == actor_of(dying)
+
+
+def test_a_write_to_coordinators_already_seen_dead_says_it_was_never_sent():
+    """Ray's ActorDiedError does not tell whether the call ran, so a write whose
+    coordinators die may have been applied (RequestTimeout). Once their actors are known
+    dead, a call to them is never made, and a write says so (Unavailable): safe to retry."""
+    routing, _, _ = _routing()
+    calls: list[str] = []
+
+    class Dead:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, *args):
+            calls.append(self.name)
+
+            async def died():
+                raise ActorDiedError()
+
+            return died()
+
+    routing.transport.set_peers({name: Dead(name) for name in NODES})
+    op = ["siblings", [], codec.encode_value("v")]
+
+    async def put():
+        return await routing.put(BUCKET, b"k", op, 2, 3)
+
+    with pytest.raises(RequestTimeout, match="may or may not"):
+        asyncio.run(put())
+    tried = len(calls)
+    assert tried > 0
+    with pytest.raises(Unavailable, match="no coordinator could be reached"):
+        asyncio.run(put())
+    # Nothing sent to a coordinator seen dead (describe calls of a ring refresh aside).
+    assert all(name not in calls[tried:] for name in calls[:tried])
+    error = PeerUnavailable("n1", DEAD)
+    assert not error.may_have_arrived
+
+
+def test_a_sync_call_in_a_coroutine_names_its_async_twin():
+    routing, _, _ = _routing()
+    client = Client(routing)
+
+    async def sync_inside() -> None:
+        client.bucket("likes", policy="counter")
+
+    with pytest.raises(RuntimeError, match=r"await \.\.\.abucket\(\.\.\.\)"):
+        asyncio.run(sync_inside())
+    client.close()

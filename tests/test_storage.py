@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -613,6 +615,7 @@ def _crash(s: Store) -> None:
     s._writer.join()
     os.close(s._last_commit)
     s.env.close()
+    storage._release(s._lock)  # the process is gone: so is its lock
 
 
 def _backup(s: Store, dest, *, compact: bool):
@@ -826,3 +829,39 @@ def test_peek_reads_a_stopped_store_without_changing_it(tmp_path):
     assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
     with pytest.raises(lmdb.Error):
         storage.peek(str(tmp_path / "nothing-here"), META, b"ring")
+
+
+def test_a_directory_in_use_by_a_running_node_is_refused(tmp_path, monkeypatch):
+    """LMDB would let two processes share one environment: two nodes (two stores given one
+    data_dir) would each number writes in one copy. The directory's lock refuses the
+    second, in another process as in this one, and frees it when the first is gone."""
+    monkeypatch.setattr(storage, "LOCK_WAIT", 0.3)
+    path = tmp_path / "n1"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dynaray.storage import Store; "
+            f"s = Store({str(path)!r}, 'n1', fresh=True); print('open', flush=True); "
+            "sys.stdin.read(); s.close()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(
+            NodeError, match=r"another process runs a node on it \(pid \d+, node n1\)"
+        ):
+            Store(str(path), "n1")
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    s = Store(str(path), "n1")  # the holder closed its store: the directory is free
+    try:
+        with pytest.raises(NodeError, match="Each node needs a directory of its own"):
+            Store(str(path), "n1")
+    finally:
+        s.close()
+    Store(str(path), "n1").close()  # a refused open left nothing held
