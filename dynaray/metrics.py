@@ -53,7 +53,7 @@ class NodeMetrics:
                 self._pending_latency[slot] = (op, outcome, seconds)
 
     def loop_late(self, seconds: float) -> None:
-        """How late the node's event loop woke for a timer (node.watch_loop): a request
+        """How late the node's event loop woke for a timer (node._watch_loop): a request
         that arrived then waited as long, behind whatever held the loop."""
         if seconds > self.loop_late_max:
             self.loop_late_max = seconds

@@ -56,7 +56,7 @@ METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
 # and how long one lookup is awaited (it needs the GCS).
 PEER_LOOKUP_INTERVAL = 5.0
-LOOP_PROBE = 0.1  # seconds between looks at how late the event loop wakes (watch_loop)
+LOOP_PROBE = 0.1  # seconds between looks at how late the event loop wakes (_watch_loop)
 PEER_LOOKUP_WAIT = 2.0
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
@@ -517,7 +517,7 @@ class StorageNode:
             self._spawn(self._every(self.options.handoff_interval, self._handoff_round))
             self._spawn(self._every(METRICS_INTERVAL, self._export_metrics))
             self._spawn(self._every(PEER_LOOKUP_INTERVAL, self._find_peers))
-            self._spawn(self.watch_loop())
+            self._spawn(self._watch_loop())
             if self.options.anti_entropy_interval:
                 self._spawn(
                     self._every(self.options.anti_entropy_interval, self._anti_entropy_loop_round)
@@ -548,7 +548,7 @@ class StorageNode:
             except Exception:
                 log.exception("background round of %s failed", work.__name__)
 
-    async def watch_loop(self) -> None:
+    async def _watch_loop(self) -> None:
         """Measure how late the event loop wakes for a timer, until stop(): the wait a
         request had behind work that held the loop (metrics: loop_late_max, loop_stalls)."""
         loop = asyncio.get_running_loop()

@@ -48,7 +48,7 @@ def test_a_node_reports_an_event_loop_held_up_by_blocking_work(tmp_path):
     node = StorageNode("n1", str(tmp_path / "n1"))
 
     async def held() -> dict:
-        watch = asyncio.create_task(node.watch_loop())
+        watch = asyncio.create_task(node._watch_loop())
         await asyncio.sleep(0.01)
         time.sleep(2 * LOOP_PROBE)  # the timer is due meanwhile, and has to wait
         await asyncio.sleep(2 * LOOP_PROBE)
