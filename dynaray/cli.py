@@ -101,10 +101,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
         f"N={args.n} R={args.r} W={args.w}, data in {data_dir}"
     )
+    python = "dynaray.connect()" if args.store == "default" else f"dynaray.connect({args.store!r})"
     print(
-        "Use it from Python with dynaray.connect(), or `dynaray get KEY` / `dynaray put KEY VALUE`."
+        f"Use it from Python with {python}, or {_command(args, 'get KEY')} / "
+        f"{_command(args, 'put KEY VALUE')}."
     )
     return 0
+
+
+def _command(args: argparse.Namespace, line: str) -> str:
+    """`dynaray LINE` for the user to run, on the store this command used."""
+    command, _, rest = line.partition(" ")
+    option = "" if args.store == "default" else f" --store {args.store}"
+    return f"`dynaray {command}{option} {rest}`"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -303,19 +312,42 @@ def _draw_ring(ring, path: str) -> None:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    node = _cluster(args).add_node(progress=_progress("join"))
-    print(f"\nnode {node} joined and received its ranges")
+    cluster = _cluster(args)
+    node = cluster.add_node(progress=None if args.json else _progress("join"))
+    if args.json:
+        print(json.dumps({"node": node, **cluster.last_change}))
+    else:
+        print(f"\nnode {node} joined and received its ranges")
     return 0
 
 
+def _running(cluster, node: str) -> bool:
+    """Whether the node answers now (the CLI names its own commands where the Cluster's
+    errors name Python methods)."""
+    return bool(cluster._ask("ping", nodes=[cluster._known(node)], timeout=5.0))
+
+
 def cmd_leave(args: argparse.Namespace) -> int:
-    _cluster(args).remove_node(args.node, progress=_progress("leave"))
+    cluster = _cluster(args)
+    if not _running(cluster, args.node):
+        raise DynarayError(
+            f"node {args.node} is not running, so it cannot hand its ranges over; for a node "
+            f"lost for good: {_command(args, f'forget {args.node}')}, or "
+            f"{_command(args, f'restart {args.node}')} to bring it back"
+        )
+    cluster.remove_node(args.node, progress=_progress("leave"))
     print(f"\nnode {args.node} handed its ranges over and stopped")
     return 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    _cluster(args).forget_node(args.node, progress=_progress("forget"))
+    cluster = _cluster(args)
+    if _running(cluster, args.node):
+        raise DynarayError(
+            f"node {args.node} is still running; for a graceful leave, in which it hands its "
+            f"ranges over first: {_command(args, f'leave {args.node}')}"
+        )
+    cluster.forget_node(args.node, progress=_progress("forget"))
     print(f"\nnode {args.node} forgotten; its keys are back to N copies")
     return 0
 
@@ -349,8 +381,14 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_buckets(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     if args.create:
-        bucket = cluster.client().bucket(args.create, policy=args.policy, r=args.r, w=args.w)
-        print(f"bucket {bucket.name!r}: policy {bucket.policy}")
+        # Without --policy: a "siblings" bucket, stored as such (policy=None would only open
+        # one, and store nothing for a new name).
+        policy = args.policy or "siblings"
+        bucket = cluster.client().bucket(args.create, policy=policy, r=args.r, w=args.w)
+        if args.json:
+            print(json.dumps({bucket.name: vars(bucket.props)}))
+        else:
+            print(f"bucket {bucket.name!r}: policy {bucket.policy}")
         return 0
     found = cluster.buckets()
     if args.json:

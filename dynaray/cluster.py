@@ -47,6 +47,8 @@ _CALL_TIMEOUT = 60.0
 _KILL_WAIT = 10.0
 # How long fault injection waits for name lookups of actors other handles started.
 _FAULT_LOOKUP_WAIT = 5.0
+# How long a handle waits for the Router to say, or take, what it remembers of the store.
+_ROUTER_WAIT = 10.0
 
 
 class Router:
@@ -54,13 +56,33 @@ class Router:
 
     It answers coordinate_put / coordinate_get like a node, so a Client on the "router" path
     talks to it exactly as it would talk to a coordinator.
+
+    It also remembers what a driver needs to find the store while none of its nodes runs
+    (`Cluster.attach` after every node was killed): its members, data directory and node
+    options (`layout`).
     """
 
-    def __init__(self, nodes: dict[str, Any]) -> None:
+    def __init__(self, nodes: dict[str, Any], layout: dict | None = None) -> None:
         self.routing = Routing(nodes)
+        self.layout = {"members": sorted(nodes, key=_node_sort_key), **(layout or {})}
 
     async def update_peer(self, node: str, handle: Any) -> None:
+        """A node restarted or joined (its new handle), or left (None)."""
         self.routing.set_node(node, handle)
+        members = set(self.layout["members"]) - {node}
+        self.layout["members"] = sorted(
+            members if handle is None else {*members, node}, key=_node_sort_key
+        )
+
+    async def remember(self, members: list[str]) -> None:
+        """The store's nodes, as the newest ring has them."""
+        self.layout["members"] = list(members)
+
+    async def store_layout(self) -> dict:
+        return self.layout
+
+    async def ping(self) -> str:
+        return "router"
 
     async def coordinate_put(
         self, sender: str, bucket: bytes, key: bytes, op: list, w: int, n: int
@@ -117,6 +139,28 @@ def _named_nodes(store: str) -> dict[str, Any]:
             except ValueError:
                 continue  # it died between the listing and the lookup
     return found
+
+
+def _router_of(store: str) -> Any | None:
+    """The store's Router actor, or None if it has none."""
+    try:
+        return ray.get_actor(router_name(store), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _layout_of(router: Any) -> dict:
+    """What the Router remembers of its store (Router.layout); {} if it does not answer."""
+    try:
+        return ray.get(router.store_layout.remote(), timeout=_ROUTER_WAIT)
+    except (AttributeError, RayError) as exc:  # a Router of an older version, or gone
+        log.warning("the store's Router actor did not say what it remembers (%s)", exc)
+        return {}
+
+
+def _store_option(store: str) -> str:
+    """The `dynaray` command's option naming the store, for messages ("" for the default)."""
+    return "" if store == DEFAULT_STORE else f" --store {store}"
 
 
 def _node_sort_key(node_id: str) -> tuple:
@@ -180,6 +224,7 @@ def start(
                 f"a store named {store!r} is already running on this Ray cluster; connect to it "
                 "with dynaray.connect(), or stop it first (cluster.shutdown() or `dynaray down`)"
             )
+        remains = _remains(store, None if data_dir is None else os.path.abspath(data_dir))
         ephemeral = data_dir is None
         root = tempfile.mkdtemp(prefix="dynaray-") if ephemeral else os.path.abspath(data_dir)
         resources = _placement(count or 1)
@@ -233,6 +278,14 @@ def start(
             timeout=_CALL_TIMEOUT,
         )
         ray.get([h.set_peers.remote(handles) for h in handles.values()], timeout=_CALL_TIMEOUT)
+        if remains is not None:  # the store runs again: it gets a Router of its own
+            ray.kill(remains, no_restart=True)
+            if not _dead(remains):
+                raise DynarayError(
+                    f"the Router actor left by store {store!r} (every node down) was stopped, "
+                    "but Ray does not report it dead yet; the nodes were stopped again: start "
+                    "the store again"
+                )
         router = (
             ray.remote(Router)
             .options(
@@ -247,7 +300,7 @@ def start(
                     ray.get_runtime_context().get_node_id(), soft=True
                 ),
             )
-            .remote(handles)
+            .remote(handles, {"data_dir": root, "ephemeral": ephemeral, "options": options})
         )
         return Cluster(
             store,
@@ -264,6 +317,37 @@ def start(
         if started_ray:
             ray.shutdown()
         raise
+
+
+def _remains(store: str, data_dir: str | None) -> Any | None:
+    """Before `store` starts: the Router actor left by a store of that name whose nodes have
+    all stopped (killed, or lost with their machines), or None. start() replaces it when
+    the store starts again from the data directory the Router remembers. Raises
+    DynarayError, before anything starts, for another directory (or none): that store's
+    nodes are still to be restarted, or the store stopped."""
+    router = _router_of(store)
+    if router is None:
+        return None
+    kept = _layout_of(router)
+    if data_dir is None or kept.get("data_dir") != data_dir:
+        where, held, again = kept.get("data_dir"), "", ""
+        option = _store_option(store)
+        if where is not None and kept.get("ephemeral"):
+            held = f"; its data is in the temporary directory {where}"
+        elif where is not None:
+            held = f"; its data is in {where}"
+            again = (
+                f"start it again with data_dir={where!r} (`dynaray up{option} --data-dir "
+                f"{where}`), "
+            )
+        raise DynarayError(
+            f"a store named {store!r} is on this Ray cluster with every node down (its Router "
+            f"actor remains{held}); nothing was started. Restart its nodes "
+            f"(dynaray.Cluster.attach({store!r}).restart(node), `dynaray restart{option} "
+            f"NODE`), {again}or stop it first (dynaray.Cluster.attach({store!r}).shutdown(), "
+            f"`dynaray down{option}`)"
+        )
+    return router
 
 
 def _placement(nodes: int) -> dict[str, float]:
@@ -366,7 +450,7 @@ def homes_for(
         differ = len({tuple(holding[m][node]) for m in where}) > 1
         if differ or 1 < len(where) < len(machines):
             raise DynarayError(
-                f"node {node!r}'s directory is on {len(where)} of {len(machines)} machines "
+                f"the directory of node {node!r} is on {len(where)} of {len(machines)} machines "
                 f"(Ray nodes {', '.join(m[:12] for m in where)})"
                 + (" in different copies" if differ else "")
                 + "; nothing was started. With disks of their own: keep the copy with the "
@@ -624,7 +708,11 @@ class Cluster:
         *,
         options: dict | None = None,
         resources: dict | None = None,
+        kept: dict | None = None,
     ) -> None:
+        """`kept`: what the store's Router remembers (Router.layout), for a handle attached
+        while nodes are down: the nodes and data directory when none of them answers."""
+        kept = kept or {}
         self.store = store
         self._handles = dict(sorted(handles.items(), key=lambda kv: _node_sort_key(kv[0])))
         self._router = router
@@ -640,9 +728,14 @@ class Cluster:
         self._homes = _homes_of(self._ask("info"))
         # Every node of the ring, running or not: a handle attached while a node is down
         # finds no actor of it, yet must be able to restart it, or forget it.
+        # With every node down, the Router's list of them stands in for the ring.
         newest = _newest(self._ask("describe").values())
-        kept = Ring.from_wire(newest["ring"]).nodes() if newest is not None else ()
-        self._members = sorted({*self._handles, *kept}, key=_node_sort_key)
+        ring = Ring.from_wire(newest["ring"]).nodes() if newest is not None else None
+        members = kept.get("members", ()) if ring is None else ring
+        self._members = sorted({*self._handles, *members}, key=_node_sort_key)
+        self._data_dir = kept.get("data_dir")
+        if ring is not None and kept.get("members") not in (None, self._members):
+            self._remember()
 
     @classmethod
     def attach(cls, store: str = DEFAULT_STORE, *, address: str | None = "auto") -> Cluster:
@@ -656,20 +749,30 @@ class Cluster:
                     "`ray start --head`, or pass its address"
                 ) from exc
         handles = _named_nodes(store)
-        if not handles:
+        # A store whose nodes are all down is still found through its Router actor (on the
+        # driver's machine), which remembers its nodes: they can be restarted, or stopped.
+        router = _router_of(store)
+        if not handles and router is None:
             raise DynarayError(
                 f"no store named {store!r} runs on this Ray cluster; start one with "
                 "`dynaray up` or dynaray.start()"
             )
-        try:
-            router = ray.get_actor(router_name(store), namespace=NAMESPACE)
-        except ValueError:
-            router = None
+        kept = _layout_of(router) if router is not None else {}
         resources = {KVNODE: 1} if ray.cluster_resources().get(KVNODE) else {}
-        return cls(store, handles, router, None, False, resources=resources)
+        return cls(
+            store,
+            handles,
+            router,
+            None,
+            False,
+            options=kept.get("options"),
+            resources=resources,
+            kept=kept,
+        )
 
     def nodes(self) -> list[str]:
         """The ids of the store's nodes, running or not."""
+        self._check_open()
         return list(self._members)
 
     def client(self, path: str = "client", *, nodes: list[str] | None = None, **kw: Any) -> Client:
@@ -680,6 +783,13 @@ class Cluster:
         """
         self._check_open()
         handles = self._handles
+        if not handles:  # attached while every node was down
+            option = _store_option(self.store)
+            raise DynarayError(
+                f"no node of store {self.store!r} runs now ({', '.join(self._members)} are "
+                f"down), so a client could reach none; restart them (cluster.restart(node), "
+                f"`dynaray restart{option} NODE`) and make the client then"
+            )
         if nodes is not None:
             if isinstance(nodes, str):
                 raise TypeError(f"nodes takes a list of node names, e.g. nodes=[{nodes!r}]")
@@ -699,6 +809,7 @@ class Cluster:
         return client
 
     def _known(self, node: str) -> str:
+        self._check_open()
         if node not in self._members:
             raise ValueError(f"unknown node {node!r}; the store's nodes are {self.nodes()}")
         return node
@@ -725,7 +836,7 @@ class Cluster:
             return None
         except Exception as exc:  # noqa: BLE001 - a timeout or a Ray error: the GCS is not there
             raise DynarayError(
-                f"could not look up node {node!r}'s actor in Ray ({type(exc).__name__}: "
+                f"could not look up the actor of node {node!r} in Ray ({type(exc).__name__}: "
                 f"{exc}); nothing was changed. Is the head's GCS up (`ray status`)?"
             ) from exc
         self._handles[node] = handle
@@ -740,9 +851,11 @@ class Cluster:
         """The data directory: each node's directory is in it, named by the node's id."""
         if not self._homes:
             self._homes.update(_homes_of(self._ask("info")))
-        if not self._homes:
-            raise DynarayError("no storage node answered; is the store running?")
-        return os.path.dirname(next(iter(self._homes.values()))[1])
+        if self._homes:
+            return os.path.dirname(next(iter(self._homes.values()))[1])
+        if self._data_dir is not None:  # every node down: as the Router remembers it
+            return self._data_dir
+        raise DynarayError("no storage node answered; is the store running?")
 
     def _ask(
         self, method: str, *args: Any, nodes: list[str] | None = None, timeout: float = 10.0
@@ -893,7 +1006,7 @@ class Cluster:
         elif empty:
             raise ValueError(
                 f"restart(empty=True) is for a node whose machine is gone with its disk; "
-                f"node {node!r}'s machine is up, so it restarts with what its directory holds "
+                f"node {node!r}: its machine is up, so it restarts with what its directory holds "
                 f"(an emptied directory included): restart({node!r})"
             )
         handle = _create_node(
@@ -1006,7 +1119,17 @@ class Cluster:
 
     def partition(self, groups: list[list[str]]) -> None:
         """Cut node-to-node messages between the groups, both ways (clients reach all)."""
-        table = faults.partition_table(groups, self.nodes())
+        members = self.nodes()
+        if isinstance(groups, str) or any(isinstance(g, str) for g in groups):
+            named = (
+                [groups] if isinstance(groups, str) else [g for g in groups if isinstance(g, str)]
+            )
+            rest = [n for n in members if n not in named]
+            raise TypeError(
+                "partition takes a list of groups, each a list of node names, e.g. "
+                f"partition([{named!r}, {rest!r}]); got {groups!r}"
+            )
+        table = faults.partition_table(groups, members)
         self._set_faults(faults.Faults(table, self._faults.drop, self._faults.delay))
 
     def set_link(
@@ -1036,6 +1159,7 @@ class Cluster:
         """Give every node the fault table: first through the actors this handle knows (no
         GCS needed), then to the actors of nodes that another driver restarted or added
         since, as far as name lookups find them within _FAULT_LOOKUP_WAIT."""
+        self._check_open()
         self._faults = table
         wire = table.to_wire()
         self._ask("set_faults", wire)
@@ -1077,10 +1201,20 @@ class Cluster:
         of every range compared with every change seen by the pairs before it.
         """
         totals = Figures()
-        for node in self.nodes():
+        nodes, silent = self.nodes(), []
+        for node in nodes:
             answer = self._ask("anti_entropy_round", nodes=[node], timeout=600.0)
             if node in answer:
                 totals.add(Figures(**answer[node]))
+            else:
+                silent.append(node)
+        if len(silent) == len(nodes):
+            raise DynarayError(
+                "no storage node answered, so no anti-entropy round ran; is the store "
+                "running? (cluster.status(), `dynaray status`)"
+            )
+        if silent:
+            log.warning("anti-entropy: %s did not answer; their turns were skipped", silent)
         return totals.as_dict()
 
     def merkle_roots(self) -> dict[str, dict[int, str]]:
@@ -1208,6 +1342,15 @@ class Cluster:
         live = {n: h for n, h in live.items() if n != node}
         self._ask("set_peers", live, nodes=list(live))
         self._tell_routers(node, None)
+
+    def _remember(self) -> None:
+        """Tell the Router the store's nodes (for a handle attached when none runs)."""
+        try:
+            ray.get(self._router.remember.remote(self._members), timeout=_ROUTER_WAIT)
+        except (AttributeError, RayError) as exc:
+            log.warning(
+                "the Router actor of store %r did not take its node list (%s)", self.store, exc
+            )
 
     def _tell_routers(self, node: str, handle: Any) -> None:
         """Point the Router and this handle's clients at a new, restarted or removed node."""

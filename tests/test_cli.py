@@ -65,6 +65,12 @@ def test_store_survives_down_and_up(tmp_path):
         assert ring["n"] == 3 and sum(r["share"] for r in ring["nodes"]) == pytest.approx(1.0)
         made = _dynaray(["buckets", "--create", "likes", "--policy", "counter"], home).stdout
         assert "policy counter" in made
+        # --json alone on stdout; without --policy, a siblings bucket, stored as one
+        made = _dynaray(["buckets", "--create", "tags", "--policy", "set", "--json"], home)
+        assert json.loads(made.stdout) == {"tags": {"policy": "set", "r": None, "w": None}}
+        assert "policy siblings" in _dynaray(["buckets", "--create", "plain"], home).stdout
+        clash = _dynaray(["buckets", "--create", "plain", "--policy", "lww"], home, check=False)
+        assert clash.returncode == 2 and "exists with policy='siblings'" in clash.stderr
         assert (
             json.loads(_dynaray(["buckets", "--json"], home).stdout)["likes"]["policy"] == "counter"
         )
@@ -87,6 +93,30 @@ def test_store_survives_down_and_up(tmp_path):
         assert "not running" in _dynaray(["kill", "n2"], home).stdout
         assert "restarted" in _dynaray(["restart", "n2"], home).stdout
         assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
+
+        # A second store, named: the hints name it too.
+        s3 = ["--store", "s3"]
+        up = _dynaray(["up", *s3, "--nodes", "3", "--data-dir", os.path.join(home, "s3")], home)
+        assert "dynaray.connect('s3')" in up.stdout and "`dynaray get --store s3 KEY`" in up.stdout
+        joined = json.loads(_dynaray(["join", *s3, "--json"], home).stdout)  # nothing else
+        assert joined["node"] == "n4" and "keys_received" in joined
+        live = _dynaray(["forget", *s3, "n4"], home, check=False)
+        assert live.returncode == 2 and "`dynaray leave --store s3 n4`" in live.stderr
+        # Every node killed: the store is still found, shown down, restarted, stopped.
+        for node in ("n1", "n2", "n3", "n4"):
+            _dynaray(["kill", *s3, node], home)
+        rows = json.loads(_dynaray(["status", *s3, "--json"], home).stdout)
+        assert [(r["node"], r["state"], r["answered"]) for r in rows] == [
+            (node, "down", False) for node in ("n1", "n2", "n3", "n4")
+        ]
+        repair = _dynaray(["repair", *s3], home, check=False)
+        assert repair.returncode == 2 and "no storage node answered" in repair.stderr
+        assert "restarted" in _dynaray(["restart", *s3, "n1"], home).stdout
+        _dynaray(["kill", *s3, "n1"], home)
+        assert "stopped" in _dynaray(["down", *s3], home).stdout
+        gone = _dynaray(["status", *s3], home, check=False)
+        assert gone.returncode == 2 and "no store named 's3'" in gone.stderr
+
         _dynaray(["down"], home)  # stops the Ray head the first `up` started
         # An `up` that fails stops the Ray head it started, instead of leaving it running.
         wrong = _dynaray(["up", "--nodes", "4", "--data-dir", data], home, check=False)

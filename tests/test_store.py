@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 
 import pytest
 import ray
@@ -150,6 +152,15 @@ def test_other_request_paths(cluster, path):
 
 def test_nodes_lists_ids(cluster):
     assert cluster.nodes() == ["n1", "n2", "n3", "n4", "n5"]
+
+
+def test_a_partition_given_one_group_as_a_flat_list_says_the_shape(cluster):
+    with pytest.raises(
+        TypeError, match=r"e\.g\. partition\(\[\['n1', 'n2'\], \['n3', 'n4', 'n5'\]\]\)"
+    ):
+        cluster.partition(["n1", "n2"])  # not "n", "1", "n", "2"
+    with pytest.raises(TypeError, match="list of groups"):
+        cluster.partition("n1")
 
 
 # -- bad input: a clear error and nothing written ----------------------------------------
@@ -328,10 +339,19 @@ def test_a_store_handle_and_its_clients_refuse_calls_after_shutdown(ray_session)
     client.put("k", None, "v")
     store.shutdown()
     store.shutdown()  # a second call does nothing
-    with pytest.raises(dynaray.DynarayError, match="shut down"):
-        store.status()
-    with pytest.raises(dynaray.DynarayError, match="shut down"):
-        store.client()
+    for call in (
+        store.status,
+        store.client,
+        store.nodes,
+        store.anti_entropy,
+        store.heal,
+        lambda: store.partition([["n1"], ["n2", "n3"]]),
+        lambda: store.kill("n1"),
+        lambda: store.restart("n1"),
+        lambda: store.preference_list("k"),
+    ):
+        with pytest.raises(dynaray.DynarayError, match="shut down"):
+            call()
     with pytest.raises(dynaray.DynarayError, match="client was closed"):
         client.get("k")
 
@@ -341,3 +361,57 @@ def test_a_store_handle_and_its_clients_refuse_calls_after_shutdown(ray_session)
     with pytest.raises(dynaray.DynarayError, match="client was closed"):
         asyncio.run(later())
     assert ray.is_initialized()  # the module's Ray was not this store's to stop
+
+
+@pytest.mark.timeout(300)
+def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
+    ray_session, tmp_path
+):
+    data = str(tmp_path / "data")
+    first = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=16, store="dead")
+    try:
+        first.client().put("k", None, "v", w=3)
+        for node in first.nodes():
+            first.kill(node)
+        # No node answers: not a clean round of zeros.
+        with pytest.raises(dynaray.DynarayError, match="no storage node answered"):
+            first.anti_entropy()
+        with pytest.raises(ValueError, match="node 'n1': its machine is up") as refused:
+            first.restart("n1", empty=True)
+        assert "''" not in str(refused.value)
+
+        # Another driver finds the store through its Router, which remembers its nodes.
+        attached = dynaray.Cluster.attach("dead")
+        assert attached.nodes() == ["n1", "n2", "n3"]
+        assert attached.status() == {"n1": "down", "n2": "down", "n3": "down"}
+        with pytest.raises(dynaray.DynarayError, match="no node of store 'dead' runs now"):
+            attached.client()
+        # Starting it on another data directory, or none, would hide the store's data.
+        for elsewhere in (str(tmp_path / "other"), None):
+            with pytest.raises(
+                dynaray.DynarayError, match=f"every node down .*its data is in {re.escape(data)}"
+            ):
+                dynaray.start(nodes=3, data_dir=elsewhere, partitions=16, store="dead")
+        assert not dynaray.cluster._named_nodes("dead")  # nothing was started
+        for node in attached.nodes():
+            attached.restart(node)  # with the store's node options, as the Router keeps them
+        assert attached._options == first._options
+        assert attached.client().get("k", r=3).value == "v"
+
+        # The Router follows the nodes that join: killed again, the store starts again
+        # from its data directory, with a Router of its own.
+        joined = attached.add_node()
+        for node in attached.nodes():
+            attached.kill(node)
+        assert dynaray.Cluster.attach("dead").nodes() == ["n1", "n2", "n3", joined]
+        again = dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="dead")
+        assert again.nodes() == ["n1", "n2", "n3", joined]
+        assert again.client().get("k").value == "v"
+        for node in again.nodes():
+            again.kill(node)
+        dynaray.Cluster.attach("dead").shutdown()  # stops what is left: the Router
+        with pytest.raises(dynaray.DynarayError, match="no store named 'dead'"):
+            dynaray.Cluster.attach("dead")
+    finally:
+        with contextlib.suppress(dynaray.DynarayError):
+            dynaray.Cluster.attach("dead").shutdown()
