@@ -47,7 +47,7 @@ _CALL_TIMEOUT = 60.0
 _KILL_WAIT = 10.0
 # How long fault injection waits for name lookups of actors other handles started.
 _FAULT_LOOKUP_WAIT = 5.0
-# How long a handle waits for the Router to say, or take, what it remembers of the store.
+# How long a handle waits for the Router to say what it remembers of the store.
 _ROUTER_WAIT = 10.0
 
 
@@ -74,10 +74,6 @@ class Router:
             members if handle is None else {*members, node}, key=_node_sort_key
         )
 
-    async def remember(self, members: list[str]) -> None:
-        """The store's nodes, as the newest ring has them."""
-        self.layout["members"] = list(members)
-
     async def store_layout(self) -> dict:
         return self.layout
 
@@ -96,7 +92,7 @@ class Router:
         try:
             return ["ok", await self.routing.get(bucket, key, r, n)]
         except QuorumError as exc:
-            return ["quorum", exc.answered, exc.needed, exc.asked]
+            return ["quorum", exc.answered, exc.needed, exc.asked, exc.failed]
 
 
 def _node_options(sync: bool, given: dict | None) -> dict:
@@ -734,8 +730,6 @@ class Cluster:
         members = kept.get("members", ()) if ring is None else ring
         self._members = sorted({*self._handles, *members}, key=_node_sort_key)
         self._data_dir = kept.get("data_dir")
-        if ring is not None and kept.get("members") not in (None, self._members):
-            self._remember()
 
     @classmethod
     def attach(cls, store: str = DEFAULT_STORE, *, address: str | None = "auto") -> Cluster:
@@ -1342,15 +1336,6 @@ class Cluster:
         live = {n: h for n, h in live.items() if n != node}
         self._ask("set_peers", live, nodes=list(live))
         self._tell_routers(node, None)
-
-    def _remember(self) -> None:
-        """Tell the Router the store's nodes (for a handle attached when none runs)."""
-        try:
-            ray.get(self._router.remember.remote(self._members), timeout=_ROUTER_WAIT)
-        except (AttributeError, RayError) as exc:
-            log.warning(
-                "the Router actor of store %r did not take its node list (%s)", self.store, exc
-            )
 
     def _tell_routers(self, node: str, handle: Any) -> None:
         """Point the Router and this handle's clients at a new, restarted or removed node."""

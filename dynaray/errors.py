@@ -60,11 +60,17 @@ class QuorumError(DynarayError):
             "others failed, or did not answer in time)"
         )
         if failed is not None and answered + failed < asked:
-            # A read stops once its quorum is out of reach: some were never waited for.
+            # A read stops once its quorum is out of reach (some were never waited for), or
+            # at its deadline.
             message = (
                 f"{op} of {key!r}: {answered} of {asked} replicas answered and {failed} "
-                f"failed, {needed} needed: with so many failed the quorum was out of reach, "
-                "so the rest were not waited for"
+                f"failed, {needed} needed: "
+                + (
+                    "with so many failed the quorum was out of reach, so the rest were not "
+                    "waited for"
+                    if asked - failed < needed
+                    else "the rest did not answer within the read's deadline"
+                )
             )
         if op == "create bucket":
             message = (

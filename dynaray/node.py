@@ -56,8 +56,8 @@ METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
 # and how long one lookup is awaited (it needs the GCS).
 PEER_LOOKUP_INTERVAL = 5.0
-LOOP_PROBE = 0.1  # seconds between looks at how late the event loop wakes (_watch_loop)
 PEER_LOOKUP_WAIT = 2.0
+LOOP_PROBE = 0.1  # seconds between looks at how late the event loop wakes (_watch_loop)
 # Past this many siblings a write is logged: the application is not resolving its conflicts.
 SIBLING_WARNING = 25
 # Python's collector runs a young-generation pass every 700 new container objects by
@@ -1097,6 +1097,7 @@ class StorageNode:
             return await self._forward(to, "coordinate_put", *args, retry=retry, reached=reached)
 
         handed_on = mine is None and not forwarded  # the primaries are asked first
+        routed = targets  # as routed: _stand_in below drops the one it replaces
         if mine is None:
             if handed_on and (answer := await hand_on(_primaries(targets))) is not None:
                 return answer
@@ -1113,14 +1114,12 @@ class StorageNode:
             # node: nothing was stored anywhere, which the forwarder needs to know.
             if forwarded:
                 raise
-            takers = [] if handed_on else _primaries(targets)
-            takers += [t for t in targets if t.hint is not None and t.node != self.id]
-            if (answer := await hand_on(takers)) is not None:
+            if (answer := await hand_on(self._takers(routed, handed_on))) is not None:
                 return answer
             if reached:  # a node that did not answer may have applied it
                 raise RequestTimeout(
                     "put",
-                    key.decode(errors="replace"),
+                    key_repr(key),
                     self.options.replica_timeout,
                     f"node {self.id}'s disk refused it ({refused.args[0]}), and node "
                     f"{reached[0]} it handed it to did not answer",
@@ -1161,6 +1160,15 @@ class StorageNode:
         encoded = records.encode(record)
         txn.put(db, rkey, encoded)
         return record, encoded
+
+    def _takers(self, routed: list[quorum.Target], asked: bool) -> list[quorum.Target]:
+        """Who may coordinate a write our disk refused, best first: the primaries that look
+        up (unless `asked` already), the nodes standing in for primaries that are down,
+        then primaries that look down (select() adds them when too few look up)."""
+        primaries = [] if asked else _primaries(routed)
+        stand_ins = [t for t in routed if t.hint is not None and t.node != self.id]
+        up = [t for t in primaries if self.is_up(t.node)]
+        return up + stand_ins + [t for t in primaries if t not in up]
 
     async def _keep_hints(self, items: list[tuple]) -> None:
         """Hold (data key, encoded record, primary) copies as hints here: for a primary that is

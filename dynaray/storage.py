@@ -514,7 +514,10 @@ def _hold_directory(path: str, node_id: str) -> int | None:
             if time.monotonic() < deadline:
                 time.sleep(0.1)
                 continue
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
             os.close(fd)
             raise NodeError(
                 f"node {node_id} cannot use {path!r}: another process runs a node on it "
@@ -527,8 +530,11 @@ def _hold_directory(path: str, node_id: str) -> int | None:
             )
             os.close(fd)
             return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}, node {node_id}\n".encode(), 0)
+    try:  # who holds it, for the message a second one gets; the lock works without it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, node {node_id}\n".encode(), 0)
+    except OSError as exc:  # a full disk, say: the store's own start says what matters
+        log.warning("node %s: cannot note its pid in %s: %s", node_id, LOCK_FILE, exc)
     return fd
 
 

@@ -52,3 +52,5 @@ def test_a_read_that_stopped_early_says_how_many_failed():
     assert "0 of 3 replicas answered and 2 failed" in early
     assert "the rest were not waited for" in early
     assert "and 2 failed" not in str(errors.QuorumError("get", "k", 1, 2, 3, 2))  # all heard
+    slow = str(errors.QuorumError("get", "k", 1, 2, 2, 0))  # one answered, one never did
+    assert "did not answer within the read's deadline" in slow and "out of reach" not in slow

@@ -164,6 +164,7 @@ def test_fault_tables_reach_known_actors_first_then_those_other_handles_started(
     handle = object.__new__(cluster_module.Cluster)
     known = {"n1": _Actor("a1"), "n2": _Actor("a2"), "n3": _Actor("a3")}
     handle.store, handle._members, handle._handles = "s", ["n1", "n2", "n3", "n4"], dict(known)
+    handle._shut = False  # a handle in use (shutdown() not run)
     calls: list[tuple] = []
     handle._ask = lambda method, *args, nodes=None: calls.append((method, nodes)) or {}
     handle._ring = lambda: None

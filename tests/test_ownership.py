@@ -286,3 +286,23 @@ def test_a_primary_whose_disk_refuses_hands_the_write_to_a_stand_in(node, monkey
         [["n4~1.2", 1]],
     ]
     assert called == [spare]  # the owners that look down are not asked first
+
+
+def test_a_node_that_stands_in_and_is_refused_asks_the_other_stand_in(node, monkeypatch):
+    """n1 is not an owner; one owner is down, with a stand-in for it. The live owners and
+    n1's own disk refuse: the stand-in already covering the down owner is asked too (n1
+    replacing a target when it stood in must not lose it)."""
+    node._adopt(Ring.create(["n1", "n2", "n3", "n4", "n5"], 32))
+    node.config = {"n": 3}
+    for i in range(2000):
+        key = f"t{i}".encode()
+        pref = node.ring.preference_list(quorum.locate(node.ring, BUCKET, key)[0])
+        if pref[4] == "n1":  # owners pref[0:3]; the first spare pref[3] stands in, then n1
+            break
+    down = pref[2]
+    monkeypatch.setattr(node, "is_up", lambda peer: peer != down)
+    refusal = StorageError("full too")
+    called = _refusing(node, monkeypatch, {pref[0]: refusal, pref[1]: refusal, pref[3]: ["ok", []]})
+    op = ["counter", ["increment", 1]]
+    assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == ["ok", []]
+    assert called == [pref[0], pref[1], pref[3]]

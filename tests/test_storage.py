@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import subprocess
@@ -865,3 +866,20 @@ def test_a_directory_in_use_by_a_running_node_is_refused(tmp_path, monkeypatch):
     finally:
         s.close()
     Store(str(path), "n1").close()  # a refused open left nothing held
+
+
+def test_a_start_refused_by_a_full_disk_leaves_the_directory_free(tmp_path, monkeypatch):
+    """A failed start lets go of the directory's lock, so the next start (once there is
+    room) is not refused as if another node held it."""
+    monkeypatch.setattr(storage, "LOCK_WAIT", 0.3)
+    path = str(tmp_path / "n1")
+    written = os.pwrite
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "pwrite", full)
+    with pytest.raises(NodeError, match="cannot record its start"):
+        Store(path, "n1", fresh=True)
+    monkeypatch.setattr(storage.os, "pwrite", written)
+    Store(path, "n1", fresh=True).close()
