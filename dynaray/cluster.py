@@ -214,6 +214,7 @@ def start(
         )
     started_ray = _ensure_ray(address)
     handles: dict[str, Any] = {}
+    router = None
     try:
         if _named_nodes(store):
             raise DynarayError(
@@ -308,8 +309,9 @@ def start(
             resources=resources,
         )
     except BaseException:
-        for handle in handles.values():  # only what this call created
-            ray.kill(handle, no_restart=True)
+        for handle in [*handles.values(), router]:  # only what this call created
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
         if started_ray:
             ray.shutdown()
         raise
