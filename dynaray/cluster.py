@@ -755,11 +755,14 @@ class Cluster:
             )
         kept = _layout_of(router) if router is not None else {}
         resources = {KVNODE: 1} if ray.cluster_resources().get(KVNODE) else {}
+        # A throw-away store (started with data_dir=None) is thrown away by whichever
+        # handle shuts it down, as its own would: its nodes delete their directories.
+        ephemeral_root = kept.get("data_dir") if kept.get("ephemeral") else None
         return cls(
             store,
             handles,
             router,
-            None,
+            ephemeral_root,
             False,
             options=kept.get("options"),
             resources=resources,
@@ -779,7 +782,9 @@ class Cluster:
         """
         self._check_open()
         handles = self._handles
-        if not handles:  # attached while every node was down
+        if not handles:  # attached while every node was down: another driver may have
+            self._handles.update(_named_nodes(self.store))  # restarted some since
+        if not handles:
             option = _store_option(self.store)
             raise DynarayError(
                 f"no node of store {self.store!r} runs now ({', '.join(self._members)} are "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 
 import pytest
@@ -382,6 +383,7 @@ def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
 
         # Another driver finds the store through its Router, which remembers its nodes.
         attached = dynaray.Cluster.attach("dead")
+        stale = dynaray.Cluster.attach("dead")  # a handle that will not see the restarts
         assert attached.nodes() == ["n1", "n2", "n3"]
         assert attached.status() == {"n1": "down", "n2": "down", "n3": "down"}
         with pytest.raises(dynaray.DynarayError, match="no node of store 'dead' runs now"):
@@ -397,6 +399,8 @@ def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
             attached.restart(node)  # with the store's node options, as the Router keeps them
         assert attached._options == first._options
         assert attached.client().get("k", r=3).value == "v"
+        # Nodes another handle restarted are found when a client is made (not refused).
+        assert stale.client().get("k", r=3).value == "v"
 
         # The Router follows the nodes that join: killed again, the store starts again
         # from its data directory, with a Router of its own.
@@ -415,3 +419,17 @@ def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
     finally:
         with contextlib.suppress(dynaray.DynarayError):
             dynaray.Cluster.attach("dead").shutdown()
+
+
+def test_a_throw_away_store_shut_down_through_another_handle_leaves_no_directory(ray_session):
+    first = dynaray.start(nodes=3, node_options=FAST, partitions=16, store="eph")
+    root = first._ephemeral_root
+    try:
+        first.client().put("k", None, "v")
+        assert os.path.isdir(root)
+        dynaray.Cluster.attach("eph").shutdown()  # as `dynaray down --store eph` does
+        assert not os.path.exists(root)
+        with pytest.raises(dynaray.DynarayError, match="no store named 'eph'"):
+            dynaray.Cluster.attach("eph")
+    finally:
+        first.shutdown()
