@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from dynaray.errors import DynarayError
+from dynaray.names import DEFAULT_STORE, store_option
 
 STATE_DIR = os.path.expanduser(os.environ.get("DYNARAY_HOME", "~/.dynaray"))
 
@@ -101,7 +102,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
         f"N={args.n} R={args.r} W={args.w}, data in {data_dir}"
     )
-    python = "dynaray.connect()" if args.store == "default" else f"dynaray.connect({args.store!r})"
+    default = args.store == DEFAULT_STORE
+    python = "dynaray.connect()" if default else f"dynaray.connect({args.store!r})"
     print(
         f"Use it from Python with {python}, or {_command(args, 'get KEY')} / "
         f"{_command(args, 'put KEY VALUE')}."
@@ -112,8 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace, line: str) -> str:
     """`dynaray LINE` for the user to run, on the store this command used."""
     command, _, rest = line.partition(" ")
-    option = "" if args.store == "default" else f" --store {args.store}"
-    return f"`dynaray {command}{option} {rest}`"
+    return f"`dynaray {command}{store_option(args.store)} {rest}`"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -420,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     def store_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", default="default", help="store name (default: default)")
+        p.add_argument("--store", default=DEFAULT_STORE, help="store name (default: default)")
         p.add_argument("--address", default=None, help="Ray cluster address (default: auto)")
 
     up = sub.add_parser("up", help="start a store that outlives this command")

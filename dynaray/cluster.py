@@ -32,7 +32,7 @@ from dynaray import codec, faults, quorum, records
 from dynaray.anti_entropy import Figures
 from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
-from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name
+from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name, store_option
 from dynaray.ring import DEFAULT_PARTITIONS, Ring, check_partitions
 from dynaray.routing import Routing
 from dynaray.transport import actor_of
@@ -152,11 +152,6 @@ def _layout_of(router: Any) -> dict:
     except (AttributeError, RayError) as exc:  # a Router of an older version, or gone
         log.warning("the store's Router actor did not say what it remembers (%s)", exc)
         return {}
-
-
-def _store_option(store: str) -> str:
-    """The `dynaray` command's option naming the store, for messages ("" for the default)."""
-    return "" if store == DEFAULT_STORE else f" --store {store}"
 
 
 def _node_sort_key(node_id: str) -> tuple:
@@ -329,7 +324,7 @@ def _remains(store: str, data_dir: str | None) -> Any | None:
     kept = _layout_of(router)
     if data_dir is None or kept.get("data_dir") != data_dir:
         where, held, again = kept.get("data_dir"), "", ""
-        option = _store_option(store)
+        option = store_option(store)
         if where is not None and kept.get("ephemeral"):
             held = f"; its data is in the temporary directory {where}"
         elif where is not None:
@@ -785,7 +780,7 @@ class Cluster:
         if not handles:  # attached while every node was down: another driver may have
             self._handles.update(_named_nodes(self.store))  # restarted some since
         if not handles:
-            option = _store_option(self.store)
+            option = store_option(self.store)
             raise DynarayError(
                 f"no node of store {self.store!r} runs now ({', '.join(self._members)} are "
                 f"down), so a client could reach none; restart them (cluster.restart(node), "

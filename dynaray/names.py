@@ -14,3 +14,8 @@ def node_name(store: str, node_id: str) -> str:
 
 def router_name(store: str) -> str:
     return f"{store}.router"
+
+
+def store_option(store: str) -> str:
+    """The `dynaray` command's option naming the store, for messages ("" for the default)."""
+    return "" if store == DEFAULT_STORE else f" --store {store}"

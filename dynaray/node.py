@@ -1208,7 +1208,7 @@ class StorageNode:
                     if not retry:
                         raise RequestTimeout(
                             "put",
-                            args[1].decode(errors="replace"),
+                            key_repr(args[1]),
                             self.options.replica_timeout,
                             f"the coordinator {target.node} it was forwarded to did not answer "
                             f"({exc.reason})",

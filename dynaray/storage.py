@@ -102,15 +102,10 @@ class Store:
         self.path = path
         self._on_failure = on_failure
         self.node_id = node_id
+        self._lock: int | None = None
         try:
             os.makedirs(path, exist_ok=True)
-            self._lock = _hold_directory(path, node_id)
-        except OSError as exc:
-            raise NodeError(
-                f"node {node_id} cannot open its data directory {path!r}: {exc}; check that the "
-                "path exists and is writable by the Ray worker"
-            ) from exc
-        try:
+            self._lock = _hold_directory(path, node_id)  # NodeError when another holds it
             self.env = lmdb.open(
                 path,
                 max_dbs=8,

@@ -119,7 +119,7 @@ class Transport:
         handle = self.peers.get(peer)
         if handle is None:
             raise PeerUnavailable(peer, UNKNOWN_PEER)
-        if peer in self.dead and self.dead[peer] == actor_of(handle):
+        if not self.live(peer):  # the dead mark is only ever of the handle held
             # A call to it now fails at once, and Ray's ActorDiedError would not say that it
             # never ran: so a write known unsent can be reported as such (Unavailable).
             self.failed["dead"] += 1
