@@ -141,3 +141,15 @@ def test_ray_call_measures_what_a_bare_call_costs():
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["shape"] == "async-await"
     assert figures["calls_per_s"] > 0 and figures["caller_us_per_call"] > 0
+
+
+def test_disk_floor_measures_what_storing_a_copy_costs():
+    from benchmarks import disk_floor
+
+    for layer in disk_floor.LAYERS:
+        figures = disk_floor.measure(layer, seconds=0.3, batch=50, preload=10_000)
+        assert figures["layer"] == layer
+        assert figures["written"] >= 50
+        assert figures["stored"] == 10_000 + figures["written"]  # every copy was kept
+        assert figures["keys_per_s"] > 0
+        assert figures["user_us_per_key"] + figures["system_us_per_key"] > 0
