@@ -1400,6 +1400,7 @@ def format_report(report: dict) -> str:
 
 
 def write_png(report: dict, path: str) -> bool:
+    """Draw the report into a PNG at path; False (and why, printed) when it cannot."""
     try:
         import matplotlib
 
@@ -1408,39 +1409,77 @@ def write_png(report: dict, path: str) -> bool:
     except ImportError:
         print(f"PNG {path} skipped: matplotlib is not installed (pip install matplotlib)")
         return False
-    ran = _ran(report["targets"])
-    if not ran:
+    fig = draw(report)
+    if fig is None:
         print(f"PNG {path} skipped: no target ran")
         return False
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def draw(report: dict):  # -> matplotlib Figure | None (matplotlib is imported only here)
+    """The report's chart: throughput of every target that ran, and a latency panel per
+    operation type with one line per target; None when no target ran."""
+    import matplotlib.pyplot as plt
+
+    ran = _ran(report["targets"])
+    if not ran:
+        return None
     names = list(ran)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    ops = list(dict.fromkeys(op for n in names for op in ran[n]["ops"]))
+    # One colour per target, the same for its run paced at half peak (paler and dashed), so
+    # each line and bar reads as "which store" first and "at what load" second.
+    bases = list(dict.fromkeys(n.removesuffix("@half") for n in names))
+    palette = plt.get_cmap("tab10")
+    colour = {b: palette(i % 10) for i, b in enumerate(bases)}
+    fig, axes = plt.subplots(1, 1 + len(ops), figsize=(5 + 5 * len(ops), 5), squeeze=False)
+    ax1, lat_axes = axes[0][0], axes[0][1:]
     thr = [ran[n]["throughput_ops_s"] for n in names]
-    bars = ax1.bar(names, thr, color="#4c72b0")
+    bars = ax1.bar(
+        names,
+        thr,
+        color=[colour[n.removesuffix("@half")] for n in names],
+        alpha=0.9,
+        hatch=["//" if n.endswith("@half") else "" for n in names],
+    )
     ax1.bar_label(bars, labels=[f"{t:,.0f}" for t in thr], fontsize=8)
     ax1.set_ylabel("operations / second")
-    ax1.set_title("throughput")
-    ax1.tick_params(axis="x", rotation=20)
-    series = [(n, op) for n in names for op in ran[n]["ops"]]
+    ax1.set_title("throughput (hatched: paced at half peak)")
+    ax1.tick_params(axis="x", rotation=30)
+    for tick in ax1.get_xticklabels():
+        tick.set_horizontalalignment("right")
     labels = [f"p{p:g}" for p in PERCENTILES]
-    width = 0.8 / max(len(series), 1)
-    for i, (n, op) in enumerate(series):
-        lat = ran[n]["ops"][op]["latency_us"]
-        xs = [j + i * width for j in range(len(labels))]
-        ax2.bar(xs, [lat.get(lb, 0) / 1000 for lb in labels], width, label=f"{n} {op}")
-    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels)
-    ax2.set_yscale("log")
-    ax2.set_ylabel("latency (ms, log scale)")
-    ax2.set_title("latency percentiles")
-    ax2.legend(fontsize=7)
+    for ax, op in zip(lat_axes, ops, strict=True):
+        for n in names:
+            if op not in ran[n]["ops"]:
+                continue
+            lat = ran[n]["ops"][op]["latency_us"]
+            half = n.endswith("@half")
+            ax.plot(
+                labels,
+                [lat.get(lb, 0) / 1000 for lb in labels],
+                color=colour[n.removesuffix("@half")],
+                linestyle="--" if half else "-",
+                marker="o",
+                alpha=0.6 if half else 1.0,
+                label=n,
+            )
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.set_title(f"{op} latency (dashed: paced at half peak)")
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+    # One legend for every latency panel, under them, where it hides no line.
+    handles, names_drawn = lat_axes[0].get_legend_handles_labels() if ops else ([], [])
     s = report["settings"]
     fig.suptitle(
         f"workload {s['workload']}, {s['distribution']}, {s['keys']:,} keys, "
         f"{s['value_size']} B values, {s['clients']} clients, {s['duration']:g}s"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    if handles:
+        fig.legend(handles, names_drawn, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
+    return fig
 
 
 def _versions() -> dict[str, str]:

@@ -153,3 +153,51 @@ def test_disk_floor_measures_what_storing_a_copy_costs():
         assert figures["stored"] == 10_000 + figures["written"]  # every copy was kept
         assert figures["keys_per_s"] > 0
         assert figures["user_us_per_key"] + figures["system_us_per_key"] > 0
+
+
+def _ran_target(throughput: float, p50_ms: float) -> dict:
+    latency = {"count": 100, "p50": p50_ms * 1000, "p95": p50_ms * 2000, "p99": p50_ms * 3000}
+    latency["p99.9"] = p50_ms * 4000
+    ops = {op: {"latency_us": dict(latency), "ops_s": throughput / 2} for op in ("read", "update")}
+    return {"status": "ok", "throughput_ops_s": throughput, "ops": ops}
+
+
+def test_chart_draws_a_line_per_target_with_its_half_peak_run_in_its_colour(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib", reason="pip install -e '.[bench]'")
+    matplotlib.use("Agg")
+    report = {
+        "settings": {"workload": "A", "distribution": "zipfian", "keys": 100, "value_size": 100,
+                     "clients": 4, "duration": 1.0},
+        "targets": {
+            "dynaray": _ran_target(1000, 20), "dynaray@half": _ran_target(500, 10),
+            "naive": _ran_target(2000, 25), "naive@half": _ran_target(1000, 2),
+            "etcd": {"status": "skipped", "reason": "etcd skipped: missing the etcd binary"},
+        },
+    }  # fmt: skip
+    fig = bench.draw(report)
+    try:
+        throughput, *panels = fig.axes
+        assert [t.get_text() for t in throughput.get_xticklabels()] == [
+            "dynaray", "dynaray@half", "naive", "naive@half"
+        ]  # fmt: skip
+        assert [p.get_title().split()[0] for p in panels] == ["read", "update"]
+        for panel in panels:
+            lines = {line.get_label(): line for line in panel.get_lines()}
+            assert sorted(lines) == ["dynaray", "dynaray@half", "naive", "naive@half"]
+            for base in ("dynaray", "naive"):
+                peak, half = lines[base], lines[f"{base}@half"]
+                assert peak.get_color() == half.get_color()
+                assert (peak.get_linestyle(), half.get_linestyle()) == ("-", "--")
+            assert lines["dynaray"].get_color() != lines["naive"].get_color()
+            assert list(lines["naive@half"].get_ydata()) == [2, 4, 6, 8]  # milliseconds
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    out = tmp_path / "chart.png"
+    assert bench.write_png(report, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report["targets"] = {"etcd": report["targets"]["etcd"]}
+    assert bench.draw(report) is None
+    assert not bench.write_png(report, str(tmp_path / "none.png"))
+    assert not (tmp_path / "none.png").exists()
