@@ -1185,7 +1185,8 @@ def write_history(report: Report, path: str) -> None:
 
 def plot_timeline(report: Report, path: str) -> str | None:
     """A picture of the run: one row per client, each operation a bar coloured by outcome,
-    faults shaded behind. Returns a message when it could not be drawn."""
+    and above them a lane per kind of fault, each fault a bar over the time it lasted
+    (shaded behind the clients too). Returns a message when it could not be drawn."""
     try:
         import matplotlib
 
@@ -1207,7 +1208,9 @@ def plot_timeline(report: Report, path: str) -> str | None:
         spans = rows.setdefault(invocation.process, {k: [] for k in colours})
         spans[kind].append((invocation.time, max(stop - invocation.time, 0.002)))
     order = sorted(rows, key=lambda p: (isinstance(p, str), str(p)))
-    fig, ax = plt.subplots(figsize=(12, 1.5 + 0.35 * len(order)))
+    faults = [f for f in report.fault_log if f["kind"] not in RECOVERIES]
+    lanes = list(dict.fromkeys(f["kind"] for f in faults))  # a row per kind, above the clients
+    fig, ax = plt.subplots(figsize=(12, 1.5 + 0.35 * (len(order) + len(lanes))))
     fault_colours = {
         "partition": "#1f77b4",
         "link": "#9467bd",
@@ -1215,20 +1218,25 @@ def plot_timeline(report: Report, path: str) -> str | None:
         "wipe": "#d62728",
         "full": "#ff7f0e",
     }
-    for fault in report.fault_log:
-        if fault["kind"] in RECOVERIES:
-            continue
+    for number, fault in enumerate(faults):
         start, stop = fault["start"], fault["end"] if fault["end"] is not None else end
+        width = max(stop - start, 0.2)
         colour = fault_colours.get(fault["kind"], "#7f7f7f")
-        ax.axvspan(start, max(stop, start + 0.2), color=colour, alpha=0.12)
-        ax.text(start, len(order) - 0.4, f"{fault['kind']}:{fault['shape']}", fontsize=7)
+        y = len(order) + lanes.index(fault["kind"])
+        ax.axvspan(start, start + width, ymax=len(order) / (len(order) + len(lanes)), color=colour,
+                   alpha=0.08)  # fmt: skip
+        ax.broken_barh([(start, width)], (y - 0.35, 0.7), color=colour, alpha=0.5)
+        # Neighbouring faults' labels take turns above and below the lane's middle.
+        ax.text(start, y + (0.15 if number % 2 else -0.15), _fault_label(fault), fontsize=6,
+                va="center", clip_on=True)  # fmt: skip
     for y, process in enumerate(order):
         for kind, spans in rows[process].items():
             if spans:
                 ax.broken_barh(spans, (y - 0.35, 0.7), color=colours[kind])
-    ax.set_yticks(range(len(order)), [str(p) for p in order])
+    ax.set_yticks(range(len(order) + len(lanes)), [str(p) for p in order] + lanes)
+    ax.set_ylim(-0.6, len(order) + len(lanes) - 0.4)
     ax.set_xlabel("seconds")
-    ax.set_ylabel("process")
+    ax.set_ylabel("client (below), fault (above)" if lanes else "client")
     ax.set_title(
         f"dynaray verify {report.workload} ({','.join(report.nemesis)}), seed {report.seed}: "
         f"{'PASS' if report.passed else 'FAIL'}  (green ok, orange info, red fail)"
@@ -1237,6 +1245,15 @@ def plot_timeline(report: Report, path: str) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+def _fault_label(fault: dict) -> str:
+    """A fault's shape, and the nodes it struck when it names them (kills, disks, joins)."""
+    detail = fault.get("detail")
+    nodes = [detail] if isinstance(detail, str) else detail
+    if isinstance(nodes, list) and nodes and all(isinstance(n, str) for n in nodes):
+        return f"{fault['shape']} {','.join(nodes)}"
+    return str(fault["shape"])
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -135,6 +135,27 @@ def test_cli_fails_when_an_acknowledged_add_goes_missing(
 # -- pieces without Ray -----------------------------------------------------------------------
 
 
+def test_timeline_draws_a_lane_per_fault_kind(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    matplotlib.use("Agg")
+    history = History()
+    for process in (0, 1):
+        history.complete(history.invoke(process, "add", "k0", process), "ok")
+    faults = [
+        {"kind": "partition", "shape": "ring", "start": 0.0, "end": 1.0, "detail": {"cut": []}},
+        {"kind": "heal", "shape": "heal", "start": 1.0, "end": 1.0, "detail": None},
+        {"kind": "kill", "shape": "crash", "start": 0.5, "end": None, "detail": ["n2", "n3"]},
+        {"kind": "join", "shape": "add_node", "start": 0.2, "end": 0.9, "detail": "n6"},
+    ]
+    report = verify.Report("set", 1, 1.0, 5, 2, 1, ["partition", "kill", "join"],
+                           fault_log=faults, history=history)  # fmt: skip
+    assert verify.plot_timeline(report, str(tmp_path / "t.png")) is None
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert [verify._fault_label(f) for f in faults if f["kind"] != "heal"] == [
+        "ring", "crash n2,n3", "add_node n6"
+    ]  # fmt: skip
+
+
 def test_parse_nemesis():
     assert verify.parse_nemesis("partition,kill,join,leave") == (
         "partition",
