@@ -87,9 +87,12 @@ class Exchange:
             merged = records.merge_encoded([my_raw, their_raw])
             if merged is None:
                 continue
-            if not records.same_encoded(my_raw, merged):
+            # Bytes, not versions, decide: the trees hash the bytes, and two copies of one
+            # version can differ in their stamp alone (equal as versions), which only a
+            # write of the merge brings together.
+            if my_raw != merged:
                 to_me.append((key, merged, None))
-            if not records.same_encoded(their_raw, merged):
+            if their_raw != merged:
                 to_them.append((key, merged, None))
         if to_me:
             await self._apply(to_me)

@@ -35,14 +35,18 @@ class KeyRanges:
         )
 
     def tree(self, partition: int) -> merkle.MerkleTree:
+        # Called from the writer thread (_changed) and the event loop: setdefault is one
+        # step under the GIL, so both always get the same tree for a new range (a get, then
+        # a set, could let one replace the tree the other had just written into).
         tree = self.trees.get(partition)
         if tree is None:
-            tree = self.trees[partition] = merkle.MerkleTree()
+            tree = self.trees.setdefault(partition, merkle.MerkleTree())
         return tree
 
     def held(self) -> list[int]:
         """Partitions with any data here."""
-        return sorted(p for p, tree in self.trees.items() if not tree.empty)
+        # A copy first, taken in one step: the writer thread may add a range meanwhile.
+        return sorted(p for p, tree in list(self.trees.items()) if not tree.empty)
 
     def merkle_hashes(self, partition: int, level: int, indices: list[int]) -> list[int]:
         return self.tree(partition).hashes(level, indices)

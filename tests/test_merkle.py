@@ -455,3 +455,34 @@ def test_exchange_never_brings_back_a_dominated_version(tmp_path, initiator):
     assert sorted(versions.values(mixed_a.state)) == [b"y", b"z"]
     assert root_a == root_b
     assert again.ranges_in_sync == 1 and again.hashes_exchanged == 2
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_exchange_repairs_copies_that_differ_only_in_their_stamp(tmp_path, initiator):
+    """One version, two hybrid-time stamps (a failover coordinator whose clock was behind
+    wrote it; a replica that held the version it followed kept the later stamp): the copies
+    are equal as versions but not as bytes, so their Merkle trees differ until repaired."""
+    key = _key(bench.PARTITION, 500, "stamped")
+    early = bench._record(b"v", "n1")
+    late = records.Record(early.kind, early.state, early.stamp + 1000)
+    assert records.equal(early, late) and records.encode(early) != records.encode(late)
+
+    async def scenario():
+        a, b = _pair(tmp_path)
+        try:
+            common = _common(50)
+            await a.load({**common, key: early})
+            await b.load({**common, key: late})
+            local, peer = (a, b) if initiator == "a" else (b, a)
+            figures = await _exchange(local, peer)
+            again = await _exchange(local, peer)
+            return figures, again, _stored(a, key), _stored(b, key), _root(a), _root(b)
+        finally:
+            a.store.close()
+            b.store.close()
+
+    figures, again, on_a, on_b, root_a, root_b = asyncio.run(scenario())
+    assert figures.keys_repaired == 1
+    assert on_a.stamp == on_b.stamp == late.stamp  # the merge keeps the later stamp
+    assert root_a == root_b
+    assert again.ranges_in_sync == 1
