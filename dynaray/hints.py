@@ -73,8 +73,12 @@ class HintedHandoff:
     ) -> int:
         """Send every hint held for owner, batch by batch; returns how many were delivered.
 
-        Stops at the first batch the owner does not acknowledge (PeerUnavailable propagates
-        to the caller, who retries later).
+        `send(owner, items)` acknowledges the whole batch by returning, or some of it by
+        returning one bool per item (a node that left the ring: its hints go to each
+        key's current owners, some of whom may be out of reach); only what was
+        acknowledged is forgotten, and the rest is passed over until the next delivery.
+        Stops at the first batch whose send fails (PeerUnavailable propagates to the
+        caller, who retries later).
         """
         if owner in self._busy:
             return 0  # one delivery per owner at a time, so a returning node is not flooded
@@ -82,24 +86,38 @@ class HintedHandoff:
         try:
             total = 0
             prefix = owner_prefix(owner)
+            after = None  # past what this pass sent
+            changed = 0  # hints of this pass a newer write changed while they were sent
             while True:
-                items = self.store.scan(HINTS, prefix, limit=self.batch)
+                items = self.store.scan(HINTS, prefix, after, limit=self.batch)
                 if not items:
-                    return total
-                await (send or self._send)(
+                    if not changed:
+                        return total
+                    after, changed = None, 0  # another pass, for what changed
+                    continue
+                after = items[-1][0]
+                acked = await (send or self._send)(
                     owner, [[_split(hkey)[1], raw, None] for hkey, raw in items]
                 )
-                await self.store.write(lambda txn, items=items: self._forget(txn, items))
+                if isinstance(acked, list) and len(acked) == len(items):
+                    items = [item for item, ok in zip(items, acked, strict=True) if ok is True]
+                changed += await self.store.write(lambda txn, items=items: self._forget(txn, items))
                 total += len(items)
                 self.delivered += len(items)
                 await asyncio.sleep(self.pause)
         finally:
             self._busy.discard(owner)
 
-    def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> None:
-        """Delete delivered hints unless a newer write changed them since they were read.
-        (A stand-in's writes carry an actor id of their own for each write, so nothing
-        about its counters needs remembering once the hint is gone.)"""
+    def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> int:
+        """Delete delivered hints unless a newer write changed them since they were read;
+        returns how many were kept as changed. (A stand-in's writes carry an actor id of
+        their own for each write, so nothing about its counters needs remembering once the
+        hint is gone.)"""
+        changed = 0
         for hkey, raw in items:
-            if txn.get(HINTS, hkey) == raw:
+            current = txn.get(HINTS, hkey)
+            if current == raw:
                 txn.delete(HINTS, hkey)
+            elif current is not None:
+                changed += 1
+        return changed

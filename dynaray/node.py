@@ -743,26 +743,31 @@ class StorageNode:
                 await self._deliver_to(owner)
 
     async def _rehome(self, owner: str) -> None:
-        """Hints for a node that left the ring go to the keys' current owners instead."""
+        """Hints for a node that left the ring go to the keys' current owners instead. A
+        hint is done with once one current owner of its key has it (anti-entropy brings
+        it to the others); the rest are kept for the next round."""
 
-        async def send(_: str, items: list) -> None:
-            by_target: dict[str, list] = {}
-            for dkey, raw, _hint in items:
+        async def send(_: str, items: list) -> list[bool]:
+            by_target: dict[str, list[int]] = {}
+            for index, (dkey, _raw, _hint) in enumerate(items):
                 partition = codec.key_partition(dkey)
                 for target in self.ring.preference_list(partition)[: self.n]:
-                    by_target.setdefault(target, []).append([dkey, raw, None])
-            acked = 0
-            for target, batch in by_target.items():
+                    by_target.setdefault(target, []).append(index)
+            acked = [False] * len(items)
+            for target, indices in by_target.items():
+                batch = [items[i] for i in indices]
                 try:
                     if target == self.id:
                         await self._apply(batch)
                     else:
                         await self._call(target, "replica_put", batch)
-                    acked += 1
                 except (PeerUnavailable, StorageError):
                     continue
-            if not acked:
+                for i in indices:
+                    acked[i] = True
+            if not any(acked):
                 raise PeerUnavailable(owner, "no current owner reachable")
+            return acked
 
         try:
             await self.handoff.deliver(owner, send)

@@ -358,3 +358,21 @@ def test_hints_survive_reopening(tmp_path):
         assert third.count(HINTS) == 6
     finally:
         third.close()
+
+
+def test_only_acknowledged_hints_are_forgotten_and_the_rest_passed_over(store):
+    """A node that left the ring: its hints go to each key's current owners, some of whom
+    are out of reach. A hint no owner took stays; the delivery goes on past it."""
+    before = {dkey(i): put_hint(store, "gone", dkey(i), written(b"v%d" % i)) for i in range(7)}
+    unreachable = {dkey(1), dkey(4), dkey(5)}
+    batches = []
+
+    async def send(owner, items):
+        batches.append([k for k, _, _ in items])
+        return [k not in unreachable for k, _, _ in items]
+
+    handoff = HintedHandoff(store, send, batch=3, pause=0)
+    assert asyncio.run(handoff.deliver("gone")) == 4
+    assert sorted(k for batch in batches for k in batch) == sorted(before)  # each sent once
+    assert hints_of(store, "gone") == {k: before[k] for k in unreachable}
+    assert handoff.delivered == 4

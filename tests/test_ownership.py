@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from dynaray import codec, quorum, reads
+from dynaray import codec, quorum, reads, records
 from dynaray.client import siblings_op
 from dynaray.errors import RequestTimeout, StorageError
 from dynaray.node import StorageNode
@@ -306,3 +306,36 @@ def test_a_node_that_stands_in_and_is_refused_asks_the_other_stand_in(node, monk
     op = ["counter", ["increment", 1]]
     assert asyncio.run(node.coordinate_put("client", BUCKET, key, op, 2, 3)) == ["ok", []]
     assert called == [pref[0], pref[1], pref[3]]
+
+
+# -- hints of a node that left the ring ------------------------------------------------------
+
+
+def test_hints_of_a_node_that_left_are_kept_until_an_owner_of_their_key_has_them(node, monkeypatch):
+    """One batch of hints spans keys of several ranges; a hint is forgotten only once one
+    of its own key's current owners took it, not because some other key's owner did."""
+    from dynaray.hints import hint_key
+    from dynaray.storage import DATA, HINTS
+
+    _ready(node)
+    owners_of = {}
+    for i in range(40):
+        partition, dkey = quorum.locate(node.ring, BUCKET, f"k{i}".encode())
+        owners_of[dkey] = node.ring.preference_list(partition)[:3]
+    record = records.encode(records.update(None, siblings_op(None, b"\x00v")(b""), "gone", 1))
+
+    def op(txn):
+        for dkey in owners_of:
+            txn.put(HINTS, hint_key("gone", dkey), record)
+
+    asyncio.run(node.store.write(op))
+
+    async def call(peer, method, *args):  # every other node is out of reach
+        raise PeerUnavailable(peer, "partitioned")
+
+    monkeypatch.setattr(node, "_call", call)
+    asyncio.run(node._rehome("gone"))
+    held = {dkey for dkey in owners_of if node.store.get(HINTS, hint_key("gone", dkey))}
+    taken = {dkey for dkey in owners_of if node.store.get(DATA, dkey) is not None}
+    assert held == {dkey for dkey, owners in owners_of.items() if "n1" not in owners}
+    assert held and taken == set(owners_of) - held  # n1 took its own keys' hints
