@@ -950,7 +950,7 @@ class StorageNode:
             if isinstance(record, DynarayError):
                 answers[req.index] = ["error", record]
                 continue
-            req.record, req.encoded = record
+            req.context, req.encoded = record
             req.start(self.id, self.is_up, per_peer)
             live.append(req)
             for primary in _uncovered(req.preference, req.n, req.targets):
@@ -962,7 +962,7 @@ class StorageNode:
         for req in live:
             tally = req.tally
             if tally.reached:
-                answers[req.index] = ["ok", records.context_of(req.record)]
+                answers[req.index] = ["ok", req.context]
             else:
                 answers[req.index] = ["quorum", len(tally.ok), req.needed, tally.asked]
             self.metrics.request("put", answers[req.index][0], elapsed)
@@ -1109,7 +1109,7 @@ class StorageNode:
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
         try:
-            record, encoded = await self.store.write(
+            context, encoded = await self.store.write(
                 lambda txn: self._update(txn, dkey, mine, op, stamp)
             )
         except StorageError as refused:
@@ -1139,14 +1139,15 @@ class StorageNode:
         tally.answered(self.id)
         await self._replicate(tally, others, dkey, encoded)
         if tally.reached:
-            return ["ok", records.context_of(record)]
+            return ["ok", context]
         return ["quorum", len(tally.ok), w, tally.asked]
 
     def _update(
         self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int
-    ) -> tuple[records.Record, bytes]:
+    ) -> tuple[list, bytes]:
         """Inside the writer's transaction: read, apply the operation, write. Returns the
-        new record and its encoding (what the replicas are sent)."""
+        context the write's answer carries (records.written_context) and the new record's
+        encoding (what the replicas are sent)."""
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
@@ -1164,7 +1165,7 @@ class StorageNode:
             _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
         txn.put(db, rkey, encoded)
-        return record, encoded
+        return records.written_context(record, op, actor), encoded
 
     def _takers(self, routed: list[quorum.Target], asked: bool) -> list[quorum.Target]:
         """Who may coordinate a write our disk refused, best first: the primaries that look
@@ -1529,7 +1530,7 @@ class _Request:
     n: int
     op: list | None = None  # a put's records.update operation
     tally: quorum.Tally | None = None
-    record: records.Record | None = None
+    context: list | None = None  # a put's answer: its records.written_context
     encoded: bytes | None = None  # a put's new record, as stored and sent
     replies: dict | None = None  # a get's {node: (target, encoded record)}
 

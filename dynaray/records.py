@@ -267,6 +267,25 @@ def _map_idempotent(op: object) -> bool:
     )
 
 
+def written_context(record: Record, op: list, actor: str) -> list:
+    """The causal context a write's answer carries, in wire form: what its writer saw, and
+    the write itself, never a concurrent version the writer did not see.
+
+    The record's whole context (context_of) would cover the siblings that survived the
+    write, and a client that wrote again with it would drop them unseen. A version vector
+    cannot leave out one dot of a node and cover a later one, so when an older value of
+    the coordinating actor survives beside the write, the answer is the writer's own
+    context alone: writing with it again keeps the write too, as a sibling to resolve.
+    """
+    if record.kind != "siblings":
+        return context_of(record)
+    seen = versions.vv_from_wire(op[1])
+    for node, counter, vals in record.state[0]:
+        if node == actor and len(vals) == 1:  # the write's dot, and none of ours beside it
+            return versions.vv_to_wire(versions.merge_contexts(seen, ((node, counter),)))
+    return versions.vv_to_wire(versions.merge_contexts(seen))
+
+
 def context_of(record: Record | None) -> list:
     """The causal context a client gets with a read, in wire form."""
     if record is None:

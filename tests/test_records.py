@@ -76,3 +76,44 @@ def test_stamp_of_reads_the_envelope_and_refuses_what_is_not_a_record():
     for bad in (b"\xc1", codec.pack([1, 2]), codec.pack([records.FORMAT, "nope", [], 1])):
         with pytest.raises(ValueError):
             records.stamp_of(bad)
+
+
+# -- the context a write's answer carries ---------------------------------------------------
+
+
+def _put(stored, context: list, value: bytes, node: str):
+    """A coordinator's write, and the context its answer carries."""
+    op = ["siblings", context, value]
+    record = records.update(stored, op, node, 1)
+    return record, records.written_context(record, op, node)
+
+
+def _values(record) -> list:
+    return sorted(versions.values(record.state))
+
+
+def test_a_write_answer_never_covers_a_concurrent_version_its_writer_did_not_see():
+    # X and Y both write blind through n1: two siblings. Y writes again with what its put
+    # answered: X's version, never seen by Y, must survive.
+    r1, _ = _put(None, [], b"x1", "n1")
+    r2, y_context = _put(r1, [], b"y1", "n1")
+    assert _values(r2) == [b"x1", b"y1"]
+    r3, _ = _put(r2, y_context, b"y2", "n1")
+    assert b"x1" in _values(r3)
+    assert _values(r3) == [b"x1", b"y1", b"y2"]  # its own y1 stays too, to be resolved
+    # The same through two coordinators: n2 holds x1 (from n1) when Y writes through it.
+    s2, y_context = _put(r1, [], b"y1", "n2")
+    s3, _ = _put(s2, y_context, b"y2", "n2")
+    assert _values(s3) == [b"x1", b"y2"]  # y1 was Y's own: its answer covered it
+
+
+def test_a_write_answer_covers_the_write_when_nothing_concurrent_survives():
+    r1, context = _put(None, [], b"v1", "n1")
+    r2, context = _put(r1, context, b"v2", "n1")
+    r3, context = _put(r2, context, b"v3", "n2")  # another coordinator, same chain
+    assert _values(r3) == [b"v3"]
+    assert context == records.context_of(r3)
+    # After a read that saw both siblings, the write resolves them and covers them.
+    both, _ = _put(r1, [], b"w", "n2")
+    merged, context = _put(both, records.context_of(both), b"merged", "n1")
+    assert _values(merged) == [b"merged"] and context == records.context_of(merged)
