@@ -132,6 +132,17 @@ def context(kind: str, state: object | None) -> list:
     return [[actor, n] for actor, n in state[0]]
 
 
+def actors(kind: str, state: object | None) -> list[str]:
+    """Every actor whose operations the state counts (a counter's entries, the clock of a
+    set, flag or map); [] for a register, whose actor only breaks timestamp ties."""
+    _require_kind(kind)
+    if state is None or kind == "register":
+        return []
+    if kind == "counter":
+        return [actor for actor, _, _ in state]
+    return [actor for actor, _ in state[0]]
+
+
 def check(kind: str, obj: object) -> object:
     """Validate a state from the wire or disk; returns it as fresh lists, equal to obj.
 

@@ -68,6 +68,11 @@ class HintedHandoff:
     def count(self) -> int:
         return self.store.count(HINTS)
 
+    def hinted(self, dkeys: list[bytes]) -> list[bytes]:
+        """The data keys among dkeys that a hint held here (for any owner) is a copy of."""
+        owners = self.owners()
+        return [k for k in dkeys if any(self.store.get(HINTS, hint_key(o, k)) for o in owners)]
+
     async def deliver(
         self, owner: str, send: Callable[[str, list], Awaitable[object]] | None = None
     ) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from dynaray import codec, hlc, quorum, reads, records, versions
+from dynaray import actors, codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
 from dynaray.codec import key_repr
@@ -51,6 +51,9 @@ READ_REPAIR_WAIT = 1.0
 # How long a peer that failed a call is skipped before it is tried again.
 RETRY_AFTER = 1.0
 _INCARNATION = b"incarnation"
+# META keys: a range's key-epoch floor (dynaray/actors.py), the number of the transaction
+# that last began dropping the range here, as 8 bytes.
+_FLOOR = b"floor:"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
@@ -176,6 +179,12 @@ class StorageNode:
         # Ranges this node gained in a ring change and is still receiving (ownership
         # handoff): it does not answer reads for them until it has them.
         self.pending: set[int] = set()
+        # {range: key-epoch floor}: epochs of this node's that began at or before it may not
+        # be gone on under (actors.continuing), as the range's copy was dropped since.
+        self.floors = {
+            codec.key_partition(key[len(_FLOOR) :]): int.from_bytes(raw, "big")
+            for key, raw in self.store.scan(META, _FLOOR, limit=1 << 20)
+        }
         self.transfer = {"ranges_received": 0, "keys_received": 0, "ranges_dropped": 0}
         self.last_exchange: float | None = None
         self._load_ring()
@@ -380,9 +389,24 @@ class StorageNode:
         dropped = 0
         for partition in self.ranges.held():
             if partition not in mine and partition not in self.pending:
+                # The floor is raised before the copy goes (a crash in between leaves it
+                # raised) and after (past epochs a late write began meanwhile).
+                await self._raise_floor(partition)
                 dropped += await self.ranges.drop(partition)
+                await self._raise_floor(partition)
                 self.transfer["ranges_dropped"] += 1
         return dropped
+
+    async def _raise_floor(self, partition: int) -> None:
+        """No epoch begun so far goes on in this range: a copy of it that comes back from a
+        peer may lack dots this node issued (dynaray/actors.py)."""
+
+        def op(txn: Txn) -> int:
+            floor = txn.raw.id()
+            txn.put(META, _FLOOR + codec.partition_prefix(partition), floor.to_bytes(8, "big"))
+            return floor
+
+        self.floors[partition] = await self.store.write(op)
 
     # -- anti-entropy -----------------------------------------------------------------------
 
@@ -396,6 +420,8 @@ class StorageNode:
             return await self._reap_local(args[0])
         if method in ("merkle_hashes", "segment_items", "read_records"):
             return getattr(self.ranges, method)(partition, *args)
+        if method == "hinted":
+            return self.handoff.hinted(args[0])
         raise ValueError(f"unknown anti-entropy call {method!r}")
 
     async def anti_entropy_round(self) -> dict:
@@ -454,6 +480,21 @@ class StorageNode:
             for (key, own), raw in zip(candidates, theirs, strict=True):
                 if raw is None or not records.same_encoded(own, raw):
                     agreed.discard(key)
+        # Nor may any node still hold a hint of the key (a copy from before the delete, for
+        # an owner that was down then): delivered after the reap, it would bring the key
+        # back. Every node of the ring is asked, as any may have stood in; a node that
+        # does not answer could hold one, so nothing is reaped this round.
+        agreed -= set(self.handoff.hinted(sorted(agreed)))
+        for other in self.ring.nodes():
+            if other == self.id or not agreed:
+                continue
+            try:
+                hinted = await self._call(
+                    other, "anti_entropy_call", "hinted", partition, sorted(agreed)
+                )
+            except (PeerUnavailable, StorageError):
+                return 0
+            agreed -= {bytes(k) for k in hinted}
         doomed = [(dkey, raw) for dkey, raw in candidates if dkey in agreed]
         if not doomed:
             return 0
@@ -1152,6 +1193,12 @@ class StorageNode:
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
         actor = self.actor
+        if me.hint is None and op and op[0] != "lww":
+            # A key epoch this copy holds all of, else a new one (dynaray/actors.py).
+            floor = self.floors.get(codec.key_partition(dkey), 0)
+            actor = actors.continuing(self.actor, records.actors(stored), floor)
+            if actor is None:
+                actor = actors.key_epoch(self.actor, txn.raw.id())
         if me.hint is not None:
             self.metrics.count("sloppy_writes")
             # A stand-in's copy is not the key's full history (it may hold another copy for

@@ -267,6 +267,15 @@ def _map_idempotent(op: object) -> bool:
     )
 
 
+def actors(record: Record | None) -> list[str]:
+    """The actor ids whose dots or counts the record holds ([] for lww, which has none)."""
+    if record is None or record.kind == "lww":
+        return []
+    if record.kind == "siblings":
+        return [node for node, _, _ in record.state[0]]
+    return crdt.actors(record.kind, record.state)
+
+
 def written_context(record: Record, op: list, actor: str) -> list:
     """The causal context a write's answer carries, in wire form: what its writer saw, and
     the write itself, never a concurrent version the writer did not see.

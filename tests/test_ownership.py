@@ -339,3 +339,118 @@ def test_hints_of_a_node_that_left_are_kept_until_an_owner_of_their_key_has_them
     taken = {dkey for dkey in owners_of if node.store.get(DATA, dkey) is not None}
     assert held == {dkey for dkey, owners in owners_of.items() if "n1" not in owners}
     assert held and taken == set(owners_of) - held  # n1 took its own keys' hints
+
+
+# -- key epochs: a node never issues a dot again after it lost its copy of a key -------------
+
+
+def _write(node: StorageNode, dkey: bytes, op: list) -> bytes:
+    """n1 coordinates op on its own copy (no replication); the record it stored, encoded."""
+    me = quorum.Target("n1")
+    _, encoded = asyncio.run(
+        node.store.write(lambda txn: node._update(txn, dkey, me, op, node.hlc.now()))
+    )
+    return encoded
+
+
+def _blind(value: bytes) -> list:
+    return ["siblings", [], value]
+
+
+def test_a_node_that_got_a_dropped_range_back_never_issues_a_dot_again(node):
+    """n1 wrote a key five times, handed its range to a joiner and dropped its copy, then got
+    the range back; the copy it pulls from a peer missed its last two writes. A write it
+    coordinates now, or while the range is still arriving, must not repeat dot n1:4: the
+    replicas that hold n1:4 would drop it as seen."""
+    from dynaray.storage import DATA
+
+    _ready(node)
+    key, _ = _owned_first(node)
+    partition, dkey = quorum.locate(node.ring, BUCKET, key)
+    history = [_write(node, dkey, _blind(b"\x00v%d" % i)) for i in range(5)]
+    full, stale = history[-1], history[2]  # a peer holds all five; another only three
+    asyncio.run(node._raise_floor(partition))  # what drop_foreign does around the drop
+    asyncio.run(node.ranges.drop(partition))
+    asyncio.run(node._raise_floor(partition))
+    assert node.store.get(DATA, dkey) is None
+
+    arriving = records.decode(_write(node, dkey, _blind(b"\x00while-arriving")))
+    assert b"\x00while-arriving" in _merged_values(full, records.encode(arriving))
+    asyncio.run(node.store.write(lambda txn: txn.delete(DATA, dkey)))
+
+    asyncio.run(node._apply([(dkey, stale, None)]))  # the pull, from the stale peer
+    after = _write(node, dkey, _blind(b"\x00after"))
+    assert b"\x00after" in _merged_values(full, after)
+    # Writes go on under that new epoch from now on (no new entry per write).
+    again = _write(node, dkey, ["siblings", records.context_of(records.decode(after)), b"\x00x"])
+    assert len(records.actors(records.decode(again))) == len(records.actors(records.decode(after)))
+
+
+def test_a_write_after_a_reaped_tombstone_survives_a_replica_that_still_holds_it(node):
+    """Every replica reaped the key's tombstone but one (unreachable then); n1, which has no
+    copy left, coordinates a new write of the key: the old tombstone must not swallow it."""
+    from dynaray.storage import DATA
+
+    _ready(node)
+    key, _ = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    for i in range(3):
+        written = _write(node, dkey, _blind(b"\x00v%d" % i))
+    context = records.context_of(records.decode(written))
+    tombstone = _write(node, dkey, ["siblings", context, None])
+    asyncio.run(node._reap_local([(dkey, tombstone)]))
+    assert node.store.get(DATA, dkey) is None
+    fresh = _write(node, dkey, _blind(b"\x00new"))
+    assert _merged_values(tombstone, fresh) == [b"\x00new"]
+
+
+def _merged_values(a: bytes, b: bytes) -> list:
+    merged = records.merge(records.decode(a), records.decode(b))
+    return sorted(v for v in records_values(merged) if v is not None)  # None: a tombstone
+
+
+def records_values(record) -> list:
+    from dynaray import versions
+
+    return versions.values(record.state)
+
+
+def test_a_tombstone_is_not_reaped_while_any_node_holds_a_hint_of_its_key(node, monkeypatch):
+    """A hint from before the delete, delivered after the reap, would bring the key back:
+    the reaper asks every node of the ring, and reaps nothing if one does not answer."""
+    import dataclasses
+    import time
+
+    from dynaray.storage import DATA
+
+    _ready(node)
+    node.options = dataclasses.replace(node.options, tombstone_grace=0)
+    key, _ = _owned_first(node)
+    partition, dkey = quorum.locate(node.ring, BUCKET, key)
+    written = _write(node, dkey, _blind(b"\x00v"))
+    tombstone = _write(node, dkey, ["siblings", records.context_of(records.decode(written)), None])
+    time.sleep(0.01)  # past the grace of 0 s
+    hinting: dict[str, object] = {}  # node -> its answer to "hinted", or an exception
+
+    async def call(peer, method, *args):
+        assert method == "anti_entropy_call"
+        what, _, keys = args[0], args[1], args[2]
+        if what == "read_records":
+            return [tombstone for _ in keys]
+        if what == "hinted":
+            answer = hinting.get(peer, [])
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        assert what == "reap"
+        return len(keys)
+
+    monkeypatch.setattr(node, "_call", call)
+    hinting["n4"] = [dkey]  # n4 is not an owner of the key: it stood in for one
+    assert asyncio.run(node._reap(partition)) == 0
+    hinting["n4"] = PeerUnavailable("n4", "partitioned")
+    assert asyncio.run(node._reap(partition)) == 0
+    assert node.store.get(DATA, dkey) == tombstone
+    hinting["n4"] = []
+    assert asyncio.run(node._reap(partition)) == 3  # two peers and n1
+    assert node.store.get(DATA, dkey) is None
