@@ -773,47 +773,40 @@ class StorageNode:
 
     # -- hinted handoff ---------------------------------------------------------------------
 
-    async def _send_hints(self, owner: str, items: list) -> None:
-        await self._call(owner, "replica_put", items)
+    async def _send_hints(self, owner: str, items: list) -> list[bool]:
+        """HintedHandoff's delivery of hints held for owner: to the owner, for keys it still
+        replicates; to their current owners, for keys it no longer does (it left the ring,
+        or the range moved to a joiner: a copy it took would be dropped with the range).
+        Answers, per hint, whether an owner of its key holds it now (anti-entropy brings it
+        to the others); PeerUnavailable when no owner could be reached at all."""
+        by_target: dict[str, list[int]] = {}
+        for index, (dkey, _raw, _hint) in enumerate(items):
+            owners = self._owners(dkey) if self.ring is not None else [owner]
+            for target in [owner] if owner in owners else owners:
+                by_target.setdefault(target, []).append(index)
+        held = [False] * len(items)
+        reached = False
+        for target, indices in by_target.items():
+            batch = [items[i] for i in indices]
+            try:
+                if target == self.id:
+                    answers = await self._apply(batch)
+                else:
+                    answers = await self._call(target, "replica_put", batch)
+            except (PeerUnavailable, StorageError):
+                continue
+            reached = True
+            for i, ok in zip(indices, answers, strict=True):
+                held[i] = held[i] or ok is True
+        if not reached:
+            raise PeerUnavailable(owner, "no owner of these keys could be reached")
+        return held
 
     async def _handoff_round(self) -> None:
         for owner in self.handoff.owners():
-            if self.ring is not None and owner not in self.ring.nodes():
-                await self._rehome(owner)
-            elif self.is_up(owner) and owner in self.transport.peers:
+            in_ring = self.ring is not None and owner in self.ring.nodes()
+            if not in_ring or (self.is_up(owner) and owner in self.transport.peers):
                 await self._deliver_to(owner)
-
-    async def _rehome(self, owner: str) -> None:
-        """Hints for a node that left the ring go to the keys' current owners instead. A
-        hint is done with once one current owner of its key has it (anti-entropy brings
-        it to the others); the rest are kept for the next round."""
-
-        async def send(_: str, items: list) -> list[bool]:
-            by_target: dict[str, list[int]] = {}
-            for index, (dkey, _raw, _hint) in enumerate(items):
-                partition = codec.key_partition(dkey)
-                for target in self.ring.preference_list(partition)[: self.n]:
-                    by_target.setdefault(target, []).append(index)
-            acked = [False] * len(items)
-            for target, indices in by_target.items():
-                batch = [items[i] for i in indices]
-                try:
-                    if target == self.id:
-                        await self._apply(batch)
-                    else:
-                        await self._call(target, "replica_put", batch)
-                except (PeerUnavailable, StorageError):
-                    continue
-                for i in indices:
-                    acked[i] = True
-            if not any(acked):
-                raise PeerUnavailable(owner, "no current owner reachable")
-            return acked
-
-        try:
-            await self.handoff.deliver(owner, send)
-        except (PeerUnavailable, StorageError):
-            return
 
     async def _deliver_to(self, owner: str) -> None:
         try:
@@ -822,7 +815,7 @@ class StorageNode:
             return
         if delivered:
             self.metrics.count("hints_delivered", delivered)
-            log.info("delivered %d hints to %s", delivered, owner)
+            log.info("delivered %d hints for %s", delivered, owner)
 
     def _refresh_gauges(self) -> None:
         self.metrics.gauges.update(
@@ -1012,21 +1005,21 @@ class StorageNode:
         """One replica_put carrying many keys; a key whose replica failed goes on to the
         next fallback on its own (sloppy quorum), as a one-key write does."""
         try:
-            await self._call(peer, "replica_put", [[r.dkey, r.encoded, None] for r in batch])
+            held = await self._call(peer, "replica_put", [[r.dkey, r.encoded, None] for r in batch])
         except (PeerUnavailable, DynarayError):
-            fallbacks, orphans = [], []
-            for req in batch:
-                replacement = req.tally.failure(quorum.Target(peer))
-                if replacement is not None:
-                    fallbacks.append(
-                        self._replicate(req.tally, [replacement], req.dkey, req.encoded)
-                    )
-                if replacement is None or replacement.hint is None:
-                    orphans.append((req.dkey, req.encoded, peer))  # as in _replicate
+            held = [False] * len(batch)
+        fallbacks, orphans = [], []
+        for req, ok in zip(batch, held, strict=True):
+            if ok is True:
+                req.tally.answered(peer)
+                continue
+            replacement = req.tally.failure(quorum.Target(peer))
+            if replacement is not None:
+                fallbacks.append(self._replicate(req.tally, [replacement], req.dkey, req.encoded))
+            if replacement is None or replacement.hint is None:
+                orphans.append((req.dkey, req.encoded, peer))  # as in _replicate
+        if fallbacks or orphans:
             await asyncio.gather(self._keep_hints(orphans), *fallbacks)
-            return
-        for req in batch:
-            req.tally.answered(peer)
 
     async def _get_batch(
         self, sender: str, requests: list, batch: list[_Request], answers: list
@@ -1278,8 +1271,12 @@ class StorageNode:
 
         async def send(target: quorum.Target) -> None:
             try:
-                await self._call_batched(target.node, "replica_put", [dkey, encoded, target.hint])
-                tally.answered(target.node)
+                if await self._call_batched(
+                    target.node, "replica_put", [dkey, encoded, target.hint]
+                ):
+                    tally.answered(target.node)
+                else:  # it holds the key as another kind (_apply): as if it had failed
+                    raise PeerUnavailable(target.node, "could not merge it")
             except (PeerUnavailable, DynarayError):  # as in _replicate_batch
                 replacement = tally.failure(target)
                 if replacement is not None:
@@ -1382,28 +1379,39 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def replica_put(self, sender: str, items: list) -> list[bool]:
-        """Merge incoming records and acknowledge each, after the commit."""
+        """Merge incoming records and acknowledge each, after the commit (False: one that
+        cannot be merged with ours, which is kept as it was)."""
         self._check_sender(sender)
-        await self._apply(items)
-        return [True] * len(items)
+        return await self._apply(items)
 
-    async def _apply(self, items: list) -> int:
-        """Merge (data key, encoded record, hint owner) items into our data or hints."""
+    async def _apply(self, items: list) -> list[bool]:
+        """Merge (data key, encoded record, hint owner) items into our data or hints; for
+        each, whether it is held now. A record of another kind than ours (a bucket created
+        with two policies on the two sides of a partition) cannot be merged: it is left
+        out, and logged, and the rest of the batch goes in."""
         if not items:
-            return 0
+            return []
         self.hlc.observe(max(records.stamp_of(raw) for _, raw, _ in items))
 
         hinted = sum(1 for _, _, hint in items if hint is not None)
         if hinted:
             self.metrics.count("hinted_writes", hinted)
 
-        def op(txn: Txn) -> int:
+        def op(txn: Txn) -> list[bool]:
+            held = []
             for dkey, incoming, hint in items:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
-                new = records.merge_into(txn.get(db, rkey), incoming)
+                try:
+                    new = records.merge_into(txn.get(db, rkey), incoming)
+                except ValueError as exc:
+                    self.metrics.count("unmergeable")
+                    log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
+                    held.append(False)
+                    continue
                 if new is not None:  # an unchanged record costs no write (and no Merkle update)
                     txn.put(db, rkey, new)
-            return len(items)
+                held.append(True)
+            return held
 
         return await self.store.write(op)
 
@@ -1416,7 +1424,7 @@ class StorageNode:
         self._check_sender(sender)
         for _, raw, _ in items:
             records.decode(raw)  # a repair may come from a client: check it all, not the envelope
-        return await self._apply([item for item in items if self._repairable(item)])
+        return sum(await self._apply([item for item in items if self._repairable(item)]))
 
     def _repairable(self, item: tuple) -> bool:
         dkey, _, hint = item
@@ -1614,14 +1622,18 @@ def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: record
     count = versions.size(record.state)
     before = versions.size(stored.state) if stored is not None and stored.kind == "siblings" else 0
     if level(count) > level(before):
-        _, _, bucket, key = codec.split_data_key(dkey)
         log.warning(
-            "key %s in bucket %s has %d siblings: the application is not resolving its "
-            "conflicts (read the key, merge its values, write the merge with the context)",
-            key_repr(key),
-            key_repr(bucket),
+            "key %s has %d siblings: the application is not resolving its conflicts (read "
+            "the key, merge its values, write the merge with the context)",
+            _key_text(dkey),
             count,
         )
+
+
+def _key_text(dkey: bytes) -> str:
+    """A data key as a log line names it: the key and its bucket, readable."""
+    _, _, bucket, key = codec.split_data_key(dkey)
+    return f"{key_repr(key)} in bucket {key_repr(bucket)}"
 
 
 def _primaries(targets: list[quorum.Target]) -> list[quorum.Target]:

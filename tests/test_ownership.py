@@ -15,6 +15,7 @@ from dynaray.client import siblings_op
 from dynaray.errors import RequestTimeout, StorageError
 from dynaray.node import StorageNode
 from dynaray.ring import Ring
+from dynaray.storage import DATA
 from dynaray.transport import PeerUnavailable
 
 BUCKET = b"default"
@@ -315,7 +316,7 @@ def test_hints_of_a_node_that_left_are_kept_until_an_owner_of_their_key_has_them
     """One batch of hints spans keys of several ranges; a hint is forgotten only once one
     of its own key's current owners took it, not because some other key's owner did."""
     from dynaray.hints import hint_key
-    from dynaray.storage import DATA, HINTS
+    from dynaray.storage import HINTS
 
     _ready(node)
     owners_of = {}
@@ -334,7 +335,7 @@ def test_hints_of_a_node_that_left_are_kept_until_an_owner_of_their_key_has_them
         raise PeerUnavailable(peer, "partitioned")
 
     monkeypatch.setattr(node, "_call", call)
-    asyncio.run(node._rehome("gone"))
+    asyncio.run(node._deliver_to("gone"))
     held = {dkey for dkey in owners_of if node.store.get(HINTS, hint_key("gone", dkey))}
     taken = {dkey for dkey in owners_of if node.store.get(DATA, dkey) is not None}
     assert held == {dkey for dkey, owners in owners_of.items() if "n1" not in owners}
@@ -362,7 +363,6 @@ def test_a_node_that_got_a_dropped_range_back_never_issues_a_dot_again(node):
     the range back; the copy it pulls from a peer missed its last two writes. A write it
     coordinates now, or while the range is still arriving, must not repeat dot n1:4: the
     replicas that hold n1:4 would drop it as seen."""
-    from dynaray.storage import DATA
 
     _ready(node)
     key, _ = _owned_first(node)
@@ -389,7 +389,6 @@ def test_a_node_that_got_a_dropped_range_back_never_issues_a_dot_again(node):
 def test_a_write_after_a_reaped_tombstone_survives_a_replica_that_still_holds_it(node):
     """Every replica reaped the key's tombstone but one (unreachable then); n1, which has no
     copy left, coordinates a new write of the key: the old tombstone must not swallow it."""
-    from dynaray.storage import DATA
 
     _ready(node)
     key, _ = _owned_first(node)
@@ -420,8 +419,6 @@ def test_a_tombstone_is_not_reaped_while_any_node_holds_a_hint_of_its_key(node, 
     the reaper asks every node of the ring, and reaps nothing if one does not answer."""
     import dataclasses
     import time
-
-    from dynaray.storage import DATA
 
     _ready(node)
     node.options = dataclasses.replace(node.options, tombstone_grace=0)
@@ -454,3 +451,59 @@ def test_a_tombstone_is_not_reaped_while_any_node_holds_a_hint_of_its_key(node, 
     hinting["n4"] = []
     assert asyncio.run(node._reap(partition)) == 3  # two peers and n1
     assert node.store.get(DATA, dkey) is None
+
+
+def test_hints_for_keys_whose_range_moved_go_to_the_keys_current_owners(node, monkeypatch):
+    """n2 is in the ring and up, but some of the keys n1 holds hints of for it are in
+    ranges that moved away from n2 (a joiner took them): n2 would drop those copies with the
+    range, so they go to the keys' current owners instead."""
+    from dynaray.hints import hint_key
+    from dynaray.storage import HINTS
+
+    _ready(node)
+    owners_of = {}
+    for i in range(40):
+        partition, dkey = quorum.locate(node.ring, BUCKET, f"k{i}".encode())
+        owners_of[dkey] = node.ring.preference_list(partition)[:3]
+    record = records.encode(records.update(None, ["siblings", [], b"\x00v"], "n5", 1))
+    asyncio.run(
+        node.store.write(
+            lambda txn: [txn.put(HINTS, hint_key("n2", dkey), record) for dkey in owners_of]
+        )
+    )
+    sent: dict[str, set[bytes]] = {}
+
+    async def call(peer, method, items):
+        assert method == "replica_put"
+        sent.setdefault(peer, set()).update(dkey for dkey, _, _ in items)
+        return [True] * len(items)
+
+    monkeypatch.setattr(node, "_call", call)
+    asyncio.run(node._deliver_to("n2"))
+    assert node.handoff.count() == 0
+    moved = {dkey for dkey, owners in owners_of.items() if "n2" not in owners}
+    assert moved and sent["n2"] == set(owners_of) - moved
+    for dkey in moved:
+        takers = {peer for peer, keys in sent.items() if dkey in keys}
+        if "n1" in owners_of[dkey]:
+            takers.add("n1")  # n1 took its own share in-process
+            assert node.store.get(DATA, dkey) == record
+        assert takers == set(owners_of[dkey])
+
+
+def test_a_record_of_another_kind_is_left_out_and_the_rest_of_the_batch_goes_in(node):
+    """Two sides of a partition created one bucket with two policies and wrote one key as
+    each: the copies cannot be merged. A replica keeps its own, says so for that key, and
+    takes the rest of the batch (a hint, a repair or a range behind it is not held up)."""
+    siblings = records.encode(records.update(None, ["siblings", [], b"\x00v"], "n2", 1))
+    counter = records.encode(records.update(None, ["counter", ["increment", 1]], "n3", 1))
+    dkeys = [quorum.locate(Ring.create(["n1"], 8), BUCKET, k)[1] for k in (b"a", b"b", b"c")]
+    asyncio.run(node._apply([(dkeys[1], siblings, None)]))
+    held = asyncio.run(
+        node.replica_put("n2", [[dkeys[0], siblings, None], [dkeys[1], counter, None],
+                                [dkeys[2], counter, None]])
+    )  # fmt: skip
+    assert held == [True, False, True]
+    assert node.store.get(DATA, dkeys[1]) == siblings
+    assert node.store.get(DATA, dkeys[2]) == counter
+    assert node.metrics.counts["unmergeable"] == 1
