@@ -110,8 +110,8 @@ def measure(layer: str, seconds: float, batch: int, preload: int) -> dict:
                 store.close()
                 loop.close()
 
-        for _ in range(0, preload, 10_000):
-            write(keys.batch(10_000))
+        for start in range(0, preload, 10_000):
+            write(keys.batch(min(10_000, preload - start)))
         written, (user, system), start = 0, _cpu(), time.perf_counter()
         while time.perf_counter() - start < seconds:
             write(keys.batch(batch))

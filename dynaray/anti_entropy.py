@@ -28,6 +28,7 @@ class Figures:
     bytes_sent: int = 0
     tombstones_reaped: int = 0
     peers_unreachable: int = 0  # peers that did not answer: their ranges wait a round
+    unmergeable: int = 0  # keys written as two kinds: each side keeps its own (node._apply)
 
     def add(self, other: Figures) -> None:
         for name, value in asdict(other).items():
@@ -84,7 +85,11 @@ class Exchange:
         mine = self.local.read_records(self.partition, keys)
         to_me, to_them = [], []
         for key, my_raw, their_raw in zip(keys, mine, theirs, strict=True):
-            merged = records.merge_encoded([my_raw, their_raw])
+            try:
+                merged = records.merge_encoded([my_raw, their_raw])
+            except ValueError:  # the key written as two kinds: each side keeps its own
+                self.figures.unmergeable += 1
+                continue
             if merged is None:
                 continue
             # Bytes, not versions, decide: the trees hash the bytes, and two copies of one

@@ -133,14 +133,28 @@ def context(kind: str, state: object | None) -> list:
 
 
 def actors(kind: str, state: object | None) -> list[str]:
-    """Every actor whose operations the state counts (a counter's entries, the clock of a
-    set, flag or map); [] for a register, whose actor only breaks timestamp ties."""
+    """Every actor the state names: a counter's entries, the clock of a set, flag or map,
+    and in a map also its counter and register fields (their operations take no dot, so
+    the map's clock does not name their writers)."""
     _require_kind(kind)
-    if state is None or kind == "register":
+    if state is None:
         return []
     if kind == "counter":
         return [actor for actor, _, _ in state]
-    return [actor for actor, _ in state[0]]
+    if kind == "register":
+        return [state[1]] if state else []
+    clock = [actor for actor, _ in state[0]]
+    return clock + _field_actors(state[1]) if kind == "map" else clock
+
+
+def _field_actors(fields: list) -> list[str]:
+    out: list[str] = []
+    for _, kind, body in fields:
+        if kind in ("counter", "register"):
+            out += actors(kind, body)
+        elif kind == "map":
+            out += _field_actors(body[0])
+    return out
 
 
 def check(kind: str, obj: object) -> object:

@@ -71,7 +71,9 @@ class HintedHandoff:
     def hinted(self, dkeys: list[bytes]) -> list[bytes]:
         """The data keys among dkeys that a hint held here (for any owner) is a copy of."""
         owners = self.owners()
-        return [k for k in dkeys if any(self.store.get(HINTS, hint_key(o, k)) for o in owners)]
+        found = self.store.get_many(HINTS, [hint_key(o, k) for k in dkeys for o in owners])
+        per = len(owners)
+        return [k for i, k in enumerate(dkeys) if any(found[i * per : (i + 1) * per])]
 
     async def deliver(
         self, owner: str, send: Callable[[str, list], Awaitable[object]] | None = None
@@ -93,12 +95,13 @@ class HintedHandoff:
             prefix = owner_prefix(owner)
             after = None  # past what this pass sent
             changed = 0  # hints of this pass a newer write changed while they were sent
+            passes = 1
             while True:
                 items = self.store.scan(HINTS, prefix, after, limit=self.batch)
                 if not items:
-                    if not changed:
-                        return total
-                    after, changed = None, 0  # another pass, for what changed
+                    if not changed or passes == 2:
+                        return total  # what changes again waits for the next delivery
+                    after, changed, passes = None, 0, passes + 1  # once more, for what changed
                     continue
                 after = items[-1][0]
                 acked = await (send or self._send)(

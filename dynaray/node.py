@@ -54,6 +54,9 @@ _INCARNATION = b"incarnation"
 # META keys: a range's key-epoch floor (dynaray/actors.py), the number of the transaction
 # that last began dropping the range here, as 8 bytes.
 _FLOOR = b"floor:"
+# META key: the number of the transaction from which this directory's writes carry key
+# epochs (0: from its start), as 8 bytes; an epoch begun before it is never gone on under.
+_EPOCHS = b"key-epochs-since"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
@@ -185,7 +188,16 @@ class StorageNode:
             codec.key_partition(key[len(_FLOOR) :]): int.from_bytes(raw, "big")
             for key, raw in self.store.scan(META, _FLOOR, limit=1 << 20)
         }
+        # A directory written before key epochs may have dropped ranges and taken them back
+        # then, with no floor kept: nothing it wrote under then (the bare actor id) goes on.
+        self.epochs_since = int.from_bytes(
+            self.store.setdefault(
+                META, _EPOCHS, lambda txn: (0 if self.store.created else txn).to_bytes(8, "big")
+            ),
+            "big",
+        )
         self.transfer = {"ranges_received": 0, "keys_received": 0, "ranges_dropped": 0}
+        self._unmergeable: set[bytes] = set()  # keys logged as written as two kinds
         self.last_exchange: float | None = None
         self._load_ring()
 
@@ -488,6 +500,8 @@ class StorageNode:
         for other in self.ring.nodes():
             if other == self.id or not agreed:
                 continue
+            if not self.is_up(other):
+                return 0  # asked, it could not answer either (and the call would wait)
             try:
                 hinted = await self._call(
                     other, "anti_entropy_call", "hinted", partition, sorted(agreed)
@@ -1188,7 +1202,7 @@ class StorageNode:
         actor = self.actor
         if me.hint is None and op and op[0] != "lww":
             # A key epoch this copy holds all of, else a new one (dynaray/actors.py).
-            floor = self.floors.get(codec.key_partition(dkey), 0)
+            floor = max(self.floors.get(codec.key_partition(dkey), 0), self.epochs_since)
             actor = actors.continuing(self.actor, records.actors(stored), floor)
             if actor is None:
                 actor = actors.key_epoch(self.actor, txn.raw.id())
@@ -1405,7 +1419,9 @@ class StorageNode:
                     new = records.merge_into(txn.get(db, rkey), incoming)
                 except ValueError as exc:
                     self.metrics.count("unmergeable")
-                    log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
+                    if dkey not in self._unmergeable:  # once: hints of it come every round
+                        self._unmergeable.add(dkey)
+                        log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
                     held.append(False)
                     continue
                 if new is not None:  # an unchanged record costs no write (and no Merkle update)

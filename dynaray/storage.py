@@ -295,6 +295,17 @@ class Store:
         self._mark_commit()
         return value
 
+    def setdefault(self, db: bytes, key: bytes, make: Callable[[int], bytes]) -> bytes:
+        """The value at key; if there is none, make(this transaction's number) is stored
+        first (at start-up, in a transaction of its own)."""
+        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
+            value = txn.get(key)
+            if value is None:
+                value = make(txn.id())
+                txn.put(key, value)
+        self._mark_commit()
+        return bytes(value)
+
     def scan(
         self, db: bytes, prefix: bytes = b"", start: bytes | None = None, limit: int = 1000
     ) -> list[tuple[bytes, bytes]]:

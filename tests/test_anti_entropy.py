@@ -485,6 +485,7 @@ def test_tombstones_are_reaped_only_when_every_replica_has_them_and_grace_passed
 
         cluster.restart(victim)
         wait_for(lambda: sum(cluster.hints().values()) == 0, what="the victim's hint delivered")
+        wait_for(lambda: all_see_all_up(cluster), what="the reaper seeing every node up")
         figures = cluster.anti_entropy()
         assert figures["tombstones_reaped"] >= 3  # "doomed" on its three owners (and "half"
         assert cluster.replica_state("doomed") == {}  # once the victim got its tombstone)

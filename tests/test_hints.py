@@ -376,3 +376,21 @@ def test_only_acknowledged_hints_are_forgotten_and_the_rest_passed_over(store):
     assert sorted(k for batch in batches for k in batch) == sorted(before)  # each sent once
     assert hints_of(store, "gone") == {k: before[k] for k in unreachable}
     assert handoff.delivered == 4
+
+
+def test_a_hint_changed_at_every_send_waits_for_the_next_delivery(store):
+    """Writes keep reaching one hint while it is sent: one delivery goes round once more for
+    it, then stops (it must not hold up the other owners' deliveries)."""
+    key = dkey(1)
+    put_hint(store, "n1", key, written(b"v0"))
+    sends = []
+
+    async def send(owner, items):
+        sends.append(items)
+        newer = encode_clock(written(b"v%d" % len(sends)))
+        await store.write(lambda txn: txn.put(HINTS, hint_key("n1", key), newer))
+
+    handoff = HintedHandoff(store, send, batch=10, pause=0)
+    asyncio.run(handoff.deliver("n1"))
+    assert len(sends) == 2
+    assert handoff.count() == 1  # the newest copy, for the next delivery

@@ -486,3 +486,28 @@ def test_exchange_repairs_copies_that_differ_only_in_their_stamp(tmp_path, initi
     assert on_a.stamp == on_b.stamp == late.stamp  # the merge keeps the later stamp
     assert root_a == root_b
     assert again.ranges_in_sync == 1
+
+
+def test_exchange_leaves_a_key_written_as_two_kinds_and_repairs_the_rest(tmp_path):
+    """A bucket created with two policies on the two sides of a partition: one key holds a
+    counter on one replica and siblings on the other. Neither can take the other's copy;
+    the exchange leaves that key and repairs the rest of the range."""
+    mixed = _key(bench.PARTITION, 10, "mixed")
+    behind = _key(bench.PARTITION, 11, "behind")
+    counter = records.update(None, ["counter", ["increment", 1]], "n1", 1)
+
+    async def scenario():
+        a, b = _pair(tmp_path)
+        try:
+            await a.load({mixed: bench._record(b"s"), behind: bench._record(b"new")})
+            await b.load({mixed: counter})
+            figures = await _exchange(a, b)
+            return figures, _stored(a, mixed).kind, _stored(b, mixed).kind, _stored(b, behind)
+        finally:
+            a.store.close()
+            b.store.close()
+
+    figures, kind_a, kind_b, behind_b = asyncio.run(scenario())
+    assert figures.unmergeable == 1 and figures.keys_repaired == 1
+    assert (kind_a, kind_b) == ("siblings", "counter")
+    assert versions.values(behind_b.state) == [b"new"]

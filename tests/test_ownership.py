@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from dynaray import codec, quorum, reads, records
+from dynaray import codec, quorum, reads, records, versions
 from dynaray.client import siblings_op
 from dynaray.errors import RequestTimeout, StorageError
 from dynaray.node import StorageNode
@@ -507,3 +507,46 @@ def test_a_record_of_another_kind_is_left_out_and_the_rest_of_the_batch_goes_in(
     assert node.store.get(DATA, dkeys[1]) == siblings
     assert node.store.get(DATA, dkeys[2]) == counter
     assert node.metrics.counts["unmergeable"] == 1
+
+
+def test_counter_and_register_fields_of_a_map_go_on_under_one_epoch(node):
+    """Their operations take no dot, so the map's clock does not name their writer; the
+    node must still find its epoch in them, or every write would add an entry."""
+    _ready(node)
+    key, _ = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    nested = ["addr", "map", ["update", [["zip", "counter", ["increment", 1]]]]]
+    for i in range(5):
+        op = ["map", ["update", [["hits", "counter", ["increment", 1]], nested,
+                                 ["name", "register", ["assign", 0, b"v%d" % i]]]]]  # fmt: skip
+        encoded = _write(node, dkey, op)
+    record = records.decode(encoded)
+    assert len(set(records.actors(record))) == 1  # one epoch of n1's, named by each field
+
+
+def test_a_directory_from_before_key_epochs_goes_on_under_none_of_its_old_ids(tmp_path):
+    """Its ranges may have been dropped and taken back then, with no floor kept: a key it
+    wrote under its bare id gets a new epoch at its next write."""
+    from dynaray.node import _EPOCHS
+    from dynaray.storage import META
+
+    path = str(tmp_path / "n1")
+    first = StorageNode("n1", path, fresh=True)
+    assert first.epochs_since == 0  # a new directory: nothing from before
+    _ready(first)
+    key, _ = _owned_first(first)
+    _, dkey = quorum.locate(first.ring, BUCKET, key)
+    old = records.encode(records.update(None, ["siblings", [], b"\x00v"], "n1", 1))
+    asyncio.run(first._apply([(dkey, old, None)]))  # as the old version wrote it
+    asyncio.run(first.store.write(lambda txn: txn.delete(META, _EPOCHS)))
+    asyncio.run(first.stop())
+    again = StorageNode("n1", path, fresh=True)
+    try:
+        assert again.epochs_since > 0
+        _ready(again)
+        context = records.context_of(records.decode(old))
+        after = records.decode(_write(again, dkey, ["siblings", context, b"\x00w"]))
+        mine = [a for a in records.actors(after) if a.startswith("n1^")]
+        assert len(mine) == 1 and versions.values(after.state) == [b"\x00w"]
+    finally:
+        asyncio.run(again.stop())
