@@ -11,8 +11,9 @@ So a node writes a key under a *key epoch*: its actor id, "^", and the number (h
 the LMDB transaction that first wrote the key here. A key it holds no copy of gets a new
 epoch; one it holds goes on under its newest epoch found in the copy, unless the key's
 range was dropped here since that epoch began (the range's floor). The bare actor id is
-epoch 0, what writes carried before key epochs. Riak KV does the same (its "per-key
-epochs") for the same reason. Pure: no Ray, no I/O.
+epoch 0, what writes carried before key epochs; a directory written before them has a
+floor under every range (the node's `epochs_since`), as its drops kept none. Riak KV
+does the same (its "per-key epochs") for the same reason. Pure: no Ray, no I/O.
 """
 
 from __future__ import annotations

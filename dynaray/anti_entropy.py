@@ -28,7 +28,7 @@ class Figures:
     bytes_sent: int = 0
     tombstones_reaped: int = 0
     peers_unreachable: int = 0  # peers that did not answer: their ranges wait a round
-    unmergeable: int = 0  # keys written as two kinds: each side keeps its own (node._apply)
+    unmergeable: int = 0  # keys written as two kinds: left as they are on each side
 
     def add(self, other: Figures) -> None:
         for name, value in asdict(other).items():
@@ -87,7 +87,7 @@ class Exchange:
         for key, my_raw, their_raw in zip(keys, mine, theirs, strict=True):
             try:
                 merged = records.merge_encoded([my_raw, their_raw])
-            except ValueError:  # the key written as two kinds: each side keeps its own
+            except records.KindMismatch:  # written as two kinds: each side keeps its own
                 self.figures.unmergeable += 1
                 continue
             if merged is None:

@@ -80,12 +80,14 @@ class HintedHandoff:
     ) -> int:
         """Send every hint held for owner, batch by batch; returns how many were delivered.
 
-        `send(owner, items)` acknowledges the whole batch by returning, or some of it by
-        returning one bool per item (a node that left the ring: its hints go to each
-        key's current owners, some of whom may be out of reach); only what was
-        acknowledged is forgotten, and the rest is passed over until the next delivery.
-        Stops at the first batch whose send fails (PeerUnavailable propagates to the
-        caller, who retries later).
+        `send(owner, items)` acknowledges the whole batch by returning None, or each item
+        by returning one bool per item (the node's send routes hints of ranges the owner
+        no longer replicates to their current owners, some of whom may be out of reach);
+        only what was acknowledged is forgotten. Hints a newer write changed while they
+        were sent get one more pass, which sends again whatever is still held (what was
+        not acknowledged too); the rest waits for the next delivery. Stops at the first
+        batch whose send fails (PeerUnavailable propagates to the caller, who retries
+        later). Counts the hints forgotten.
         """
         if owner in self._busy:
             return 0  # one delivery per owner at a time, so a returning node is not flooded
@@ -107,25 +109,31 @@ class HintedHandoff:
                 acked = await (send or self._send)(
                     owner, [[_split(hkey)[1], raw, None] for hkey, raw in items]
                 )
-                if isinstance(acked, list) and len(acked) == len(items):
-                    items = [item for item, ok in zip(items, acked, strict=True) if ok is True]
-                changed += await self.store.write(lambda txn, items=items: self._forget(txn, items))
-                total += len(items)
-                self.delivered += len(items)
+                if acked is not None:  # one answer per item; anything else acknowledges none
+                    if not (isinstance(acked, list) and len(acked) == len(items)):
+                        acked = [False] * len(items)
+                    items = [item for item, yes in zip(items, acked, strict=True) if yes is True]
+                forgotten, kept = await self.store.write(
+                    lambda txn, items=items: self._forget(txn, items)
+                )
+                changed += kept
+                total += forgotten
+                self.delivered += forgotten
                 await asyncio.sleep(self.pause)
         finally:
             self._busy.discard(owner)
 
-    def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> int:
+    def _forget(self, txn: Txn, items: list[tuple[bytes, bytes]]) -> tuple[int, int]:
         """Delete delivered hints unless a newer write changed them since they were read;
-        returns how many were kept as changed. (A stand-in's writes carry an actor id of
-        their own for each write, so nothing about its counters needs remembering once the
-        hint is gone.)"""
-        changed = 0
+        returns how many were deleted and how many kept as changed. (A stand-in's writes
+        carry an actor id of their own for each write, so nothing about its counters needs
+        remembering once the hint is gone.)"""
+        deleted = changed = 0
         for hkey, raw in items:
             current = txn.get(HINTS, hkey)
             if current == raw:
                 txn.delete(HINTS, hkey)
+                deleted += 1
             elif current is not None:
                 changed += 1
-        return changed
+        return deleted, changed

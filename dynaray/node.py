@@ -192,7 +192,9 @@ class StorageNode:
         # then, with no floor kept: nothing it wrote under then (the bare actor id) goes on.
         self.epochs_since = int.from_bytes(
             self.store.setdefault(
-                META, _EPOCHS, lambda txn: (0 if self.store.created else txn).to_bytes(8, "big")
+                META,
+                _EPOCHS,
+                lambda number: (0 if self.store.created else number).to_bytes(8, "big"),
             ),
             "big",
         )
@@ -818,7 +820,7 @@ class StorageNode:
 
     async def _handoff_round(self) -> None:
         for owner in self.handoff.owners():
-            in_ring = self.ring is not None and owner in self.ring.nodes()
+            in_ring = self.ring is None or owner in self.ring.nodes()
             if not in_ring or (self.is_up(owner) and owner in self.transport.peers):
                 await self._deliver_to(owner)
 
@@ -1417,7 +1419,7 @@ class StorageNode:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
                 try:
                     new = records.merge_into(txn.get(db, rkey), incoming)
-                except ValueError as exc:
+                except records.KindMismatch as exc:
                     self.metrics.count("unmergeable")
                     if dkey not in self._unmergeable:  # once: hints of it come every round
                         self._unmergeable.add(dkey)

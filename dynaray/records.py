@@ -85,12 +85,17 @@ def _envelope(data: bytes) -> list:
     return obj
 
 
+class KindMismatch(ValueError):
+    """Two copies of one key hold different kinds (a bucket created with two policies on
+    the two sides of a partition): neither can take the other in."""
+
+
 def merge(a: Record | None, b: Record | None) -> Record | None:
     """Join two replicas' records of one key: never loses a concurrent version or update."""
     if a is None or b is None:
         return a if b is None else b
     if a.kind != b.kind:
-        raise ValueError(f"cannot merge a {a.kind} record with a {b.kind} record of one key")
+        raise KindMismatch(f"cannot merge a {a.kind} record with a {b.kind} record of one key")
     stamp = max(a.stamp, b.stamp)
     if a.kind == "siblings":
         return Record(a.kind, versions.sync(a.state, b.state), stamp)
@@ -268,7 +273,8 @@ def _map_idempotent(op: object) -> bool:
 
 
 def actors(record: Record | None) -> list[str]:
-    """The actor ids whose dots or counts the record holds ([] for lww, which has none)."""
+    """The actor ids the record names: whose dots or counts it holds, and the writers of a
+    map's registers ([] for lww, whose writes carry no dots)."""
     if record is None or record.kind == "lww":
         return []
     if record.kind == "siblings":
