@@ -49,6 +49,9 @@ _KILL_WAIT = 10.0
 _FAULT_LOOKUP_WAIT = 5.0
 # How long a handle waits for the Router to say what it remembers of the store.
 _ROUTER_WAIT = 10.0
+# How long a node of a new ring may go without answering while ranges are handed over
+# before the change stops, with every old copy kept (Cluster._reshape).
+HANDOFF_SILENCE = 60.0
 
 
 class Router:
@@ -1230,24 +1233,49 @@ class Cluster:
 
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
         """Give every node the new ring, wait until each has received the ranges it gained,
-        then let each drop the ranges it lost."""
-        before = self._ask("handoff_status", nodes=list(ring.nodes()))
+        then let each drop the ranges it lost. Ranges are dropped only once every node of
+        the new ring has said it holds what it gained: a node that does not answer, or
+        could not copy a range, leaves every old copy where it is."""
+        nodes = list(ring.nodes())
+        before = self._ask("handoff_status", nodes=nodes)
         already = sum(s["keys_received"] for s in before.values())
-        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
+        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=nodes)
         received = 0
         deadline = time.monotonic() + 3600
+        heard = {node: time.monotonic() for node in nodes}  # when each last answered
         while True:
-            status = self._ask("handoff_status", nodes=list(ring.nodes()))
+            status = self._ask("handoff_status", nodes=nodes)
             pending = sum(s["pending"] for s in status.values())
             received = sum(s["keys_received"] for s in status.values()) - already
             if progress is not None:
                 progress(pending, received)
-            if not pending:
+            now = time.monotonic()
+            heard.update(dict.fromkeys(status, now))
+            silent = sorted(n for n in nodes if n not in status)
+            if not pending and not silent:
                 break
-            if time.monotonic() > deadline:
+            if any(now - heard[n] > HANDOFF_SILENCE for n in silent):
+                raise DynarayError(
+                    f"node(s) {', '.join(silent)} stopped answering while ranges were handed "
+                    "over; the ring has changed, and no node dropped a range, so every key "
+                    "keeps its old copies. Bring them back (dynaray restart NODE); "
+                    "anti-entropy then fills in what they miss"
+                )
+            if now > deadline:
                 raise DynarayError("ownership handoff did not finish within an hour")
             time.sleep(0.2)
-        dropped = sum(self._ask("drop_foreign", nodes=list(ring.nodes()), timeout=600).values())
+        failed = sum(
+            s.get("ranges_failed", 0) - before.get(node, {}).get("ranges_failed", 0)
+            for node, s in status.items()
+        )
+        if failed:
+            log.warning(
+                "%d range(s) could not be copied from their old replicas (none answered); "
+                "the old copies are kept and anti-entropy fills the new owners",
+                failed,
+            )
+            return {"keys_received": received, "keys_dropped": 0, "ranges_not_copied": failed}
+        dropped = sum(self._ask("drop_foreign", nodes=nodes, timeout=600).values())
         return {"keys_received": received, "keys_dropped": dropped}
 
     def add_node(self, progress=None) -> str:

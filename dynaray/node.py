@@ -198,7 +198,14 @@ class StorageNode:
             ),
             "big",
         )
-        self.transfer = {"ranges_received": 0, "keys_received": 0, "ranges_dropped": 0}
+        # ranges_failed: gained ranges no old replica could be copied from (30 tries), left
+        # to anti-entropy; the driver then keeps the old copies (Cluster._reshape).
+        self.transfer = {
+            "ranges_received": 0,
+            "keys_received": 0,
+            "ranges_dropped": 0,
+            "ranges_failed": 0,
+        }
         self._unmergeable: set[bytes] = set()  # keys logged as written as two kinds
         self.last_exchange: float | None = None
         self._load_ring()
@@ -364,6 +371,7 @@ class StorageNode:
                     )
                 await asyncio.sleep(1.0)
         if copied is None:
+            self.transfer["ranges_failed"] += 1
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
         for source in sources:
             if source != copied:

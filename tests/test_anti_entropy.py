@@ -261,6 +261,41 @@ def test_membership_changes_check_their_input(loaded):
         cluster.remove_node("n5")
 
 
+def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkeypatch):
+    """Ranges are dropped only once every node of the new ring said it holds what it
+    gained: here the joiner stops answering (its answers are lost), so the change stops
+    with an error that says so, and every key keeps its old copies."""
+    from dynaray import cluster as cluster_module
+
+    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="silent-joiner")
+    try:
+        client = cluster.client()
+        for i in range(20):
+            client.put(f"k{i}", None, i, w=3)
+        monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
+        asked = cluster._ask
+        dropped: list = []
+
+        def ask(method, *args, nodes=None, timeout=10.0):
+            answers = asked(method, *args, nodes=nodes, timeout=timeout)
+            if method == "handoff_status":
+                answers.pop("n4", None)  # the joiner's answers never arrive
+            if method == "drop_foreign":
+                dropped.append(answers)
+            return answers
+
+        monkeypatch.setattr(cluster, "_ask", ask)
+        with pytest.raises(dynaray.DynarayError, match="n4 stopped answering"):
+            cluster.add_node()
+        assert dropped == []
+        monkeypatch.setattr(cluster, "_ask", asked)
+        for i in range(20):  # the three old nodes still hold every key
+            assert {"n1", "n2", "n3"} <= set(cluster.replica_state(f"k{i}"))
+            assert client.get(f"k{i}").value == i
+    finally:
+        cluster.shutdown()
+
+
 def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
     data = str(tmp_path / "data")
     kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}

@@ -550,3 +550,23 @@ def test_a_directory_from_before_key_epochs_goes_on_under_none_of_its_old_ids(tm
         assert len(mine) == 1 and versions.values(after.state) == [b"\x00w"]
     finally:
         asyncio.run(again.stop())
+
+
+def test_a_range_no_old_replica_answered_for_is_counted_as_not_copied(node, monkeypatch):
+    """The driver keeps the old copies when a node could not copy a range it gained."""
+    import dynaray.node as node_module
+
+    _ready(node)
+
+    async def unreachable(source, partition):
+        return False
+
+    async def no_wait(seconds):
+        return None
+
+    monkeypatch.setattr(node, "_pull", unreachable)
+    monkeypatch.setattr(node_module.asyncio, "sleep", no_wait)
+    old = Ring.create(["n2", "n3", "n4"], 32)
+    asyncio.run(node._take_range(old, 0, refill=False))
+    assert node.transfer["ranges_failed"] == 1
+    assert asyncio.run(node.handoff_status())["ranges_failed"] == 1
