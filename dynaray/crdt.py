@@ -304,16 +304,20 @@ def _join(kind: str, a: Any, ca: Clock, b: Any, cb: Clock) -> Any:
 
 
 def _settle(kind: str, x: Any, clock: Clock) -> None:
-    """Apply, in place, every deferred remove whose context the clock now covers. Removes
-    commute with each other and with joins, so applying them as soon as possible keeps merge
-    a join and leaves one canonical form."""
+    """Apply, in place, every deferred remove: the dots its context covers go at once (as
+    when the remove was first applied: a join may have brought back one the remover saw),
+    and the remove is done with once the clock covers its context. Removes commute with
+    each other and with joins, so applying them as soon as possible keeps merge a join and
+    leaves one canonical form."""
     if kind == "map":
         for (_, fkind), fx in x.items():
             _settle(fkind, fx, clock)
     elif kind in _CAUSAL:
         assert isinstance(x, _ORSet)
-        for ctx in [ctx for ctx in x.deferred if _covers(clock, ctx)]:
-            _remove_covered(x, x.deferred.pop(ctx), dict(ctx))
+        for ctx in list(x.deferred):
+            _remove_covered(x, x.deferred[ctx], dict(ctx))
+            if _covers(clock, ctx):
+                del x.deferred[ctx]
 
 
 def _covers(clock: Clock, ctx: Ctx) -> bool:

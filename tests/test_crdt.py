@@ -518,3 +518,17 @@ def test_check_rejects_malformed_states(kind, state, message):
 def test_check_accepts_tuples_and_returns_lists():
     assert crdt.check("counter", (("n1", 1, 0),)) == [["n1", 1, 0]]
     assert crdt.check("register", ()) == []
+
+
+def test_a_merge_never_brings_back_what_a_waiting_remove_saw():
+    """n1 applies a remove whose context it has not fully seen (it waits for n2's add), then
+    merges n3's copy, which holds the dot the remover saw: that dot must stay removed, as it
+    is on n3, which applied the same remove."""
+    a3 = crdt.apply("set", None, ["add", [b"c"]], "n3")
+    b2 = crdt.apply("set", crdt.merge("set", None, a3), ["add", [b"d"]], "n2^1f")
+    ctx = crdt.context("set", b2)  # the client read c and d
+    n1 = crdt.apply("set", None, ["remove", [b"c"], ctx], "n1")
+    n1 = crdt.merge("set", n1, a3)
+    n3 = crdt.apply("set", a3, ["remove", [b"c"], ctx], "n3")
+    assert crdt.value("set", n1) == crdt.value("set", n3) == set()
+    assert n1 == n3

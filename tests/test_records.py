@@ -117,3 +117,13 @@ def test_a_write_answer_covers_the_write_when_nothing_concurrent_survives():
     both, _ = _put(r1, [], b"w", "n2")
     merged, context = _put(both, records.context_of(both), b"merged", "n1")
     assert _values(merged) == [b"merged"] and context == records.context_of(merged)
+
+
+@pytest.mark.parametrize(
+    "op", [["siblings", []], ["lww"], ["counter"], ["siblings", [], "text"], ["siblings", [], 5]]
+)
+def test_a_malformed_operation_is_refused_before_anything_is_stored(op):
+    from dynaray.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        records.update(None, op, "n1", 1)
