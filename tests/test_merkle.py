@@ -389,19 +389,16 @@ def test_second_exchange_between_identical_replicas_is_two_hashes(tmp_path):
         assert again.keys_repaired == 0
 
 
-@pytest.mark.parametrize("initiator", ["a", "b"])
-def test_exchange_keeps_concurrent_siblings(tmp_path, initiator):
-    """Two coordinators wrote one key from the same empty context: both versions survive."""
-    key = _key(bench.PARTITION, 77, "contested")
-    mine, theirs = bench._record(b"from-n1", "n1"), bench._record(b"from-n2", "n2")
-    assert versions.concurrent(versions.join(mine.state), versions.join(theirs.state))
+def _exchange_twice(tmp_path, key: bytes, on_a, on_b, initiator: str) -> tuple:
+    """Two replicas sharing 50 keys and holding `key` as on_a / on_b exchange twice, started
+    by `initiator`: both rounds' figures, each side's copy of key after, and both roots."""
 
     async def scenario():
         a, b = _pair(tmp_path)
         try:
             common = _common(50)
-            await a.load({**common, key: mine})
-            await b.load({**common, key: theirs})
+            await a.load({**common, key: on_a})
+            await b.load({**common, key: on_b})
             local, peer = (a, b) if initiator == "a" else (b, a)
             figures = await _exchange(local, peer)
             again = await _exchange(local, peer)
@@ -410,7 +407,19 @@ def test_exchange_keeps_concurrent_siblings(tmp_path, initiator):
             a.store.close()
             b.store.close()
 
-    figures, again, on_a, on_b, root_a, root_b = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_exchange_keeps_concurrent_siblings(tmp_path, initiator):
+    """Two coordinators wrote one key from the same empty context: both versions survive."""
+    key = _key(bench.PARTITION, 77, "contested")
+    mine, theirs = bench._record(b"from-n1", "n1"), bench._record(b"from-n2", "n2")
+    assert versions.concurrent(versions.join(mine.state), versions.join(theirs.state))
+
+    figures, again, on_a, on_b, root_a, root_b = _exchange_twice(
+        tmp_path, key, mine, theirs, initiator
+    )
     assert figures.keys_repaired == 1
     for record in (on_a, on_b):
         assert sorted(versions.values(record.state)) == [b"from-n1", b"from-n2"]
@@ -467,21 +476,9 @@ def test_exchange_repairs_copies_that_differ_only_in_their_stamp(tmp_path, initi
     late = records.Record(early.kind, early.state, early.stamp + 1000)
     assert records.equal(early, late) and records.encode(early) != records.encode(late)
 
-    async def scenario():
-        a, b = _pair(tmp_path)
-        try:
-            common = _common(50)
-            await a.load({**common, key: early})
-            await b.load({**common, key: late})
-            local, peer = (a, b) if initiator == "a" else (b, a)
-            figures = await _exchange(local, peer)
-            again = await _exchange(local, peer)
-            return figures, again, _stored(a, key), _stored(b, key), _root(a), _root(b)
-        finally:
-            a.store.close()
-            b.store.close()
-
-    figures, again, on_a, on_b, root_a, root_b = asyncio.run(scenario())
+    figures, again, on_a, on_b, root_a, root_b = _exchange_twice(
+        tmp_path, key, early, late, initiator
+    )
     assert figures.keys_repaired == 1
     assert on_a.stamp == on_b.stamp == late.stamp  # the merge keeps the later stamp
     assert root_a == root_b
