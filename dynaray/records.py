@@ -203,8 +203,9 @@ def update(
     kind = op[0] if op else None
     if kind not in POLICIES:
         raise InvalidRequest(f"unknown operation kind {kind!r}")
-    if len(op) != (3 if kind == "siblings" else 2):
-        raise InvalidRequest(f"a {kind} operation has {3 if kind == 'siblings' else 2} parts")
+    parts = 3 if kind == "siblings" else 2
+    if len(op) != parts:
+        raise InvalidRequest(f"a {kind} operation has {parts} parts")
     if kind == "siblings" and not (op[2] is None or isinstance(op[2], bytes)):
         raise InvalidRequest("a siblings write carries encoded value bytes, or None to delete")
     if stored is not None and stored.kind != kind:
