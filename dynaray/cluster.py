@@ -52,6 +52,9 @@ _ROUTER_WAIT = 10.0
 # How long a node of a new ring may go without answering while ranges are handed over
 # before the change stops, with every old copy kept (Cluster._reshape).
 HANDOFF_SILENCE = 60.0
+# Seconds a driver's hold on membership changes lasts unless renewed (Router.hold_change):
+# a driver that dies in the middle of one holds up the next for at most this long.
+CHANGE_LEASE = 120.0
 
 
 class Router:
@@ -68,6 +71,24 @@ class Router:
     def __init__(self, nodes: dict[str, Any], layout: dict | None = None) -> None:
         self.routing = Routing(nodes)
         self.layout = {"members": sorted(nodes, key=_node_sort_key), **(layout or {})}
+        self.change: dict | None = None  # the membership change under way (hold_change)
+
+    async def hold_change(self, holder: str, doing: str, lease: float) -> list | None:
+        """Take, or renew, the store's one hold on membership changes for `holder`: two
+        changes made at once, from two drivers, would each make the ring's next version,
+        and the nodes would never agree on one. None: `holder` has it now; else [what the
+        holder is doing, seconds since it began]. A hold not renewed lapses after `lease`."""
+        now = time.monotonic()
+        held = self.change
+        if held is not None and held["holder"] != holder and held["until"] > now:
+            return [held["doing"], now - held["since"]]
+        since = held["since"] if held is not None and held["holder"] == holder else now
+        self.change = {"holder": holder, "doing": doing, "since": since, "until": now + lease}
+        return None
+
+    async def release_change(self, holder: str) -> None:
+        if self.change is not None and self.change["holder"] == holder:
+            self.change = None
 
     async def update_peer(self, node: str, handle: Any) -> None:
         """A node restarted or joined (its new handle), or left (None)."""
@@ -719,6 +740,9 @@ class Cluster:
         self._clients: list[Client] = []
         self._faults = faults.Faults()
         self._shut = False  # shutdown() ran: every later call is refused
+        # The membership change this handle makes, if any (_changing_membership).
+        self._holder: str | None = None
+        self._doing, self._held_at = "", 0.0
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
         self._homes = _homes_of(self._ask("info"))
@@ -1233,20 +1257,37 @@ class Cluster:
 
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
         """Give every node the new ring, wait until each has received the ranges it gained,
-        then let each drop the ranges it lost. Ranges are dropped only once every node of
-        the new ring has said it holds what it gained: a node that does not answer, or
-        could not copy a range, leaves every old copy where it is."""
+        then let each drop the ranges it lost (_settle)."""
+        before = self._ask("handoff_status", nodes=list(ring.nodes()))
+        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
+        self._members = sorted(ring.nodes(), key=_node_sort_key)  # even if the rest fails
+        return self._settle(ring, before, progress)
+
+    def _settle(self, ring: Ring, before: dict[str, dict], progress) -> dict[str, int]:
+        """Wait until every node of `ring` has received the ranges it gained, then let each
+        drop the ranges it no longer replicates. Ranges are dropped only once every node
+        of the ring has said it holds what it gained: a node that does not answer, or
+        could not copy a range, leaves every old copy where it is. `before`: the nodes'
+        handoff figures when the change began."""
         nodes = list(ring.nodes())
-        before = self._ask("handoff_status", nodes=nodes)
-        already = sum(s["keys_received"] for s in before.values())
-        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=nodes)
+
+        def since_before(status: dict[str, dict], counter: str) -> int:
+            """A counter's growth since the change began, summed over the nodes; a node
+            restarted since (another life) counts from zero."""
+            return sum(
+                s.get(counter, 0) - before[node].get(counter, 0)
+                if node in before and before[node].get("life") == s.get("life")
+                else s.get(counter, 0)
+                for node, s in status.items()
+            )
+
         received = 0
         deadline = time.monotonic() + 3600
         heard = {node: time.monotonic() for node in nodes}  # when each last answered
         while True:
             status = self._ask("handoff_status", nodes=nodes)
             pending = sum(s["pending"] for s in status.values())
-            received = sum(s["keys_received"] for s in status.values()) - already
+            received = since_before(status, "keys_received")
             if progress is not None:
                 progress(pending, received)
             now = time.monotonic()
@@ -1263,11 +1304,9 @@ class Cluster:
                 )
             if now > deadline:
                 raise DynarayError("ownership handoff did not finish within an hour")
+            self._hold()
             time.sleep(0.2)
-        failed = sum(
-            s.get("ranges_failed", 0) - before.get(node, {}).get("ranges_failed", 0)
-            for node, s in status.items()
-        )
+        failed = since_before(status, "ranges_failed")
         if failed:
             log.warning(
                 "%d range(s) could not be copied from their old replicas (none answered); "
@@ -1278,8 +1317,57 @@ class Cluster:
         dropped = sum(self._ask("drop_foreign", nodes=nodes, timeout=600).values())
         return {"keys_received": received, "keys_dropped": dropped}
 
+    @contextlib.contextmanager
+    def _changing_membership(self, doing: str):
+        """Hold the store's membership for one change, whichever driver asks (Router.hold_change):
+        refused, with what the other driver does, while another change runs."""
+        self._check_open()
+        self._holder = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._doing, self._held_at = doing, 0.0
+        self._hold()
+        try:
+            yield
+        finally:
+            if self._router is not None:
+                with contextlib.suppress(RayError):
+                    ray.get(self._router.release_change.remote(self._holder), timeout=_CALL_TIMEOUT)
+            self._holder = None
+
+    def _hold(self) -> None:
+        """Take or renew this change's hold, at most every few seconds. Without the Router
+        (gone with its machine) nothing can be held: the change goes on, with a warning."""
+        now = time.monotonic()
+        if self._holder is None or self._router is None or now - self._held_at < CHANGE_LEASE / 12:
+            return
+        try:
+            other = ray.get(
+                self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE),
+                timeout=_CALL_TIMEOUT,
+            )
+        except RayError as exc:
+            log.warning(
+                "the Router actor of store %r did not answer (%s): this membership change "
+                "goes on without keeping others out; make no other at the same time",
+                self.store,
+                type(exc).__name__,
+            )
+            return
+        if other is None:
+            self._held_at = now
+        elif self._held_at == 0.0:
+            raise DynarayError(
+                f"another driver is changing the store's membership ({other[0]}, for "
+                f"{other[1]:.0f} s); nothing was changed: try again once it is done"
+            )
+        else:
+            log.warning("this membership change's hold lapsed, and %s took it", other[0])
+
     def add_node(self, progress=None) -> str:
         """A new node joins: it takes its share of the ring and receives its data."""
+        with self._changing_membership("add_node"):
+            return self._add_node(progress)
+
+    def _add_node(self, progress) -> str:
         old, config = self._ring()
         root = self._root()
         # Not a name an actor holds (one a failed add_node left outside the ring) nor one
@@ -1324,23 +1412,58 @@ class Cluster:
         return node
 
     def remove_node(self, node: str, progress=None) -> None:
-        """Graceful leave: the node hands its ranges to their new owners, then stops."""
-        old, config, live = self._check_leave(node)
-        if not self._ask("ping", nodes=[node], timeout=5.0):
-            raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
-        self.last_change = self._reshape(old.without_node(node), config, old, progress)
+        """Graceful leave: the node hands its ranges to their new owners, passes on the hints
+        it holds, then stops. Called again after one that stopped midway (its error says
+        so), it finishes that leave."""
+        with self._changing_membership(f"remove_node({node!r})"):
+            self._remove_node(node, progress)
+
+    def _remove_node(self, node: str, progress) -> None:
+        ring, _ = self._ring()
+        if node not in ring.nodes() and self._left_running(node):
+            # Out of the ring already: an earlier remove_node stopped before its end.
+            live = self._running()
+            self.last_change = self._settle(ring, self._ask("handoff_status"), progress)
+        else:
+            old, config, live = self._check_leave(node)
+            if not self._ask("ping", nodes=[node], timeout=5.0):
+                raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
+            self.last_change = self._reshape(old.without_node(node), config, old, progress)
+        left = self._ask("pass_on_hints", nodes=[node], timeout=_CALL_TIMEOUT).get(node)
+        if left != 0:
+            raise DynarayError(
+                f"node {node!r} has left the ring, but "
+                + (
+                    "did not answer when asked to pass on"
+                    if left is None
+                    else f"no node took {left}"
+                )
+                + " of the hints it holds (writes for nodes that were down); it keeps "
+                f"running to hold them. Once the other nodes are up, remove_node({node!r}) "
+                "again (`dynaray leave`) finishes the leave"
+            )
         self._ask("stop", nodes=[node], timeout=30.0)
         self._drop(node, live)
 
+    def _left_running(self, node: str) -> bool:
+        """Whether `node`, not in the ring, still runs as this store's node."""
+        self._check_open()
+        self._handles.setdefault(node, None)  # looked up by name
+        if self._handle(node, fresh=True) is not None and self._ask("ping", nodes=[node]):
+            return True
+        self._handles.pop(node, None)
+        return False
+
     def forget_node(self, node: str, progress=None) -> None:
         """The node is gone for good (disk lost): the others restore N copies of its keys."""
-        old, config, live = self._check_leave(node)
-        if self._ask("ping", nodes=[node], timeout=5.0):
-            raise ValueError(
-                f"node {node!r} is still running; use remove_node() for a graceful leave"
-            )
-        self.last_change = self._reshape(old.without_node(node), config, old, progress)
-        self._drop(node, live)
+        with self._changing_membership(f"forget_node({node!r})"):
+            old, config, live = self._check_leave(node)
+            if self._ask("ping", nodes=[node], timeout=5.0):
+                raise ValueError(
+                    f"node {node!r} is still running; use remove_node() for a graceful leave"
+                )
+            self.last_change = self._reshape(old.without_node(node), config, old, progress)
+            self._drop(node, live)
 
     def _check_leave(self, node: str) -> tuple[Ring, dict, dict[str, Any]]:
         """The ring and settings before `node` leaves, and the running nodes, looked up by
@@ -1361,7 +1484,8 @@ class Cluster:
         handle = self._handles.pop(node, None)
         if handle is not None:
             ray.kill(handle, no_restart=True)
-        self._members.remove(node)
+        if node in self._members:  # not if it left the ring in an earlier remove_node
+            self._members.remove(node)
         self._homes.pop(node, None)
         live = {n: h for n, h in live.items() if n != node}
         self._ask("set_peers", live, nodes=list(live))

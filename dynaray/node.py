@@ -57,6 +57,10 @@ _FLOOR = b"floor:"
 # META key: the number of the transaction from which this directory's writes carry key
 # epochs (0: from its start), as 8 bytes; an epoch begun before it is never gone on under.
 _EPOCHS = b"key-epochs-since"
+# META keys: a range this node gained in a ring change and has not yet copied, with the
+# old replicas it copies from (packed list); kept until it is in, so a node restarted in
+# the middle of a handoff resumes it instead of answering for a range it half holds.
+_TAKING = b"taking:"
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
@@ -182,6 +186,13 @@ class StorageNode:
         # Ranges this node gained in a ring change and is still receiving (ownership
         # handoff): it does not answer reads for them until it has them.
         self.pending: set[int] = set()
+        # {range: old replicas}: ranges an earlier life of this node was still copying
+        # (_TAKING); they stay pending, and configure resumes copying them.
+        self._unfinished: dict[int, list[str]] = {
+            codec.key_partition(key[len(_TAKING) :]): codec.unpack(raw)
+            for key, raw in self.store.scan(META, _TAKING, limit=1 << 20)
+        }
+        self.pending.update(self._unfinished)
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
         self.floors = {
@@ -315,43 +326,54 @@ class StorageNode:
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
+        plan = {p: [s for s in old.preference_list(p)[:n] if s != self.id] for p in gained}
+        # Resumed ranges keep the replicas they were copied from: the ring that had them.
+        resumed, self._unfinished = self._unfinished, {}
 
         def op(txn: Txn) -> None:
             txn.put(META, _RING, codec.pack(ring.to_wire()))
             txn.put(META, _CONFIG, codec.pack(config))
+            if not refill:  # a refill is resumed by its REFILL mark
+                for partition, sources in plan.items():
+                    txn.put(META, _TAKING + codec.partition_prefix(partition), codec.pack(sources))
 
         await self.store.write(op)
         self._adopt(ring)
         self.config = dict(config)
+        if resumed:
+            self.pending.update(resumed)
+            self._spawn(self._take_over(resumed))
         if gained or marked:
             self.pending.update(gained)
-            self._spawn(self._take_over(old, gained, refill, marked))
+            self._spawn(self._take_over(plan, refill, marked))
         return True
 
     # -- ownership handoff ------------------------------------------------------------------
 
     async def _take_over(
-        self, old: Ring, gained: list[int], refill: bool = False, marked: bool = False
+        self, plan: dict[int, list[str]], refill: bool = False, marked: bool = False
     ) -> None:
-        """Copy each gained range from one previous replica, then compare it with the
-        others by Merkle exchange: a write only some of them got arrives too, without
-        moving the whole range once per replica. `marked`: the directory's REFILL mark is
-        cleared once every range is in (not if the node stops first)."""
-        for partition in gained:
+        """Copy each gained range from one of its old replicas (`plan`), then compare it with
+        the others by Merkle exchange: a write only some of them got arrives too, without
+        moving the whole range once per replica. A range's _TAKING mark goes once it is in
+        (or given up on); `marked`: the directory's REFILL mark goes once every range is in.
+        Neither goes if the node stops first."""
+        for partition, sources in plan.items():
             try:
-                await self._take_range(old, partition, refill)
+                await self._take_range(partition, sources, refill)
             finally:
                 self.pending.discard(partition)
                 self.transfer["ranges_received"] += 1
+            key = _TAKING + codec.partition_prefix(partition)
+            await self.store.write(lambda txn, key=key: txn.delete(META, key))
         if marked:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
 
-    async def _take_range(self, old: Ring, partition: int, refill: bool) -> None:
+    async def _take_range(self, partition: int, sources: list[str], refill: bool) -> None:
         """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
         old replicas may be gone for good). A node refilling its ranges does not: its own
         copy of them is empty or older than what it acknowledged, so it keeps trying, and
         keeps refusing reads of the range, until a replica answers."""
-        sources = [p for p in old.preference_list(partition)[: self.n] if p != self.id]
         copied = None
         attempt = 0
         while copied is None and sources and (refill or attempt < 30):
@@ -401,7 +423,8 @@ class StorageNode:
         return self.ranges.scan(partition, after, limit)
 
     async def handoff_status(self) -> dict:
-        return {"pending": len(self.pending), **self.transfer}
+        # `life`: the counters start again at each restart.
+        return {"pending": len(self.pending), "life": self.life, **self.transfer}
 
     async def drop_foreign(self) -> int:
         """Delete ranges this node no longer replicates (after the new owners have them)."""
@@ -825,6 +848,36 @@ class StorageNode:
         if not reached:
             raise PeerUnavailable(owner, "no owner of these keys could be reached")
         return held
+
+    async def pass_on_hints(self) -> int:
+        """Before this node stops for good (it left the ring): each hint it holds goes to
+        its key's owners, or, for an owner out of reach, to another node of the ring that
+        keeps it as a hint. Returns how many hints are still held here."""
+        for owner in self.handoff.owners():
+            with contextlib.suppress(PeerUnavailable, StorageError):
+                await self.handoff.deliver(owner, self._pass_on)
+        return self.handoff.count()
+
+    async def _pass_on(self, owner: str, items: list) -> list[bool]:
+        """HintedHandoff's send for pass_on_hints: per hint, whether a node holds it now."""
+        try:
+            held = await self._send_hints(owner, items)
+        except PeerUnavailable:
+            held = [False] * len(items)
+        rest = [i for i, ok in enumerate(held) if not ok]
+        others = [p for p in self.ring.nodes() if p not in (self.id, owner)] if self.ring else []
+        for peer in sorted(others, key=lambda p: not self.is_up(p)):
+            if not rest:
+                break
+            try:
+                answers = await self._call(
+                    peer, "replica_put", [[items[i][0], items[i][1], owner] for i in rest]
+                )
+            except (PeerUnavailable, DynarayError):
+                continue
+            rest = [i for i, ok in zip(rest, answers, strict=True) if ok is not True]
+        left = set(rest)
+        return [i not in left for i in range(len(items))]
 
     async def _handoff_round(self) -> None:
         for owner in self.handoff.owners():
@@ -1299,8 +1352,8 @@ class StorageNode:
                     target.node, "replica_put", [dkey, encoded, target.hint]
                 ):
                     tally.answered(target.node)
-                else:  # it holds the key as another kind (_apply): as if it had failed
-                    raise PeerUnavailable(target.node, "could not merge it")
+                else:  # not its key by its ring, or held as another kind: as if it failed
+                    raise PeerUnavailable(target.node, "did not keep it")
             except (PeerUnavailable, DynarayError):  # as in _replicate_batch
                 replacement = tally.failure(target)
                 if replacement is not None:
@@ -1403,10 +1456,18 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def replica_put(self, sender: str, items: list) -> list[bool]:
-        """Merge incoming records and acknowledge each, after the commit (False: one that
-        cannot be merged with ours, which is kept as it was)."""
+        """Merge incoming records and acknowledge each, after the commit. False: a copy
+        this node does not keep, as our ring no longer has us replicate its key (the
+        coordinator's ring is older: a copy stored here would be dropped with the range,
+        or never read), or one that cannot be merged with ours, which is kept as it was.
+        The coordinator then writes to a stand-in, as for a replica that is down."""
         self._check_sender(sender)
-        return await self._apply(items)
+        kept = [self._keeps(item) for item in items]
+        if all(kept):
+            return await self._apply(items)
+        self.metrics.count("writes_not_mine", kept.count(False))
+        held = iter(await self._apply([i for i, keep in zip(items, kept, strict=True) if keep]))
+        return [keep and next(held) for keep in kept]
 
     async def _apply(self, items: list) -> list[bool]:
         """Merge (data key, encoded record, hint owner) items into our data or hints; for
@@ -1450,9 +1511,11 @@ class StorageNode:
         self._check_sender(sender)
         for _, raw, _ in items:
             records.decode(raw)  # a repair may come from a client: check it all, not the envelope
-        return sum(await self._apply([item for item in items if self._repairable(item)]))
+        return sum(await self._apply([item for item in items if self._keeps(item)]))
 
-    def _repairable(self, item: tuple) -> bool:
+    def _keeps(self, item: tuple) -> bool:
+        """Whether a (data key, encoded record, hint owner) copy is ours to keep: a hint, or
+        a key our ring has us replicate."""
         dkey, _, hint = item
         return hint is not None or (self.ring is not None and self._replicates(dkey))
 

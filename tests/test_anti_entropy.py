@@ -296,6 +296,81 @@ def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkey
         cluster.shutdown()
 
 
+def test_a_leaving_node_passes_on_its_hints_and_a_second_remove_finishes_a_cut_leave(
+    ray_session, monkeypatch
+):
+    """remove_node stops a node only once the hints it holds are with other nodes: n2
+    holds one for n5 and cannot reach n5, so it hands it to another node, which delivers
+    it (no anti-entropy, no read repair here). A leave whose hints were not all passed on
+    leaves the node running, out of the ring; remove_node again finishes it."""
+    import ray
+
+    from dynaray import codec, records
+
+    options = {**FAST, "read_repair": False, "anti_entropy_interval": None}
+    cluster = dynaray.start(nodes=5, node_options=options, partitions=16, store="hint-passer")
+    try:
+        client = cluster.client()
+        client.get("probe")  # the client has the ring
+        key = next(
+            k
+            for k in (f"k{i}" for i in range(1000))
+            if "n5" in owners(cluster, k)[:3] and "n2" not in owners(cluster, k)[:3]
+        )
+        b, k = codec.DEFAULT_BUCKET.encode(), key.encode()
+        partition, segment = client.routing.ring.locate(codec.hash_input(b, k))
+        dkey = codec.data_key(partition, segment, b, k)
+        op = ["siblings", [], codec.encode_value("hinted")]
+        record = records.encode(records.update(None, op, "someone", 1))
+        cluster.set_link("n2", "n5", drop=1.0)
+        ray.get(cluster._handles["n2"].replica_put.remote("test", [(dkey, record, "n5")]))
+        assert cluster.hints()["n2"] == 1
+
+        asked = cluster._ask
+
+        def ask(method, *args, nodes=None, timeout=10.0):
+            if method == "pass_on_hints":
+                return {"n2": 1}  # as if no node had taken it
+            return asked(method, *args, nodes=nodes, timeout=timeout)
+
+        monkeypatch.setattr(cluster, "_ask", ask)
+        with pytest.raises(dynaray.DynarayError, match="again .* finishes the leave"):
+            cluster.remove_node("n2")
+        monkeypatch.setattr(cluster, "_ask", asked)
+        assert "n2" not in cluster.nodes()
+        assert cluster._ask("ping", nodes=["n2"]) == {"n2": "n2"}
+
+        cluster.remove_node("n2")  # finishes the leave
+        assert cluster._ask("ping", nodes=["n2"]) == {}
+        assert "n2" not in cluster.hints()
+        wait_for(lambda: "n5" in cluster.replica_state(key), what="the passed-on hint delivered")
+        assert cluster.replica_state(key)["n5"] == ["hinted"]
+        assert client.get(key).value == "hinted"
+    finally:
+        cluster.shutdown()
+
+
+def test_one_membership_change_at_a_time_whichever_driver_makes_it(loaded):
+    """Two changes at once would each make the ring's next version; the second waits."""
+    import ray
+
+    cluster, _ = loaded
+    router = cluster._router
+    assert ray.get(router.hold_change.remote("another driver", "add_node", 60.0)) is None
+    before = cluster.nodes()
+    try:
+        with pytest.raises(dynaray.DynarayError, match=r"another driver .*\(add_node, for"):
+            cluster.add_node()
+        with pytest.raises(dynaray.DynarayError, match="another driver"):
+            cluster.remove_node("n1")
+        assert cluster.nodes() == before
+    finally:
+        ray.get(router.release_change.remote("another driver"))
+    # Released (or lapsed): the next change goes ahead, and releases its own hold.
+    assert ray.get(router.hold_change.remote("a third", "add_node", 60.0)) is None
+    ray.get(router.release_change.remote("a third"))
+
+
 def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
     data = str(tmp_path / "data")
     kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}

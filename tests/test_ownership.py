@@ -497,7 +497,9 @@ def test_a_record_of_another_kind_is_left_out_and_the_rest_of_the_batch_goes_in(
     takes the rest of the batch (a hint, a repair or a range behind it is not held up)."""
     siblings = records.encode(records.update(None, ["siblings", [], b"\x00v"], "n2", 1))
     counter = records.encode(records.update(None, ["counter", ["increment", 1]], "n3", 1))
-    dkeys = [quorum.locate(Ring.create(["n1"], 8), BUCKET, k)[1] for k in (b"a", b"b", b"c")]
+    node._adopt(Ring.create(["n1"], 8))  # a replica of every key (one that has no ring keeps none)
+    node.config = {"n": 1}
+    dkeys = [quorum.locate(node.ring, BUCKET, k)[1] for k in (b"a", b"b", b"c")]
     asyncio.run(node._apply([(dkeys[1], siblings, None)]))
     held = asyncio.run(
         node.replica_put("n2", [[dkeys[0], siblings, None], [dkeys[1], counter, None],
@@ -566,7 +568,83 @@ def test_a_range_no_old_replica_answered_for_is_counted_as_not_copied(node, monk
 
     monkeypatch.setattr(node, "_pull", unreachable)
     monkeypatch.setattr(node_module.asyncio, "sleep", no_wait)
-    old = Ring.create(["n2", "n3", "n4"], 32)
-    asyncio.run(node._take_range(old, 0, refill=False))
+    asyncio.run(node._take_range(0, ["n2", "n3", "n4"], refill=False))
     assert node.transfer["ranges_failed"] == 1
     assert asyncio.run(node.handoff_status())["ranges_failed"] == 1
+
+
+def test_a_node_restarted_during_a_handoff_resumes_the_ranges_it_was_copying(tmp_path):
+    """Ranges gained in a ring change stay pending across a restart (not answered for, not
+    dropped) until copied from the old replicas the first life would have asked."""
+    path = str(tmp_path / "n1")
+    config = {"n": 2}
+    before = Ring.create(["n2", "n3", "n4"], 16)
+    after = before.with_node("n1")
+    gained = set(after.replicated_partitions("n1", 2))
+    assert gained
+    pulled: list[tuple[str, int]] = []
+
+    async def first_life() -> set[int]:
+        node = StorageNode("n1", path)
+        await node.configure(after.to_wire(), config, before.to_wire())
+        arriving = set(node.pending)
+        await node.stop()  # no peer answers here: the copy is cut short
+        return arriving
+
+    arriving_key = next(
+        dkey
+        for i in range(1000)
+        for partition, dkey in [quorum.locate(after, BUCKET, f"k{i}".encode())]
+        if partition in gained
+    )
+
+    async def second_life() -> tuple[set[int], list]:
+        node = StorageNode("n1", path)
+        at_start = set(node.pending)
+        answers = await node.replica_get("client", [arriving_key])
+
+        async def pull(source: str, partition: int) -> bool:
+            pulled.append((source, partition))
+            return True
+
+        node._pull = pull
+        node._exchange = lambda partition, peer: _NoExchange()
+        await node.configure(after.to_wire(), config)  # as restart() gives it the ring
+        while node.pending:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the last range's mark is deleted after it is in
+        await node.stop()
+        return at_start, answers
+
+    assert asyncio.run(first_life()) == gained
+    at_start, answers = asyncio.run(second_life())
+    assert at_start == gained
+    assert answers == [reads.ARRIVING]
+    assert {partition for _, partition in pulled} == gained
+    for source, partition in pulled:
+        assert source in before.preference_list(partition)[:2]
+    third = StorageNode("n1", path)
+    try:
+        assert third.pending == set()
+    finally:
+        asyncio.run(third.stop())
+
+
+class _NoExchange:
+    async def run(self) -> None:
+        return None
+
+
+def test_a_replica_does_not_keep_a_write_to_a_range_its_ring_took_from_it(node):
+    """A coordinator on an older ring sends a copy to a node that has lost the key's range:
+    stored there, it would be dropped with the range, or never read. The node answers
+    False (the coordinator writes to a stand-in instead); hints and keys it owns go in."""
+    _ready(node)
+    mine, others = _keys_by_role(node.ring, 3)
+    encoded = records.encode(records.update(None, _blind(b"\x00v"), "n2", 1))
+    items = [[others[0], encoded, None], [mine[0], encoded, None], [others[1], encoded, "n3"]]
+    assert asyncio.run(node.replica_put("n2", items)) == [False, True, True]
+    assert node.store.get(DATA, others[0]) is None
+    assert node.store.get(DATA, mine[0]) == encoded
+    assert asyncio.run(node.hint_count()) == 1
+    assert node.metrics.counts["writes_not_mine"] == 1
