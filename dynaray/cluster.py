@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -740,9 +741,10 @@ class Cluster:
         self._clients: list[Client] = []
         self._faults = faults.Faults()
         self._shut = False  # shutdown() ran: every later call is refused
-        # The membership change this handle makes, if any (_changing_membership).
+        # The membership change this handle makes, if any (_changing_membership), and
+        # who took its hold if it lapsed.
         self._holder: str | None = None
-        self._doing, self._held_at = "", 0.0
+        self._doing, self._lapsed = "", None
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
         self._homes = _homes_of(self._ask("info"))
@@ -1259,6 +1261,7 @@ class Cluster:
         """Give every node the new ring, wait until each has received the ranges it gained,
         then let each drop the ranges it lost (_settle)."""
         before = self._ask("handoff_status", nodes=list(ring.nodes()))
+        self._check_hold()
         self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
         self._members = sorted(ring.nodes(), key=_node_sort_key)  # even if the rest fails
         return self._settle(ring, before, progress)
@@ -1304,7 +1307,6 @@ class Cluster:
                 )
             if now > deadline:
                 raise DynarayError("ownership handoff did not finish within an hour")
-            self._hold()
             time.sleep(0.2)
         failed = since_before(status, "ranges_failed")
         if failed:
@@ -1319,48 +1321,67 @@ class Cluster:
 
     @contextlib.contextmanager
     def _changing_membership(self, doing: str):
-        """Hold the store's membership for one change, whichever driver asks (Router.hold_change):
-        refused, with what the other driver does, while another change runs."""
+        """Hold the store's membership for one change, whichever driver makes it
+        (Router.hold_change): refused, with what the other driver does, while another
+        runs. A thread renews the hold until the change ends, however long its steps."""
         self._check_open()
         self._holder = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._doing, self._held_at = doing, 0.0
-        self._hold()
+        self._doing, self._lapsed = doing, None
+        other = self._take_hold()
+        if other is not None:
+            self._holder = None
+            raise DynarayError(
+                f"another driver is changing the store's membership ({other[0]}, for "
+                f"{other[1]:.0f} s); nothing was changed: try again once it is done"
+            )
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(CHANGE_LEASE / 12):
+                if (other := self._take_hold()) is not None:
+                    self._lapsed = other
+
+        renewer = threading.Thread(target=renew, name="dynaray-membership-hold", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            stop.set()
+            renewer.join(timeout=_CALL_TIMEOUT)
             if self._router is not None:
                 with contextlib.suppress(RayError):
                     ray.get(self._router.release_change.remote(self._holder), timeout=_CALL_TIMEOUT)
             self._holder = None
 
-    def _hold(self) -> None:
-        """Take or renew this change's hold, at most every few seconds. Without the Router
-        (gone with its machine) nothing can be held: the change goes on, with a warning."""
-        now = time.monotonic()
-        if self._holder is None or self._router is None or now - self._held_at < CHANGE_LEASE / 12:
-            return
+    def _take_hold(self) -> list | None:
+        """Take or renew this change's hold: None when it has it, else [what the holder
+        does, seconds since it began]. Without a Router that answers (gone with its
+        machine) nothing can be held: the change goes on, with a warning."""
         try:
-            other = ray.get(
+            if self._router is None:
+                raise ActorDiedError()
+            return ray.get(
                 self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE),
                 timeout=_CALL_TIMEOUT,
             )
-        except RayError as exc:
+        except (RayError, AttributeError) as exc:  # AttributeError: a Router of 0.1.0
             log.warning(
-                "the Router actor of store %r did not answer (%s): this membership change "
-                "goes on without keeping others out; make no other at the same time",
+                "the Router actor of store %r did not answer (%s): %s goes on without "
+                "keeping other membership changes out; make none at the same time",
                 self.store,
                 type(exc).__name__,
+                self._doing,
             )
-            return
-        if other is None:
-            self._held_at = now
-        elif self._held_at == 0.0:
+            return None
+
+    def _check_hold(self) -> None:
+        """Before the nodes are given a new ring: the hold is still this change's."""
+        if self._lapsed is not None:
             raise DynarayError(
-                f"another driver is changing the store's membership ({other[0]}, for "
-                f"{other[1]:.0f} s); nothing was changed: try again once it is done"
+                f"this membership change's hold lapsed (the driver stalled for over "
+                f"{CHANGE_LEASE:.0f} s) and another driver took it ({self._lapsed[0]}); "
+                "nothing was changed"
             )
-        else:
-            log.warning("this membership change's hold lapsed, and %s took it", other[0])
 
     def add_node(self, progress=None) -> str:
         """A new node joins: it takes its share of the ring and receives its data."""
@@ -1429,18 +1450,14 @@ class Cluster:
             if not self._ask("ping", nodes=[node], timeout=5.0):
                 raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
             self.last_change = self._reshape(old.without_node(node), config, old, progress)
-        left = self._ask("pass_on_hints", nodes=[node], timeout=_CALL_TIMEOUT).get(node)
+        left = self._ask("pass_on_hints", nodes=[node], timeout=600).get(node)
         if left != 0:
+            what = "did not answer when asked to pass on" if left is None else f"has {left} of"
             raise DynarayError(
-                f"node {node!r} has left the ring, but "
-                + (
-                    "did not answer when asked to pass on"
-                    if left is None
-                    else f"no node took {left}"
-                )
-                + " of the hints it holds (writes for nodes that were down); it keeps "
-                f"running to hold them. Once the other nodes are up, remove_node({node!r}) "
-                "again (`dynaray leave`) finishes the leave"
+                f"node {node!r} has left the ring, but {what} the hints it holds (writes "
+                "for nodes that were down) that no other node took; it keeps running to hold "
+                f"them. Once the other nodes are up, remove_node({node!r}) again "
+                "(`dynaray leave`) finishes the leave"
             )
         self._ask("stop", nodes=[node], timeout=30.0)
         self._drop(node, live)

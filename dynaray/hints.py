@@ -65,6 +65,10 @@ class HintedHandoff:
             key = _after(owner_prefix(owner))
         return owners
 
+    def busy(self, owner: str) -> bool:
+        """Whether a delivery of owner's hints is under way."""
+        return owner in self._busy
+
     def count(self) -> int:
         return self.store.count(HINTS)
 

@@ -61,6 +61,8 @@ _EPOCHS = b"key-epochs-since"
 # old replicas it copies from (packed list); kept until it is in, so a node restarted in
 # the middle of a handoff resumes it instead of answering for a range it half holds.
 _TAKING = b"taking:"
+# How long a leaving node waits for a delivery under way before it passes hints on.
+PASS_ON_WAIT = 30.0
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
@@ -193,6 +195,9 @@ class StorageNode:
             for key, raw in self.store.scan(META, _TAKING, limit=1 << 20)
         }
         self.pending.update(self._unfinished)
+        # Of those, the ranges gained in a ring change (not refilled): this node's copy of
+        # them is partial, so another node taking one over copies it from elsewhere.
+        self._gaining: set[int] = set()
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
         self.floors = {
@@ -304,49 +309,66 @@ class StorageNode:
 
         Ranges the new ring gives us are pulled from their previous replicas (ownership
         handoff); `previous` is the ring before the change, for a node that had none.
+        Ranges an earlier life was still pulling are pulled on (_unfinished).
         """
         ring = Ring.from_wire(ring_wire)
         if self.ring is not None and ring.version < self.ring.version:
+            self._resume({})
             return False
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
         n = int(config.get("n", 3))
-        marked, self.refill = self.refill, False
         # Back with an empty directory, or one whose data went back in time (or restarted
-        # before it was refilled), not joining:
-        # every range is taken over from its other replicas, as a joining node would,
-        # instead of waiting for anti-entropy; meanwhile reads go to the replicas that
-        # have them. A joiner (given `previous`) takes what it gains, its whole share.
-        refill = marked and previous is None
+        # before it was refilled), not joining: every range is taken over from its other
+        # replicas, as a joining node would, instead of waiting for anti-entropy; meanwhile
+        # reads go to the replicas that have them. So too a node with no ring kept and
+        # none given from before, in a store past its first ring: it never held its
+        # ranges (a joiner restarted before the change reached it). A joiner (given
+        # `previous`) takes what it gains, its whole share.
+        never_held = old is None and ring.version > 1 and self.id in ring.nodes()
+        refill = (self.refill and previous is None) or never_held
         if refill:
             old, gained = ring, sorted(ring.replicated_partitions(self.id, n))
-            self.pending.clear()  # what _load_ring marked, from the ring kept before
         elif old is not None and old.version < ring.version:
             gained = sorted(
                 set(ring.replicated_partitions(self.id, n))
                 - set(old.replicated_partitions(self.id, n))
             )
         plan = {p: [s for s in old.preference_list(p)[:n] if s != self.id] for p in gained}
-        # Resumed ranges keep the replicas they were copied from: the ring that had them.
-        resumed, self._unfinished = self._unfinished, {}
+        # A refill takes every range over in one go: with the sources of one an earlier
+        # life was pulling too; one the ring no longer gives us is not pulled on.
+        folded = dict(self._unfinished) if refill else {}
+        for partition, sources in folded.items():
+            if partition in plan:
+                plan[partition] = list(dict.fromkeys([*plan[partition], *sources]))
 
         def op(txn: Txn) -> None:
             txn.put(META, _RING, codec.pack(ring.to_wire()))
             txn.put(META, _CONFIG, codec.pack(config))
-            if not refill:  # a refill is resumed by its REFILL mark
-                for partition, sources in plan.items():
-                    txn.put(META, _TAKING + codec.partition_prefix(partition), codec.pack(sources))
+            for partition in folded:
+                txn.delete(META, _TAKING + codec.partition_prefix(partition))
+            for partition, sources in plan.items():
+                txn.put(META, _TAKING + codec.partition_prefix(partition), codec.pack(sources))
 
         await self.store.write(op)
+        marked, self.refill = self.refill, False
         self._adopt(ring)
         self.config = dict(config)
-        if resumed:
-            self.pending.update(resumed)
-            self._spawn(self._take_over(resumed))
-        if gained or marked:
-            self.pending.update(gained)
-            self._spawn(self._take_over(plan, refill, marked))
+        if refill:
+            self.pending.clear()  # what _load_ring and __init__ marked, from before
+            self._unfinished = {}
+        self._resume(plan, refill, marked)
         return True
+
+    def _resume(self, plan: dict[int, list[str]], refill: bool = False, marked: bool = False):
+        """Start pulling `plan`'s ranges, and those an earlier life was still pulling."""
+        resumed, self._unfinished = self._unfinished, {}
+        for each, again in ((resumed, False), (plan, refill)):
+            if each or (again and marked):
+                self.pending.update(each)
+                if not again:
+                    self._gaining.update(each)
+                self._spawn(self._take_over(each, again, marked and each is plan))
 
     # -- ownership handoff ------------------------------------------------------------------
 
@@ -363,9 +385,11 @@ class StorageNode:
                 await self._take_range(partition, sources, refill)
             finally:
                 self.pending.discard(partition)
+                self._gaining.discard(partition)
                 self.transfer["ranges_received"] += 1
             key = _TAKING + codec.partition_prefix(partition)
-            await self.store.write(lambda txn, key=key: txn.delete(META, key))
+            with contextlib.suppress(StorageError):  # pulled again after a restart: harmless
+                await self.store.write(lambda txn, key=key: txn.delete(META, key))
         if marked:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
 
@@ -408,6 +432,8 @@ class StorageNode:
                 items = await self._call(
                     source, "range_items", partition, after, self.options.transfer_batch
                 )
+                if items is None:
+                    return False  # the source is still receiving the range itself
                 if not items:
                     return True
                 await self._apply([(k, raw, None) for k, raw in items])
@@ -418,8 +444,13 @@ class StorageNode:
 
     @ray.method(enable_task_events=False)
     async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
-        """One batch of a range for a node taking it over: [(data key, encoded record)]."""
+        """One batch of a range for a node taking it over: [(data key, encoded record)];
+        None while this node is still receiving the range it gained (its copy is partial).
+        A range being refilled is served: its copy is whole up to some moment, and every
+        node of a store restored from backups refills at once."""
         self._check_sender(sender)
+        if partition in self._gaining:
+            return None
         return self.ranges.scan(partition, after, limit)
 
     async def handoff_status(self) -> dict:
@@ -527,13 +558,16 @@ class StorageNode:
                     agreed.discard(key)
         # Nor may any node still hold a hint of the key (a copy from before the delete, for
         # an owner that was down then): delivered after the reap, it would bring the key
-        # back. Every node of the ring is asked, as any may have stood in; a node that
-        # does not answer could hold one, so nothing is reaped this round.
+        # back. Every node of the ring is asked, as any may have stood in, and a node that
+        # left it but still runs (its leave stopped before it passed its hints on); a node
+        # that does not answer could hold one, so nothing is reaped this round.
         agreed -= set(self.handoff.hinted(sorted(agreed)))
-        for other in self.ring.nodes():
+        ring = self.ring.nodes()
+        leaving = [p for p in self.transport.peers if p not in ring and self.transport.live(p)]
+        for other in [*ring, *leaving]:
             if other == self.id or not agreed:
                 continue
-            if not self.is_up(other):
+            if other in ring and not self.is_up(other):
                 return 0  # asked, it could not answer either (and the call would wait)
             try:
                 hinted = await self._call(
@@ -750,9 +784,10 @@ class StorageNode:
             log.info("%s is up again", node)
             self._down_until.pop(node, None)
             self._spawn(self._deliver_to(node))
-        if ring_wire is not None:
+        # A node with no ring yet waits for the driver's, which says what it held before.
+        if ring_wire is not None and self.ring is not None:
             ring = Ring.from_wire(ring_wire)
-            if self.ring is None or ring.version > self.ring.version:
+            if ring.version > self.ring.version:
                 self._spawn(self.configure(ring_wire, self.config))
 
     async def membership_view(self) -> dict[str, str]:
@@ -853,17 +888,20 @@ class StorageNode:
         """Before this node stops for good (it left the ring): each hint it holds goes to
         its key's owners, or, for an owner out of reach, to another node of the ring that
         keeps it as a hint. Returns how many hints are still held here."""
+        deadline = time.monotonic() + PASS_ON_WAIT
         for owner in self.handoff.owners():
+            while self.handoff.busy(owner) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the handoff loop's delivery: then ours
             with contextlib.suppress(PeerUnavailable, StorageError):
                 await self.handoff.deliver(owner, self._pass_on)
         return self.handoff.count()
 
     async def _pass_on(self, owner: str, items: list) -> list[bool]:
         """HintedHandoff's send for pass_on_hints: per hint, whether a node holds it now."""
-        try:
-            held = await self._send_hints(owner, items)
-        except PeerUnavailable:
-            held = [False] * len(items)
+        held = [False] * len(items)
+        if self.ring is None or owner not in self.ring.nodes() or self.is_up(owner):
+            with contextlib.suppress(PeerUnavailable):
+                held = await self._send_hints(owner, items)
         rest = [i for i, ok in enumerate(held) if not ok]
         others = [p for p in self.ring.nodes() if p not in (self.id, owner)] if self.ring else []
         for peer in sorted(others, key=lambda p: not self.is_up(p)):
