@@ -16,6 +16,9 @@ import msgpack
 # bad key fails before anything is sent.
 MAX_KEY_SIZE = 511
 MAX_BUCKET_SIZE = 64
+# The longest node id ("n" and a number): a hint's LMDB key is the data key after its
+# owner's id and that id's length (dynaray/hints.py), so user keys leave room for one.
+MAX_NODE_ID_SIZE = 16
 DEFAULT_BUCKET = "default"
 
 _RAW = b"\x00"
@@ -85,8 +88,9 @@ def key_repr(key: bytes) -> str:
 
 
 def max_key_length(bucket: bytes) -> int:
-    """The longest user key that fits LMDB's key limit after the partition and bucket prefix."""
-    return MAX_KEY_SIZE - _PREFIX - 1 - len(bucket)
+    """The longest user key that fits LMDB's key limit after the partition and bucket prefix,
+    and after a hint owner's id in front of that (a stand-in stores the key as a hint)."""
+    return MAX_KEY_SIZE - (1 + MAX_NODE_ID_SIZE) - _PREFIX - 1 - len(bucket)
 
 
 def hash_input(bucket: bytes, key: bytes) -> bytes:
@@ -99,7 +103,8 @@ def check_key(bucket: bytes, key: bytes) -> None:
     if len(key) > limit:
         raise ValueError(
             f"key is {len(key)} bytes; the limit in bucket {bucket.decode()!r} is {limit} bytes "
-            f"(LMDB allows {MAX_KEY_SIZE} bytes per key, less the partition and bucket prefix); "
+            f"(LMDB allows {MAX_KEY_SIZE} bytes per key, less the partition and bucket prefix "
+            "and room for a hint's node id); "
             "hash long keys or shorten them"
         )
 

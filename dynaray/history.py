@@ -297,7 +297,9 @@ class CounterResult:
 def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> CounterResult:
     """Judge increments (`f="incr"`, value = a positive delta) against `final`, {key: value
     read back}: acknowledged <= final <= acknowledged + indeterminate, per key. Reads
-    (`f="read"`) during the run must not exceed the increments invoked before they ended."""
+    (`f="read"`) during the run must not exceed the increments invoked before they ended
+    (failed ones left out). A loss no larger than the indeterminate increments that were
+    applied does not show: `indeterminate` bounds what could hide."""
     incrs = _operations(history, "incr")
     ok: dict[Any, int] = defaultdict(int)
     maybe: dict[Any, int] = defaultdict(int)
@@ -306,8 +308,9 @@ def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> 
         delta = invocation.value
         if not isinstance(delta, int) or isinstance(delta, bool) or delta <= 0:
             raise ValueError(f"check_counter needs positive int increments, got {delta!r}")
-        invoked[invocation.key].append((invocation.time, delta))
         kind = outcome(completion)
+        if kind != "fail":  # a failed increment stored nothing: no read may count it
+            invoked[invocation.key].append((invocation.time, delta))
         if kind == "ok":
             ok[invocation.key] += delta
         elif kind == "info":
@@ -343,7 +346,7 @@ def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> 
 
 @dataclass
 class RegisterResult:
-    valid: bool  # False only when a value appears that no write (not failed) could have put
+    valid: bool  # False when a value appears that no write (not failed) put, or a key vanished
     acknowledged: int = 0
     survived: int = 0  # acknowledged writes that are the final value
     superseded: int = 0  # overwritten by a write invoked after they were acknowledged
@@ -352,6 +355,7 @@ class RegisterResult:
     loss_rate: float = 0.0  # lost / acknowledged
     vanished_keys: list = field(default_factory=list)  # acknowledged writes, final absent
     unexpected: list = field(default_factory=list)  # final values never (successfully) written
+    unexpected_in_reads: list = field(default_factory=list)  # read during the run, likewise
     note: str = "last-write-wins loses concurrent writes by design: report only"
 
     def to_dict(self) -> dict:
@@ -398,9 +402,17 @@ def check_register(history: History | Iterable[Op], final: Mapping[Any, Any]) ->
         found = by_value.get((key, value))
         if found is None or outcome(found[1]) == "fail":
             result.unexpected.append((key, value))
+    for invocation, completion in _operations(history, "read"):
+        if completion is None or completion.kind != "ok" or completion.value is None:
+            continue
+        found = by_value.get((invocation.key, completion.value))
+        if found is None or outcome(found[1]) == "fail":
+            result.unexpected_in_reads.append((invocation.key, completion.value, completion.index))
+    # A key whose acknowledged writes all vanished is no LWW loss: the workload never
+    # deletes, so nothing in its design takes a key away.
     result.vanished_keys = sorted(set(result.vanished_keys), key=repr)
     result.loss_rate = result.lost / result.acknowledged if result.acknowledged else 0.0
-    result.valid = not result.unexpected
+    result.valid = not (result.unexpected or result.unexpected_in_reads or result.vanished_keys)
     return result
 
 

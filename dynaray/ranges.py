@@ -81,5 +81,6 @@ class KeyRanges:
 
             await self.store.write(op)
             dropped += len(keys)
-        self.trees.pop(partition, None)
+        # The range's tree is now all zeros (held() leaves it out), and is kept: a write
+        # committed after the last scan must land in the tree the range keeps using.
         return dropped

@@ -179,8 +179,11 @@ class Routing:
             return ["router"]
         ring = await self._ensure_ring()
         if self.path == "any":
+            # One at random, then the others: a read whose node does not answer goes on
+            # to the next, as on the partition-aware path.
             nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
-            return [self.rng.choice(nodes)]
+            first = self.rng.choice(nodes)
+            return [first, *(p for p in nodes if p != first)]
         preference = [
             p
             for p in ring.preference_list(ring.partition_of(codec.hash_input(bucket, key)))

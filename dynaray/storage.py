@@ -71,17 +71,18 @@ class Txn:
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
         handle = self._store.dbs[db]
-        if db in self._store.observers:
-            self.changes.append((db, key, self.raw.get(key, db=handle), value))
+        old = self.raw.get(key, db=handle) if db in self._store.observers else None
         self.raw.put(key, value, db=handle)
+        if db in self._store.observers:  # only once it is in: a put that raised changed nothing
+            self.changes.append((db, key, old, value))
 
     def delete(self, db: bytes, key: bytes) -> bool:
         handle = self._store.dbs[db]
-        if db in self._store.observers:
-            old = self.raw.get(key, db=handle)
-            if old is not None:
-                self.changes.append((db, key, old, None))
-        return self.raw.delete(key, db=handle)
+        old = self.raw.get(key, db=handle) if db in self._store.observers else None
+        deleted = self.raw.delete(key, db=handle)
+        if old is not None:
+            self.changes.append((db, key, old, None))
+        return deleted
 
 
 class Store:
@@ -418,14 +419,24 @@ class Store:
             results: list[tuple[bool, Any]] = []
             try:
                 with self.env.begin(write=True) as raw:
-                    txn = Txn(self, raw)
+                    changes: list = []
                     for op, _, _ in batch:
+                        # Each op in a nested transaction: one that raises leaves nothing
+                        # behind (what it wrote before raising is undone), and the batch
+                        # goes on without it. About 3 us per op.
+                        txn = Txn(self, self.env.begin(write=True, parent=raw))
                         try:
-                            results.append((True, op(txn)))
+                            result = op(txn)
                         except lmdb.MapFullError:
+                            txn.raw.abort()
                             raise
                         except Exception as exc:  # one bad op must not fail the batch
+                            txn.raw.abort()
                             results.append((False, exc))
+                            continue
+                        txn.raw.commit()
+                        changes.extend(txn.changes)
+                        results.append((True, result))
             except lmdb.MapFullError:
                 self._grow()
                 continue
@@ -433,12 +444,12 @@ class Store:
                 raise
             except lmdb.Error as exc:
                 return self._failed(batch, exc)
-            if txn.changes or any(ok for ok, _ in results):
+            if changes or any(ok for ok, _ in results):
                 if self.failing is not None:
                     log.warning("node %s: writes commit again", self.node_id)
                 self.failing = None
             self._mark_commit()
-            self._notify(txn.changes)
+            self._notify(changes)
             return results
 
     def _failed(self, batch: list, exc: lmdb.Error) -> list[tuple[bool, Any]]:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynaray import codec, versions
+from dynaray.hints import hint_key
 
 # -- values ------------------------------------------------------------------------------
 
@@ -125,8 +126,9 @@ def test_check_key_exact_boundary(bucket_len):
     bucket = b"b" * bucket_len
     limit = codec.max_key_length(bucket)
     codec.check_key(bucket, b"k" * limit)  # fits
-    # The longest key makes a data key of exactly LMDB's limit.
-    assert len(codec.data_key(2**32 - 1, 2**16 - 1, bucket, b"k" * limit)) == codec.MAX_KEY_SIZE
+    # The longest key makes a hint key (for an owner of the longest id) of LMDB's limit.
+    longest = codec.data_key(2**32 - 1, 2**16 - 1, bucket, b"k" * limit)
+    assert len(hint_key("n" * codec.MAX_NODE_ID_SIZE, longest)) == codec.MAX_KEY_SIZE
     with pytest.raises(ValueError) as info:
         codec.check_key(bucket, b"k" * (limit + 1))
     message = str(info.value)
@@ -137,7 +139,7 @@ def test_check_key_exact_boundary(bucket_len):
 def test_check_key_default_bucket_limit_in_message():
     bucket = codec.bucket_bytes(codec.DEFAULT_BUCKET)
     limit = codec.max_key_length(bucket)
-    assert limit == codec.MAX_KEY_SIZE - 4 - 2 - 1 - len(bucket)
+    assert limit == codec.MAX_KEY_SIZE - (1 + codec.MAX_NODE_ID_SIZE) - 4 - 2 - 1 - len(bucket)
     codec.check_key(bucket, b"x" * limit)
     with pytest.raises(ValueError, match=re.escape(f"is {limit} bytes")):
         codec.check_key(bucket, b"x" * (limit + 1))
@@ -149,10 +151,11 @@ def test_longest_key_fits_lmdb_and_one_more_does_not(tmp_path):
         assert env.max_key_size() == codec.MAX_KEY_SIZE
         bucket = b"default"
         limit = codec.max_key_length(bucket)
+        owner = "n" * codec.MAX_NODE_ID_SIZE  # a stand-in keeps the key as a hint for it
         with env.begin(write=True) as txn:
-            txn.put(codec.data_key(7, 3, bucket, b"k" * limit), b"v")
+            txn.put(hint_key(owner, codec.data_key(7, 3, bucket, b"k" * limit)), b"v")
         with pytest.raises(lmdb.BadValsizeError), env.begin(write=True) as txn:
-            txn.put(codec.data_key(7, 3, bucket, b"k" * (limit + 1)), b"v")
+            txn.put(hint_key(owner, codec.data_key(7, 3, bucket, b"k" * (limit + 1))), b"v")
     finally:
         env.close()
 

@@ -251,11 +251,13 @@ def test_register_flags_values_never_written():
     assert result.lost == 1
 
 
-def test_register_vanished_key_counts_as_loss():
+def test_register_vanished_key_counts_as_loss_and_fails_the_check():
+    """The workload never deletes: a key whose acknowledged writes all vanished is no
+    last-write-wins loss."""
     rows: list = []
     write(rows, 1, "r", "a", "ok", 0.0, 1.0)
     result = check_register(ops(*rows), {"r": None})
-    assert result.valid
+    assert not result.valid
     assert result.vanished_keys == ["r"]
     assert result.loss_rate == 1.0
 
@@ -269,3 +271,28 @@ def test_max_siblings_ignores_failed_reads():
     )
     assert max_siblings(h) == 2
     assert max_siblings(History()) == 0
+
+
+def test_register_read_of_a_value_never_written_fails_the_check():
+    rows: list = []
+    write(rows, 1, "r", "a", "ok", 0.0, 1.0)
+    write(rows, 2, "r", "b", "fail", 0.0, 1.0)
+    rows.append((3, "invoke", "read", "r", None, 1.5))
+    rows.append((3, "ok", "read", "r", "a", 1.6))
+    assert check_register(ops(*rows), {"r": "a"}).valid
+    rows.append((3, "invoke", "read", "r", None, 2.0))
+    rows.append((3, "ok", "read", "r", "b", 2.1))  # b's write failed: nothing stored
+    result = check_register(ops(*rows), {"r": "a"})
+    assert not result.valid
+    assert [(key, value) for key, value, _ in result.unexpected_in_reads] == [("r", "b")]
+
+
+def test_counter_read_that_counts_a_failed_increment_is_a_violation():
+    rows: list = []
+    incr(rows, 1, "c", "ok", 0.0, 0.1)
+    incr(rows, 2, "c", "fail", 0.2, 0.3)
+    rows.append((3, "invoke", "read", "c", None, 0.4))
+    rows.append((3, "ok", "read", "c", 2, 0.5))
+    result = check_counter(ops(*rows), {"c": 1})
+    assert not result.valid
+    assert [(key, seen, bound) for key, seen, bound, _ in result.read_violations] == [("c", 2, 1)]

@@ -385,3 +385,18 @@ def test_a_sync_call_in_a_coroutine_names_its_async_twin():
     with pytest.raises(RuntimeError, match=r"await \.\.\.abucket\(\.\.\.\)"):
         asyncio.run(sync_inside())
     client.close()
+
+
+def test_the_any_path_names_every_node_that_looks_up_first_one_at_random():
+    """A read whose randomly chosen node does not answer goes on to another (_send)."""
+    replicas = {name: FakeReplica(name) for name in NODES}
+    routing = Routing(replicas, path="any", rng=random.Random(3))
+    routing.adopt({"ring": Ring.create(NODES, 16).to_wire(), "config": {"n": 3}})
+    firsts = set()
+    for _ in range(40):
+        chosen = asyncio.run(routing.coordinators(BUCKET, b"k", 3))
+        assert sorted(chosen) == sorted(NODES)
+        firsts.add(chosen[0])
+    assert len(firsts) > 1  # spread over the nodes, not always the same one
+    routing._mark_down(NODES[0])
+    assert NODES[0] not in asyncio.run(routing.coordinators(BUCKET, b"k", 3))
