@@ -220,7 +220,7 @@ class Client:
 
     async def _read(self, bucket: str, key: str | bytes, r: int | None) -> GetResult:
         self._check_open()
-        b, k, hashed = address(bucket, key)
+        b, k, hashed = address(bucket, key, write=False)
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
         return decode_result(k, hashed, await self._routing.get(b, k, r, n))
@@ -274,7 +274,7 @@ class Client:
         sent: list = []  # (key, bytes key, hashed)
         for key in keys:
             try:
-                b, k, hashed = address(codec.DEFAULT_BUCKET, key)
+                b, k, hashed = address(codec.DEFAULT_BUCKET, key, write=False)
             except Exception as exc:  # noqa: BLE001 - a bad key fails alone
                 results[key] = exc
                 continue
@@ -390,11 +390,11 @@ def _settle(answer: Any, fn: Callable[..., T], *args: Any) -> T | Exception:
         return exc
 
 
-def address(bucket: str, key: object) -> tuple[bytes, bytes, bytes]:
+def address(bucket: str, key: object, write: bool = True) -> tuple[bytes, bytes, bytes]:
     """Validate bucket and key before anything is sent: (bucket, key, bytes hashed on the ring)."""
     b = codec.bucket_bytes(bucket)
     k = codec.key_bytes(key)
-    codec.check_key(b, k)
+    codec.check_key(b, k, write)
     return b, k, codec.hash_input(b, k)
 
 

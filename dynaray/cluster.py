@@ -744,7 +744,7 @@ class Cluster:
         # The membership change this handle makes, if any (_changing_membership), and
         # who took its hold if it lapsed.
         self._holder: str | None = None
-        self._doing, self._lapsed = "", None
+        self._doing, self._lapsed, self._hold_warned = "", None, False
         self.last_change: dict[str, int] = {}
         # Where each node lives (Ray node, directory): restart() puts it back there.
         self._homes = _homes_of(self._ask("info"))
@@ -905,7 +905,7 @@ class Cluster:
         """{node_id: [values]} for every live node whose own data holds the key (not hints);
         a deleted key shows as []."""
         b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
-        codec.check_key(b, k)
+        codec.check_key(b, k, write=False)
         return {
             node: decode_values(records.from_wire(wire))
             for node, wire in self._ask("held", b, k).items()
@@ -1316,6 +1316,11 @@ class Cluster:
                 failed,
             )
             return {"keys_received": received, "keys_dropped": 0, "ranges_not_copied": failed}
+        if self._holder is not None:
+            self._check_hold(
+                "the nodes have the new ring, and no old copy was dropped (the next change "
+                "drops them)"
+            )
         dropped = sum(self._ask("drop_foreign", nodes=nodes, timeout=600).values())
         return {"keys_received": received, "keys_dropped": dropped}
 
@@ -1326,7 +1331,7 @@ class Cluster:
         runs. A thread renews the hold until the change ends, however long its steps."""
         self._check_open()
         self._holder = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._doing, self._lapsed = doing, None
+        self._doing, self._lapsed, self._hold_warned = doing, None, False
         other = self._take_hold()
         if other is not None:
             self._holder = None
@@ -1337,9 +1342,12 @@ class Cluster:
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(CHANGE_LEASE / 12):
-                if (other := self._take_hold()) is not None:
-                    self._lapsed = other
+            try:
+                while not stop.wait(CHANGE_LEASE / 12):
+                    if (other := self._take_hold()) is not None:
+                        self._lapsed = other
+            except Exception as exc:  # noqa: BLE001 - a hold no longer renewed may lapse
+                self._lapsed = [f"unknown: this driver stopped renewing ({exc!r})", 0.0]
 
         renewer = threading.Thread(target=renew, name="dynaray-membership-hold", daemon=True)
         renewer.start()
@@ -1365,22 +1373,25 @@ class Cluster:
                 timeout=_CALL_TIMEOUT,
             )
         except (RayError, AttributeError) as exc:  # AttributeError: a Router of 0.1.0
-            log.warning(
-                "the Router actor of store %r did not answer (%s): %s goes on without "
-                "keeping other membership changes out; make none at the same time",
-                self.store,
-                type(exc).__name__,
-                self._doing,
-            )
+            if not self._hold_warned:  # once per change, not at every renewal
+                self._hold_warned = True
+                log.warning(
+                    "the Router actor of store %r did not answer (%s): %s goes on without "
+                    "keeping other membership changes out; make none at the same time",
+                    self.store,
+                    type(exc).__name__,
+                    self._doing,
+                )
             return None
 
-    def _check_hold(self) -> None:
-        """Before the nodes are given a new ring: the hold is still this change's."""
+    def _check_hold(self, then: str = "nothing was changed") -> None:
+        """Before the nodes are given a new ring, and before they drop what they lost: the
+        hold is still this change's."""
         if self._lapsed is not None:
             raise DynarayError(
                 f"this membership change's hold lapsed (the driver stalled for over "
                 f"{CHANGE_LEASE:.0f} s) and another driver took it ({self._lapsed[0]}); "
-                "nothing was changed"
+                f"{then}"
             )
 
     def add_node(self, progress=None) -> str:
@@ -1429,7 +1440,15 @@ class Cluster:
         self._ask("update_peer", node, handle, nodes=list(live))
         self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
         self._tell_routers(node, handle)
-        self.last_change = self._reshape(old.with_node(node), config, old, progress)
+        try:
+            self.last_change = self._reshape(old.with_node(node), config, old, progress)
+        except DynarayError as exc:
+            if node not in self._members or "nothing was changed" in str(exc):
+                raise
+            raise DynarayError(
+                f"node {node!r} has joined the ring (add_node again would add another "
+                f"node), but: {exc}"
+            ) from exc
         return node
 
     def remove_node(self, node: str, progress=None) -> None:

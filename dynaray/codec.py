@@ -87,10 +87,13 @@ def key_repr(key: bytes) -> str:
         return repr(key)
 
 
-def max_key_length(bucket: bytes) -> int:
-    """The longest user key that fits LMDB's key limit after the partition and bucket prefix,
-    and after a hint owner's id in front of that (a stand-in stores the key as a hint)."""
-    return MAX_KEY_SIZE - (1 + MAX_NODE_ID_SIZE) - _PREFIX - 1 - len(bucket)
+def max_key_length(bucket: bytes, write: bool = True) -> int:
+    """The longest user key a write takes: it fits LMDB's key limit after the partition and
+    bucket prefix, and after a hint owner's id in front of that (a stand-in stores the key
+    as a hint). Reads (`write=False`) take keys up to the longer limit of 0.1.0, which
+    left no such room, so keys it stored can still be read."""
+    room = (1 + MAX_NODE_ID_SIZE) if write else 0
+    return MAX_KEY_SIZE - room - _PREFIX - 1 - len(bucket)
 
 
 def hash_input(bucket: bytes, key: bytes) -> bytes:
@@ -98,8 +101,8 @@ def hash_input(bucket: bytes, key: bytes) -> bytes:
     return bytes([len(bucket)]) + bucket + key
 
 
-def check_key(bucket: bytes, key: bytes) -> None:
-    limit = max_key_length(bucket)
+def check_key(bucket: bytes, key: bytes, write: bool = True) -> None:
+    limit = max_key_length(bucket, write)
     if len(key) > limit:
         raise ValueError(
             f"key is {len(key)} bytes; the limit in bucket {bucket.decode()!r} is {limit} bytes "

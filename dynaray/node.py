@@ -198,6 +198,10 @@ class StorageNode:
         # Of those, the ranges gained in a ring change (not refilled): this node's copy of
         # them is partial, so another node taking one over copies it from elsewhere.
         self._gaining: set[int] = set()
+        # {range: the take-over now answerable for it}: of two that take one range (a
+        # resumed one and a refill), only the later clears its pending mark (_take_over).
+        self._claims: dict[int, object] = {}
+        self._configuring = asyncio.Lock()
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
         self.floors = {
@@ -311,7 +315,10 @@ class StorageNode:
         handoff); `previous` is the ring before the change, for a node that had none.
         Ranges an earlier life was still pulling are pulled on (_unfinished).
         """
-        ring = Ring.from_wire(ring_wire)
+        async with self._configuring:  # one at a time: each compares with the ring before it
+            return await self._configure(Ring.from_wire(ring_wire), config, previous)
+
+    async def _configure(self, ring: Ring, config: dict, previous: dict | None) -> bool:
         if self.ring is not None and ring.version < self.ring.version:
             self._resume({})
             return False
@@ -366,7 +373,9 @@ class StorageNode:
         for each, again in ((resumed, False), (plan, refill)):
             if each or (again and marked):
                 self.pending.update(each)
-                if not again:
+                if again:
+                    self._gaining.difference_update(each)  # the refill answers for them now
+                else:
                     self._gaining.update(each)
                 self._spawn(self._take_over(each, again, marked and each is plan))
 
@@ -380,16 +389,22 @@ class StorageNode:
         moving the whole range once per replica. A range's _TAKING mark goes once it is in
         (or given up on); `marked`: the directory's REFILL mark goes once every range is in.
         Neither goes if the node stops first."""
+        claim = object()
+        self._claims.update(dict.fromkeys(plan, claim))
         for partition, sources in plan.items():
             try:
                 await self._take_range(partition, sources, refill)
             finally:
-                self.pending.discard(partition)
-                self._gaining.discard(partition)
                 self.transfer["ranges_received"] += 1
-            key = _TAKING + codec.partition_prefix(partition)
-            with contextlib.suppress(StorageError):  # pulled again after a restart: harmless
-                await self.store.write(lambda txn, key=key: txn.delete(META, key))
+                mine = self._claims.get(partition) is claim
+                if mine:
+                    del self._claims[partition]
+                    self.pending.discard(partition)
+                    self._gaining.discard(partition)
+            if mine:
+                key = _TAKING + codec.partition_prefix(partition)
+                with contextlib.suppress(StorageError):  # pulled again after a restart
+                    await self.store.write(lambda txn, key=key: txn.delete(META, key))
         if marked:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
 
@@ -1524,6 +1539,12 @@ class StorageNode:
             held = []
             for dkey, incoming, hint in items:
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
+                if len(rkey) > codec.MAX_KEY_SIZE:
+                    # A key stored before 0.2.0 left room for a hint's node id: it cannot be
+                    # kept as a hint (its owners get it by anti-entropy).
+                    log.warning("key %s is too long to keep as a hint", _key_text(dkey))
+                    held.append(False)
+                    continue
                 try:
                     new = records.merge_into(txn.get(db, rkey), incoming)
                 except records.KindMismatch as exc:

@@ -296,3 +296,13 @@ def test_record_rejects_invalid_clock():
             data = codec.pack([RECORD_FORMAT, "siblings", wire, 0])
         with pytest.raises(ValueError):
             decode_clock(data)
+
+
+def test_reads_take_keys_as_long_as_0_1_0_stored():
+    """0.1.0 left no room for a hint's node id: keys it stored can still be read."""
+    bucket = b"default"
+    write_limit, read_limit = codec.max_key_length(bucket), codec.max_key_length(bucket, False)
+    assert read_limit == write_limit + 1 + codec.MAX_NODE_ID_SIZE
+    codec.check_key(bucket, b"k" * read_limit, write=False)
+    with pytest.raises(ValueError, match=f"is {write_limit} bytes"):
+        codec.check_key(bucket, b"k" * read_limit)

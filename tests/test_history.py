@@ -296,3 +296,10 @@ def test_counter_read_that_counts_a_failed_increment_is_a_violation():
     result = check_counter(ops(*rows), {"c": 1})
     assert not result.valid
     assert [(key, seen, bound) for key, seen, bound, _ in result.read_violations] == [("c", 2, 1)]
+
+
+def test_register_key_not_read_back_is_not_called_vanished():
+    rows: list = []
+    write(rows, 1, "r", "a", "ok", 0.0, 1.0)
+    result = check_register(ops(*rows), {})  # the final read failed: another check says so
+    assert result.vanished_keys == [] and result.valid

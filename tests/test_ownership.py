@@ -717,3 +717,79 @@ def test_a_restarted_node_given_an_older_ring_still_resumes_its_ranges(tmp_path)
     adopted, pulled = asyncio.run(second_life())
     assert adopted is False
     assert set(pulled) == set(after.replicated_partitions("n1", 2))
+
+
+def test_configure_calls_at_once_end_on_the_newest_ring(tmp_path):
+    """The driver's ring and an older one from gossip, given at once to a node behind both:
+    the node ends on the newer, whichever write finishes last."""
+    ring4 = Ring.create(["n1", "n2", "n3"], 16)
+    ring5 = ring4.with_node("n4")
+    ring6 = ring5.with_node("n5")
+
+    async def race() -> int:
+        node = StorageNode("n1", str(tmp_path / "n1"), fresh=True)
+        try:
+            await node.configure(ring4.to_wire(), {"n": 2})
+            node._take_over = _no_take_over
+            await asyncio.gather(
+                node.configure(ring6.to_wire(), {"n": 2}),
+                node.configure(ring5.to_wire(), {"n": 2}),
+            )
+            return node.ring.version
+        finally:
+            await node.stop()
+
+    assert asyncio.run(race()) == ring6.version
+
+
+async def _no_take_over(plan, refill=False, marked=False) -> None:
+    return None
+
+
+def test_a_range_a_refill_takes_stays_arriving_when_an_earlier_take_over_gives_up(
+    tmp_path, monkeypatch
+):
+    """A node restarted mid-refill, first given an older ring, resumes its ranges as gains
+    (which give up after 30 tries); the refill that follows takes them too. Only the later
+    take-over clears a range's arriving mark: the node answers no read of it until the
+    refill has it."""
+    import dynaray.node as node_module
+
+    path = str(tmp_path / "n1")
+    kept = Ring.create(["n1", "n2", "n3"], 16).with_node("n4")
+    older = Ring.create(["n1", "n2", "n3"], 16)
+
+    async def first_life() -> None:
+        node = StorageNode("n1", path)  # an empty directory, not fresh: refilled
+        await node.configure(kept.to_wire(), {"n": 2})
+        await node.stop()
+
+    async def second_life() -> tuple[set[int], set[int]]:
+        node = StorageNode("n1", path)
+        assert node.refill and node._unfinished
+
+        async def unreachable(source: str, partition: int) -> bool:
+            await asyncio.sleep(0)
+            return False
+
+        node._pull = unreachable
+        node._exchange = lambda partition, peer: _NoExchange()
+        try:
+            await node.configure(older.to_wire(), {"n": 2})  # resumed as gains
+            await node.configure(kept.to_wire(), {"n": 2})  # the refill
+            while node.transfer["ranges_failed"] < len(kept_ranges):  # each gain gave up
+                await asyncio.sleep(0)
+            return set(node.pending), set(kept_ranges)
+        finally:
+            await node.stop()
+
+    kept_ranges = kept.replicated_partitions("n1", 2)
+    asyncio.run(first_life())
+    real_sleep = asyncio.sleep
+
+    async def no_wait(seconds):
+        await real_sleep(0)
+
+    monkeypatch.setattr(node_module.asyncio, "sleep", no_wait)
+    pending, wanted = asyncio.run(second_life())
+    assert pending == wanted  # the refill keeps trying, and keeps refusing their reads
