@@ -22,6 +22,7 @@ from dynaray.errors import (
     SiblingLimitError,
     StorageError,
     Unavailable,
+    UnreadableValue,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SiblingLimitError",
     "StorageError",
     "Unavailable",
+    "UnreadableValue",
     "connect",
     "start",
 ]

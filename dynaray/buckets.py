@@ -198,6 +198,7 @@ class Bucket:
         read sees now. LWW: a newer timestamp than every write so far hides the key."""
         self._need("siblings", "lww", call="delete")
         if self.policy == "lww":
+            _check_optional_context(context, self.name, key)  # refused as put refuses it
             op = ["lww", records.LWW_DELETED]
             return await self.client._write(self.name, key, op, self._w(w))
         context = await self._seen(key, context)
@@ -233,6 +234,8 @@ class Bucket:
     async def aadd(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
         """Add elements; an add concurrent with a remove of the same element wins."""
         self._need("set", call="add")
+        if not elements:
+            raise ValueError(f"add() needs at least one element, e.g. add({key!r}, 'x')")
         op = ["set", ["add", _added(elements)]]
         await self.client._write(self.name, key, op, self._w(w))
 
@@ -249,6 +252,8 @@ class Bucket:
         """Remove the additions of elements that the context saw (with no context, that a
         read sees now: the client reads first); a concurrent add survives."""
         self._need("set", call="remove")
+        if not elements:
+            raise ValueError(f"remove() needs at least one element, e.g. remove({key!r}, 'x')")
         encoded = [codec.encode_value(e) for e in elements]
         context = await self._seen(key, context)
 
@@ -325,7 +330,9 @@ def map_ops(increment, add, remove, assign, enable, disable, seen) -> list:
     for name in _many(disable or (), "disable"):
         ops.append([_field(name), "flag", ["disable", seen]])
     if not ops:
-        raise ValueError("update() needs at least one of increment, add, remove, assign, enable")
+        raise ValueError(
+            "update() needs at least one of increment, add, remove, assign, enable, disable"
+        )
     return ops
 
 

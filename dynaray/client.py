@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dynaray import codec, crdt, records, versions
 from dynaray.codec import key_repr
 from dynaray.context import Context, check_context, key_tag
-from dynaray.errors import ConflictError, DynarayError
+from dynaray.errors import ConflictError, DynarayError, UnreadableValue
 from dynaray.routing import Routing
 
 if TYPE_CHECKING:
@@ -30,9 +30,10 @@ _CLOSE_WAIT = 5.0  # seconds close() waits for cancelled work, then for the loop
 
 @dataclass(frozen=True)
 class GetResult:
-    """What a get returns: every causally unrelated value and one context covering them."""
+    """What a get returns: every causally unrelated value and one context covering them.
+    `key` is the key as it was asked for (str or bytes)."""
 
-    key: str
+    key: str | bytes
     values: list
     context: Context
 
@@ -40,7 +41,8 @@ class GetResult:
     def value(self) -> Any:
         """The single value; None when the key is absent; ConflictError when there are siblings."""
         if len(self.values) > 1:
-            raise ConflictError(self.key, len(self.values))
+            shown = key_repr(self.key) if isinstance(self.key, bytes) else self.key
+            raise ConflictError(shown, len(self.values))
         return self.values[0] if self.values else None
 
     @property
@@ -83,15 +85,21 @@ def _decode_crdt(value: object) -> object:
     return value
 
 
-def decode_result(key: bytes, hashed: bytes, raw: bytes | None) -> GetResult:
-    """A coordinator's merged record (encoded as stored) as the user sees it."""
+def decode_result(key: str | bytes, hashed: bytes, raw: bytes | None) -> GetResult:
+    """A coordinator's merged record (encoded as stored) as the user sees it; `key` as the
+    user gave it. A value that cannot be decoded here raises UnreadableValue, which
+    carries the context to overwrite or delete it with."""
     record = records.decode(raw) if raw is not None else None
     if record is not None and record.kind == "siblings":
         vv = versions.join(record.state)  # the state was validated as it was decoded
     else:
         vv = versions.vv_from_wire(records.context_of(record))
     context = Context(vv, key_tag(hashed))
-    return GetResult(key_repr(key), decode_values(record), context)
+    try:
+        values = decode_values(record)
+    except Exception as exc:  # noqa: BLE001 - unpickling runs the value's own code
+        raise UnreadableValue(key, exc, context) from exc
+    return GetResult(key, values, context)
 
 
 class _LoopThread:
@@ -223,7 +231,7 @@ class Client:
         b, k, hashed = address(bucket, key, write=False)
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
-        return decode_result(k, hashed, await self._routing.get(b, k, r, n))
+        return decode_result(key, hashed, await self._routing.get(b, k, r, n))
 
     async def _write(self, bucket: str, key: str | bytes, op: Any, w: int | None) -> Context:
         """Send one operation; `op` is a records.update operation, or a function of the key's
@@ -268,6 +276,13 @@ class Client:
         if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
             raise TypeError(f"get_many takes a list of keys, e.g. [{keys!r}]")
         keys = list(keys)  # read twice below: a generator would be empty the second time
+        for key in keys:  # a key the result cannot hold (a list): refused before a read
+            try:
+                hash(key)
+            except TypeError:
+                raise TypeError(
+                    f"get_many takes str or bytes keys, got the {type(key).__name__} {key!r}"
+                ) from None
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
         results: dict = dict.fromkeys(keys)  # answers in the order the keys were given
@@ -280,8 +295,8 @@ class Client:
                 continue
             sent.append((key, b, k, hashed))
         answers = await self._routing.many("get", [(b, k, r, n) for _, b, k, _ in sent])
-        for (key, _, k, hashed), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, decode_result, k, hashed)
+        for (key, _, _, hashed), answer in zip(sent, answers, strict=True):
+            results[key] = _settle(answer, decode_result, key, hashed)
         return results
 
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
@@ -292,11 +307,20 @@ class Client:
             raise TypeError(
                 f"put_many takes a dict {{key: (context, value)}}, got {type(items).__name__}"
             )
+        same: dict[bytes, object] = {}  # str and bytes forms of one stored key
         for key, pair in items.items():
-            if not isinstance(pair, tuple) or len(pair) != 2:
-                raise ValueError(
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(
                     f"put_many takes {{key: (context, value)}}; {key!r} maps to {pair!r}"
                 )
+            if isinstance(key, str | bytes):
+                k = codec.key_bytes(key)
+                if k in same:
+                    raise ValueError(
+                        f"put_many got {same[k]!r} and {key!r}, one key written twice at once "
+                        "(it would keep both values as siblings): give it once"
+                    )
+                same[k] = key
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
         results: dict = dict.fromkeys(items)  # answers in the order the keys were given

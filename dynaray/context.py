@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 
-from dynaray import codec, ring, versions
+from dynaray import codec, versions
 from dynaray.errors import InvalidContext
 
 _MAGIC = b"DRC"
-_FORMAT = 1
+# 2: the key fingerprint grew from mmh3's 32 bits to 64, so a context of one key is not
+# taken for another's (two keys in 60,000 shared a 32-bit one).
+_FORMAT = 2
 _DIGEST = 8
 
 
@@ -22,8 +24,11 @@ def _digest(body: bytes) -> bytes:
 
 
 def key_tag(hashed: bytes) -> int:
-    """A short fingerprint of the (bucket, key) a context belongs to."""
-    return ring.key_hash(hashed)
+    """A 64-bit fingerprint of the (bucket, key) a context belongs to: wide enough that a
+    context sent with the wrong key is refused (not taken as that key's, which could
+    discard its newer values as already seen)."""
+    tag = hashlib.blake2b(hashed, digest_size=8, person=b"dynaray-key").digest()
+    return int.from_bytes(tag, "big")
 
 
 class Context:

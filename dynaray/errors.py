@@ -117,6 +117,19 @@ class SiblingLimitError(InvalidRequest):
     """A write would leave more siblings than the limit: resolve them first."""
 
 
+class UnreadableValue(DynarayError):
+    """A stored value that cannot be decoded here (a pickled object whose class is not
+    importable in this process, say). `context` lets the key be overwritten or deleted."""
+
+    def __init__(self, key: object, cause: BaseException, context: object) -> None:
+        self.key, self.context = key, context
+        super().__init__(
+            f"key {key!r} holds a value that cannot be decoded here ({type(cause).__name__}: "
+            f"{cause}); is the module of its class importable in this process? To replace "
+            "or delete it, pass this error's .context to put or delete"
+        )
+
+
 class Unavailable(DynarayError):
     """No storage node could be reached to serve the request."""
 

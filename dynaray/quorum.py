@@ -30,8 +30,9 @@ def check_quorum(n: int, r: int, w: int, nodes: int) -> None:
     for name, value in (("n", n), ("r", r), ("w", w)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if r > n or w > n:
-        raise ValueError(f"r={r} and w={w} must not exceed n={n}: a quorum is a subset of N")
+    over = [f"{name}={value}" for name, value in (("r", r), ("w", w)) if value > n]
+    if over:
+        raise ValueError(f"{' and '.join(over)} must not exceed n={n}: a quorum is a subset of N")
     if n > nodes:
         raise ValueError(f"n={n} replicas need at least {n} nodes; the store has {nodes}")
 

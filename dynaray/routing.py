@@ -52,6 +52,14 @@ class Routing:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if path == "router" and router is None:
             raise ValueError("path='router' needs the store's Router actor")
+        if (
+            not isinstance(request_timeout, int | float)
+            or isinstance(request_timeout, bool)
+            or not 0 < request_timeout < float("inf")
+        ):
+            raise ValueError(
+                f"request_timeout must be a positive number of seconds, got {request_timeout!r}"
+            )
         self.path = path
         self.transport = Transport(f"client-{uuid.uuid4().hex[:8]}", rng=rng)
         self.transport.set_peers(nodes)

@@ -316,6 +316,24 @@ def test_set_elements_that_could_not_be_read_back_are_refused(cluster, client):
         profiles.update("u", add={"t": [["x"]]})
 
 
+def test_calls_that_would_write_nothing_or_with_a_bad_context_are_refused(cluster, client):
+    tags = client.bucket("tags-empty", policy="set")
+    with pytest.raises(ValueError, match="add\\(\\) needs at least one element"):
+        tags.add("e")
+    with pytest.raises(ValueError, match="remove\\(\\) needs at least one element"):
+        tags.remove("e")
+    assert cluster.replica_state("e", bucket="tags-empty") == {}  # nothing was sent
+    latest = client.bucket("latest-delete", policy="lww")
+    latest.put("a", None, 1)
+    latest.put("b", None, 2)
+    other = latest.get("b").context
+    with pytest.raises(dynaray.InvalidContext, match="different key"):
+        latest.delete("a", other)  # as put refuses it
+    with pytest.raises(dynaray.InvalidContext):
+        latest.delete("a", b"junk")
+    assert latest.get("a").value == 1
+
+
 def test_an_unhashable_element_stored_before_the_check_can_be_read_and_removed(client):
     tags = client.bucket("tags-legacy", policy="set")
     # As an older client wrote it: past the check, straight to the store.

@@ -20,6 +20,7 @@ MADE = [
     errors.InvalidContext("a truncated context"),
     errors.SiblingLimitError("too many siblings"),
     errors.Unavailable("no node answered"),
+    errors.UnreadableValue("k", ValueError("no module named 'shop'"), b"context"),
     errors.NodeError("store is closed"),
     PeerUnavailable("n3", "partitioned"),
 ]
@@ -54,3 +55,20 @@ def test_a_read_that_stopped_early_says_how_many_failed():
     assert "and 2 failed" not in str(errors.QuorumError("get", "k", 1, 2, 3, 2))  # all heard
     slow = str(errors.QuorumError("get", "k", 1, 2, 2, 0))  # one answered, one never did
     assert "did not answer within the read's deadline" in slow and "out of reach" not in slow
+
+
+def test_a_value_that_cannot_be_decoded_names_its_key_and_carries_its_context():
+    """Without the context in the error, such a key could never be overwritten or deleted
+    (delete with no context reads first, and the read failed)."""
+    from dynaray import codec, records
+    from dynaray.client import decode_result
+    from dynaray.context import Context, key_tag
+
+    hashed = codec.hash_input(b"default", b"cart")
+    garbage = codec.encode_value(b"x")[:1].replace(b"\x00", b"\x01") + b"not a pickle"
+    stored = records.encode(records.update(None, ["siblings", [], garbage], "n1", 1))
+    with pytest.raises(errors.UnreadableValue, match="key 'cart' holds a value") as info:
+        decode_result("cart", hashed, stored)
+    assert isinstance(info.value.context, Context)
+    assert info.value.context.tag == key_tag(hashed) and len(info.value.context.version_vector)
+    assert decode_result(b"cart", hashed, None).key == b"cart"  # the key as asked for

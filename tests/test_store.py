@@ -320,6 +320,18 @@ def test_bulk_calls_of_the_wrong_shape_are_refused(client):
         client.put_many([("a", None, 1)])
     got = client.get_many(k for k in ["bulk-gen-a", "bulk-gen-b"])  # any iterable of keys
     assert set(got) == {"bulk-gen-a", "bulk-gen-b"}
+    with pytest.raises(TypeError, match="str or bytes keys, got the list"):
+        client.get_many(["bulk-gen-a", ["b"]])  # no result could hold that key
+    with pytest.raises(ValueError, match="one key written twice"):
+        client.put_many({"bulk-twice": (None, 1), b"bulk-twice": (None, 2)})
+    with pytest.raises(TypeError, match="maps to"):
+        client.put_many({"bulk-shape": (None, 1, 2)})
+    assert client.get("bulk-twice").values == []  # refused before anything was sent
+    pairs = client.put_many({"bulk-list": [None, "a pair as JSON gives it"]})
+    assert isinstance(pairs["bulk-list"], dynaray.Context)
+    assert client.get(b"bulk-list").key == b"bulk-list"  # the key as it was asked for
+    with pytest.raises(ValueError, match="request_timeout must be a positive number"):
+        client.routing.__class__({}, request_timeout=-5)
 
 
 def test_start_refuses_bad_arguments_before_starting_any_node(ray_session, tmp_path):
