@@ -201,3 +201,17 @@ def test_chart_draws_a_line_per_target_with_its_half_peak_run_in_its_colour(tmp_
     assert bench.draw(report) is None
     assert not bench.write_png(report, str(tmp_path / "none.png"))
     assert not (tmp_path / "none.png").exists()
+
+
+def test_scrambled_zipfian_reaches_every_key_with_ycsbs_hottest_share():
+    """As YCSB's generator: ranks from 10**10, hashed onto the keys. Drawn from only as
+    many ranks as keys, about a quarter of the keys were never chosen and the hottest
+    one took near 10% of the requests."""
+    import random
+    from collections import Counter
+
+    chooser = bench.ScrambledZipfian(10_000)
+    rng = random.Random(1)
+    counts = Counter(chooser.next(rng) for _ in range(200_000))
+    assert len(counts) > 9_900
+    assert 0.02 < counts.most_common(1)[0][1] / 200_000 < 0.06
