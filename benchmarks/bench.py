@@ -1230,7 +1230,8 @@ async def _bulk_phase(
             batch_no += 1
             if op == "get_many":  # distinct keys: each one is read once
                 batch: list | dict = [
-                    key_name(i) for i in rng.sample(range(settings.keys), BULK_BATCH)
+                    key_name(i)
+                    for i in rng.sample(range(settings.keys), min(BULK_BATCH, settings.keys))
                 ]
             else:
                 batch = {

@@ -182,8 +182,7 @@ class Bucket:
         self._need("siblings", "lww", call="put")
         raw = codec.encode_value(value)
         if self.policy == "lww":
-            _check_optional_context(context, self.name, key)
-            return await self.client._write(self.name, key, ["lww", raw], self._w(w))
+            return await self.client._write(self.name, key, _lww_op(context, raw), self._w(w))
         return await self.client._write(self.name, key, siblings_op(context, raw), self._w(w))
 
     def put(
@@ -197,9 +196,8 @@ class Bucket:
         """Delete (a tombstone). Siblings: only what the context saw; with no context, what a
         read sees now. LWW: a newer timestamp than every write so far hides the key."""
         self._need("siblings", "lww", call="delete")
-        if self.policy == "lww":
-            _check_optional_context(context, self.name, key)  # refused as put refuses it
-            op = ["lww", records.LWW_DELETED]
+        if self.policy == "lww":  # its context is checked as put checks it
+            op = _lww_op(context, records.LWW_DELETED)
             return await self.client._write(self.name, key, op, self._w(w))
         context = await self._seen(key, context)
         return await self.client._write(self.name, key, siblings_op(context, None), self._w(w))
@@ -257,8 +255,8 @@ class Bucket:
         encoded = [codec.encode_value(e) for e in elements]
         context = await self._seen(key, context)
 
-        def op(hashed: bytes) -> list:
-            return ["set", ["remove", encoded, versions.vv_to_wire(check_context(context, hashed))]]
+        def op(tied: bytes) -> list:
+            return ["set", ["remove", encoded, versions.vv_to_wire(check_context(context, tied))]]
 
         await self.client._write(self.name, key, op, self._w(w))
 
@@ -298,8 +296,8 @@ class Bucket:
         if remove or disable:
             context = await self._seen(key, context)
 
-        def op(hashed: bytes) -> list:
-            seen = None if context is None else versions.vv_to_wire(check_context(context, hashed))
+        def op(tied: bytes) -> list:
+            seen = None if context is None else versions.vv_to_wire(check_context(context, tied))
             return [
                 "map",
                 ["update", map_ops(increment, add, remove, assign, enable, disable, seen)],
@@ -381,7 +379,12 @@ def _check_delta(delta: object) -> None:
         raise ValueError(f"a counter changes by an int, got {delta!r}")
 
 
-def _check_optional_context(context: object, bucket: str, key: object) -> None:
-    if context is not None:
-        b, k = codec.bucket_bytes(bucket), codec.key_bytes(key)
-        check_context(context, codec.hash_input(b, k))
+def _lww_op(context: object, raw: bytes) -> Callable[[bytes], list]:
+    """A last-write-wins write: a context is not needed, but one given must be the key's."""
+
+    def op(tied: bytes) -> list:
+        if context is not None:
+            check_context(context, tied)
+        return ["lww", raw]
+
+    return op

@@ -85,16 +85,17 @@ def _decode_crdt(value: object) -> object:
     return value
 
 
-def decode_result(key: str | bytes, hashed: bytes, raw: bytes | None) -> GetResult:
+def decode_result(key: str | bytes, tied: bytes, raw: bytes | None) -> GetResult:
     """A coordinator's merged record (encoded as stored) as the user sees it; `key` as the
-    user gave it. A value that cannot be decoded here raises UnreadableValue, which
-    carries the context to overwrite or delete it with."""
+    user gave it, `tied` what its context is tied to (Client._tied). A value that cannot
+    be decoded here raises UnreadableValue, which carries the context to overwrite or
+    delete it with."""
     record = records.decode(raw) if raw is not None else None
     if record is not None and record.kind == "siblings":
         vv = versions.join(record.state)  # the state was validated as it was decoded
     else:
         vv = versions.vv_from_wire(records.context_of(record))
-    context = Context(vv, key_tag(hashed))
+    context = Context(vv, key_tag(tied))
     try:
         values = decode_values(record)
     except Exception as exc:  # noqa: BLE001 - unpickling runs the value's own code
@@ -231,18 +232,28 @@ class Client:
         b, k, hashed = address(bucket, key, write=False)
         await self._routing._ensure_ring()
         n, r, _ = self._routing.quorum(r=r)
-        return decode_result(key, hashed, await self._routing.get(b, k, r, n))
+        return decode_result(key, self._tied(hashed), await self._routing.get(b, k, r, n))
 
     async def _write(self, bucket: str, key: str | bytes, op: Any, w: int | None) -> Context:
-        """Send one operation; `op` is a records.update operation, or a function of the key's
-        hashed address that builds one (so a context can be checked against the key)."""
+        """Send one operation; `op` is a records.update operation, or a function of what a
+        context of the key is tied to (_tied) that builds one, so the context it carries is
+        checked against the key and the store."""
         self._check_open()
         b, k, hashed = address(bucket, key)
-        if callable(op):
-            op = op(hashed)
         await self._routing._ensure_ring()
+        tied = self._tied(hashed)
+        if callable(op):
+            op = op(tied)
         n, _, w = self._routing.quorum(w=w)
-        return _new_context(hashed, await self._routing.put(b, k, op, w, n))
+        return _new_context(tied, await self._routing.put(b, k, op, w, n))
+
+    def _tied(self, hashed: bytes) -> bytes:
+        """What a context is tied to (context.key_tag): the key's bucket and name, and the
+        store's id, so a context read from another store (another store of the cluster, or
+        one made anew under the same name) is refused, not taken for this key's. A store
+        started before stores had ids ties contexts to the key alone."""
+        store = self._routing.config.get("id")
+        return hashed if not store else hashed + b"\x00" + str(store).encode()
 
     # -- async API --------------------------------------------------------------------------
 
@@ -293,10 +304,10 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - a bad key fails alone
                 results[key] = exc
                 continue
-            sent.append((key, b, k, hashed))
+            sent.append((key, b, k, self._tied(hashed)))
         answers = await self._routing.many("get", [(b, k, r, n) for _, b, k, _ in sent])
-        for (key, _, _, hashed), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, decode_result, key, hashed)
+        for (key, _, _, tied), answer in zip(sent, answers, strict=True):
+            results[key] = _settle(answer, decode_result, key, tied)
         return results
 
     async def aput_many(self, items: dict, *, w: int | None = None) -> dict:
@@ -324,18 +335,19 @@ class Client:
         await self._routing._ensure_ring()
         n, _, w = self._routing.quorum(w=w)
         results: dict = dict.fromkeys(items)  # answers in the order the keys were given
-        sent: list = []  # (key, bytes bucket, bytes key, hashed, op)
+        sent: list = []  # (key, bytes bucket, bytes key, what its context is tied to, op)
         for key, (context, value) in items.items():
             try:
                 b, k, hashed = address(codec.DEFAULT_BUCKET, key)
-                op = siblings_op(context, codec.encode_value(value))(hashed)
+                tied = self._tied(hashed)
+                op = siblings_op(context, codec.encode_value(value))(tied)
             except Exception as exc:  # noqa: BLE001 - a bad key or value fails alone
                 results[key] = exc
                 continue
-            sent.append((key, b, k, hashed, op))
+            sent.append((key, b, k, tied, op))
         answers = await self._routing.many("put", [(b, k, op, w, n) for _, b, k, _, op in sent])
-        for (key, _, _, hashed, _), answer in zip(sent, answers, strict=True):
-            results[key] = _settle(answer, _new_context, hashed)
+        for (key, _, _, tied, _), answer in zip(sent, answers, strict=True):
+            results[key] = _settle(answer, _new_context, tied)
         return results
 
     def bucket(
@@ -398,9 +410,9 @@ class Client:
         return self._routing.nodes
 
 
-def _new_context(hashed: bytes, wire: list) -> Context:
-    """The context a write answers with, tied to its key."""
-    return Context(versions.vv_from_wire(wire), key_tag(hashed))
+def _new_context(tied: bytes, wire: list) -> Context:
+    """The context a write answers with, tied to its key and store (Client._tied)."""
+    return Context(versions.vv_from_wire(wire), key_tag(tied))
 
 
 def _settle(answer: Any, fn: Callable[..., T], *args: Any) -> T | Exception:
@@ -424,4 +436,4 @@ def address(bucket: str, key: object, write: bool = True) -> tuple[bytes, bytes,
 
 def siblings_op(context: Context | bytes | None, raw: bytes | None) -> Callable[[bytes], list]:
     """A write to a siblings bucket: the value (None deletes) with the context it follows."""
-    return lambda hashed: ["siblings", versions.vv_to_wire(check_context(context, hashed)), raw]
+    return lambda tied: ["siblings", versions.vv_to_wire(check_context(context, tied)), raw]

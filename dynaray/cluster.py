@@ -692,7 +692,10 @@ def _ring_for(
     """A fresh ring, or the newest one the nodes kept on disk from an earlier run (which
     members_for checked already where it could see the directories)."""
     newest = _newest(descriptions)
-    config = {"n": n, "r": r, "w": w, "store": store}
+    # "id": this store's, made once (a store restarted keeps it): contexts are tied to it,
+    # so a context of another store, or of one made anew under this name, is refused.
+    kept_id = newest["config"].get("id") if newest is not None else None
+    config = {"n": n, "r": r, "w": w, "store": store, "id": kept_id or os.urandom(8).hex()}
     if newest is None:
         ring = Ring.create(node_ids, partitions)
         return ring, {**config, "partitions": ring.partitions}

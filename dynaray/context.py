@@ -24,9 +24,10 @@ def _digest(body: bytes) -> bytes:
 
 
 def key_tag(hashed: bytes) -> int:
-    """A 64-bit fingerprint of the (bucket, key) a context belongs to: wide enough that a
-    context sent with the wrong key is refused (not taken as that key's, which could
-    discard its newer values as already seen)."""
+    """A 64-bit fingerprint of what a context is tied to (the key's bucket and name, and
+    its store's id: Client._tied): wide enough that a context sent with the wrong key or
+    store is refused (not taken as that key's, which could discard its newer values as
+    already seen)."""
     tag = hashlib.blake2b(hashed, digest_size=8, person=b"dynaray-key").digest()
     return int.from_bytes(tag, "big")
 
@@ -99,6 +100,7 @@ def check_context(context: object, hashed: bytes) -> versions.VersionVector:
         )
     if context.tag != key_tag(hashed):
         raise InvalidContext(
-            "this context was read from a different key; pass the context of a get of this key"
+            "this context was read from a different key (or another store); pass the "
+            "context of a get of this key"
         )
     return context.version_vector

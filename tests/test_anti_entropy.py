@@ -388,6 +388,7 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
         assert cluster.add_node() == "n6"
         cluster.remove_node("n2")
         assert cluster.nodes() == ["n1", "n3", "n4", "n6"]
+        kept = bytes(client.get("k0").context)  # as an application keeps one
     finally:
         cluster.shutdown()
 
@@ -405,6 +406,9 @@ def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_
         assert [actors[n] for n in ("n1", "n4", "n6")] == ["n1", "n4", "n6"]
         client = again.client()
         assert [client.get(f"k{i}").value for i in range(30)] == [f"v{i}" for i in range(30)]
+        # The store started again is the same store: a context kept from before still works.
+        client.put("k0", kept, "v0 again")
+        assert client.get("k0").value == "v0 again"
         # A directory named for the next number (left by a node the ring does not know
         # left, say) is never opened by a newcomer either.
         Store(os.path.join(data, "n7"), "n7", sync=False).close()

@@ -88,8 +88,12 @@ def test_bench_smoke(tmp_path):
         tmp_path,
         *("--workload", "A", "--keys", "200", "--clients", "8", "--nodes", "3"),
         *("--duration", "2", "--warmup", "0.5", "--targets", ",".join(targets), "--half-peak"),
+        "--bulk",
     )
     assert report["settings"]["workload"] == "A"
+    bulk = report["targets"]["dynaray"]["bulk"]
+    for op in ("get_many", "put_many"):  # fewer keys than a batch: each batch holds them all
+        assert bulk[op]["keys_per_s"] > 0 and not bulk[op]["errors"], bulk[op]
     for name in targets:
         result = report["targets"][name]
         assert result["status"] == "ok", result

@@ -313,6 +313,23 @@ def test_put_many_and_get_many_keep_each_keys_outcome(client):
     assert after["bulk2"].value == {"n": 2}
 
 
+def test_a_context_of_another_store_is_refused(cluster, client):
+    """Two stores name their nodes alike (n1, n2, ...), so the version vector of one store's
+    key could cover another's newer values: a context is tied to its store's id too."""
+    from dynaray import versions
+    from dynaray.context import Context, key_tag
+
+    client.put("shared-name", None, "this store's")
+    b, k = codec.bucket_bytes(codec.DEFAULT_BUCKET), b"shared-name"
+    elsewhere = codec.hash_input(b, k) + b"\x00" + b"0123456789abcdef"  # another store's id
+    foreign = Context(versions.vv_from_wire([["n1", 1000]]), key_tag(elsewhere))
+    with pytest.raises(dynaray.InvalidContext, match="another store"):
+        client.put("shared-name", foreign, "overwrite")
+    assert client.get("shared-name").value == "this store's"
+    ids = {info["config"].get("id") for info in cluster._ask("describe").values()}
+    assert len(ids) == 1 and None not in ids  # every node has the store's one id
+
+
 def test_bulk_calls_of_the_wrong_shape_are_refused(client):
     with pytest.raises(TypeError, match=r"list of keys, e.g. \['abc'\]"):
         client.get_many("abc")  # not the keys "a", "b" and "c"
