@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from dynaray import codec, records, versions
 from dynaray.client import Client, GetResult, siblings_op
-from dynaray.context import Context, check_context
+from dynaray.context import Context, check_context, parse_context
 from dynaray.errors import DynarayError, QuorumError
 
 T = TypeVar("T")
@@ -381,6 +381,7 @@ def _check_delta(delta: object) -> None:
 
 def _lww_op(context: object, raw: bytes) -> Callable[[bytes], list]:
     """A last-write-wins write: a context is not needed, but one given must be the key's."""
+    context = parse_context(context)
 
     def op(tied: bytes) -> list:
         if context is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dynaray import codec, crdt, records, versions
 from dynaray.codec import key_repr
-from dynaray.context import Context, check_context, key_tag
+from dynaray.context import Context, check_context, key_tag, parse_context
 from dynaray.errors import ConflictError, DynarayError, UnreadableValue
 from dynaray.routing import Routing
 
@@ -435,5 +435,7 @@ def address(bucket: str, key: object, write: bool = True) -> tuple[bytes, bytes,
 
 
 def siblings_op(context: Context | bytes | None, raw: bytes | None) -> Callable[[bytes], list]:
-    """A write to a siblings bucket: the value (None deletes) with the context it follows."""
+    """A write to a siblings bucket: the value (None deletes) with the context it follows
+    (parsed now; checked against the key and store once the write knows them)."""
+    context = parse_context(context)
     return lambda tied: ["siblings", versions.vv_to_wire(check_context(context, tied)), raw]

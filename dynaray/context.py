@@ -87,17 +87,24 @@ class Context:
         return f"<dynaray.Context of {len(self._vv)} node(s)>"
 
 
+def parse_context(context: object) -> Context | None:
+    """A context as given to put or delete (a Context, its bytes, or None), checked for
+    everything but the key it belongs to: before anything is sent, even the ring fetched."""
+    if context is None or isinstance(context, Context):
+        return context
+    if isinstance(context, bytes | bytearray | memoryview):
+        return Context.from_bytes(bytes(context))
+    raise InvalidContext(
+        f"context must be a dynaray.Context (from a get), its bytes, or None for a first "
+        f"write; got {type(context).__name__}"
+    )
+
+
 def check_context(context: object, hashed: bytes) -> versions.VersionVector:
     """The version vector a put carries: () for None, else the context's if it is this key's."""
+    context = parse_context(context)
     if context is None:
         return ()
-    if isinstance(context, bytes | bytearray | memoryview):
-        context = Context.from_bytes(bytes(context))
-    if not isinstance(context, Context):
-        raise InvalidContext(
-            f"context must be a dynaray.Context (from a get), its bytes, or None for a first "
-            f"write; got {type(context).__name__}"
-        )
     if context.tag != key_tag(hashed):
         raise InvalidContext(
             "this context was read from a different key (or another store); pass the "

@@ -129,12 +129,23 @@ class Routing:
         """Fetch the ring from a random reachable node (the paper's periodic client refresh)."""
         nodes = self.nodes
         self.rng.shuffle(nodes)
+        ringless = []  # a node joining, not yet given the ring
         for node in nodes:
             try:
-                self.adopt(await self.transport.call(node, "describe", timeout=5.0))
-                return
+                description = await self.transport.call(node, "describe", timeout=5.0)
             except PeerUnavailable:
                 self._mark_down(node)
+                continue
+            if description.get("ring") is None:
+                ringless.append(node)
+                continue
+            self.adopt(description)
+            return
+        if ringless:
+            raise Unavailable(
+                f"no storage node that answered has the ring yet ({', '.join(sorted(ringless))} "
+                "answered without one); if the store is starting, try again in a moment"
+            )
         raise Unavailable(f"no storage node answered; tried {', '.join(sorted(nodes))}")
 
     async def _ensure_ring(self) -> Ring:

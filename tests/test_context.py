@@ -189,3 +189,15 @@ def test_two_keys_that_shared_a_32_bit_fingerprint_have_their_own_contexts():
     assert key_tag(a) != key_tag(b)
     with pytest.raises(InvalidContext, match="different key"):
         check_context(Context(VV, key_tag(a)), b)
+
+
+def test_a_bad_context_is_refused_when_the_write_is_made_before_anything_is_sent():
+    """Its key and store are checked once the client has the ring; its bytes and type at
+    once, so an unreachable store still answers InvalidContext, not Unavailable."""
+    from dynaray.client import siblings_op
+
+    with pytest.raises(InvalidContext, match="checksum|too short|wrong header"):
+        siblings_op(b"junk", None)
+    with pytest.raises(InvalidContext, match="must be a dynaray.Context"):
+        siblings_op("a string", None)
+    assert siblings_op(None, b"v")(HASHED) == ["siblings", [], b"v"]

@@ -400,3 +400,17 @@ def test_the_any_path_names_every_node_that_looks_up_first_one_at_random():
     assert len(firsts) > 1  # spread over the nodes, not always the same one
     routing._mark_down(NODES[0])
     assert NODES[0] not in asyncio.run(routing.coordinators(BUCKET, b"k", 3))
+
+
+def test_a_client_learns_the_ring_from_a_node_that_has_one():
+    """A node joining answers describe without a ring until the driver gives it one: a
+    new client asks another node instead of failing (or taking no ring)."""
+    routing, replicas, ring = _routing()
+    routing.ring = None
+    for name in NODES[:-1]:
+        replicas[name].description = {"ring": None, "config": {}}
+    asyncio.run(routing.refresh())
+    assert routing.ring is not None and routing.ring.version == ring.version
+    replicas[NODES[-1]].description = {"ring": None, "config": {}}
+    with pytest.raises(Unavailable, match="has the ring yet"):
+        asyncio.run(routing.refresh())
