@@ -190,10 +190,7 @@ class StorageNode:
         self.pending: set[int] = set()
         # {range: old replicas}: ranges an earlier life of this node was still copying
         # (_TAKING); they stay pending, and configure resumes copying them.
-        self._unfinished: dict[int, list[str]] = {
-            codec.key_partition(key[len(_TAKING) :]): codec.unpack(raw)
-            for key, raw in self.store.scan(META, _TAKING, limit=1 << 20)
-        }
+        self._unfinished: dict[int, list[str]] = self._per_range(_TAKING, codec.unpack)
         self.pending.update(self._unfinished)
         # Of those, the ranges gained in a ring change (not refilled): this node's copy of
         # them is partial, so another node taking one over copies it from elsewhere.
@@ -204,10 +201,7 @@ class StorageNode:
         self._configuring = asyncio.Lock()
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
-        self.floors = {
-            codec.key_partition(key[len(_FLOOR) :]): int.from_bytes(raw, "big")
-            for key, raw in self.store.scan(META, _FLOOR, limit=1 << 20)
-        }
+        self.floors = self._per_range(_FLOOR, lambda raw: int.from_bytes(raw, "big"))
         # A directory written before key epochs may have dropped ranges and taken them back
         # then, with no floor kept: nothing it wrote under then (the bare actor id) goes on.
         self.epochs_since = int.from_bytes(
@@ -231,6 +225,13 @@ class StorageNode:
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
+
+    def _per_range(self, kind: bytes, decode: Callable[[bytes], Any]) -> dict[int, Any]:
+        """{range: value} of the META keys of one kind kept per range (_range_key)."""
+        return {
+            codec.key_partition(key[len(kind) :]): decode(raw)
+            for key, raw in self.store.scan(META, kind, limit=1 << 20)
+        }
 
     def _load_ring(self) -> None:
         raw = self.store.get(META, _RING)
@@ -353,9 +354,9 @@ class StorageNode:
             txn.put(META, _RING, codec.pack(ring.to_wire()))
             txn.put(META, _CONFIG, codec.pack(config))
             for partition in folded:
-                txn.delete(META, _TAKING + codec.partition_prefix(partition))
+                txn.delete(META, _range_key(_TAKING, partition))
             for partition, sources in plan.items():
-                txn.put(META, _TAKING + codec.partition_prefix(partition), codec.pack(sources))
+                txn.put(META, _range_key(_TAKING, partition), codec.pack(sources))
 
         await self.store.write(op)
         marked, self.refill = self.refill, False
@@ -368,16 +369,22 @@ class StorageNode:
         return True
 
     def _resume(self, plan: dict[int, list[str]], refill: bool = False, marked: bool = False):
-        """Start pulling `plan`'s ranges, and those an earlier life was still pulling."""
+        """Start pulling `plan`'s ranges, and those an earlier life was still pulling (as
+        gains: their copy here is partial). `marked`: the REFILL mark goes once `plan` is
+        in, even an empty one."""
         resumed, self._unfinished = self._unfinished, {}
-        for each, again in ((resumed, False), (plan, refill)):
-            if each or (again and marked):
-                self.pending.update(each)
-                if again:
-                    self._gaining.difference_update(each)  # the refill answers for them now
-                else:
-                    self._gaining.update(each)
-                self._spawn(self._take_over(each, again, marked and each is plan))
+        if resumed:
+            self._start_take_over(resumed, refill=False)
+        if plan or marked:
+            self._start_take_over(plan, refill, marked)
+
+    def _start_take_over(self, plan: dict[int, list[str]], refill: bool, marked: bool = False):
+        self.pending.update(plan)
+        if refill:
+            self._gaining.difference_update(plan)  # the refill answers for them now
+        else:
+            self._gaining.update(plan)
+        self._spawn(self._take_over(plan, refill, marked))
 
     # -- ownership handoff ------------------------------------------------------------------
 
@@ -402,7 +409,7 @@ class StorageNode:
                     self.pending.discard(partition)
                     self._gaining.discard(partition)
             if mine:
-                key = _TAKING + codec.partition_prefix(partition)
+                key = _range_key(_TAKING, partition)
                 with contextlib.suppress(StorageError):  # pulled again after a restart
                     await self.store.write(lambda txn, key=key: txn.delete(META, key))
         if marked:
@@ -494,7 +501,7 @@ class StorageNode:
 
         def op(txn: Txn) -> int:
             floor = txn.raw.id()
-            txn.put(META, _FLOOR + codec.partition_prefix(partition), floor.to_bytes(8, "big"))
+            txn.put(META, _range_key(_FLOOR, partition), floor.to_bytes(8, "big"))
             return floor
 
         self.floors[partition] = await self.store.write(op)
@@ -914,7 +921,7 @@ class StorageNode:
     async def _pass_on(self, owner: str, items: list) -> list[bool]:
         """HintedHandoff's send for pass_on_hints: per hint, whether a node holds it now."""
         held = [False] * len(items)
-        if self.ring is None or owner not in self.ring.nodes() or self.is_up(owner):
+        if self._deliverable(owner):
             with contextlib.suppress(PeerUnavailable):
                 held = await self._send_hints(owner, items)
         rest = [i for i, ok in enumerate(held) if not ok]
@@ -934,9 +941,14 @@ class StorageNode:
 
     async def _handoff_round(self) -> None:
         for owner in self.handoff.owners():
-            in_ring = self.ring is None or owner in self.ring.nodes()
-            if not in_ring or (self.is_up(owner) and owner in self.transport.peers):
+            if self._deliverable(owner):
                 await self._deliver_to(owner)
+
+    def _deliverable(self, owner: str) -> bool:
+        """Whether hints held for owner can be sent now: it is seen up with a live handle
+        here, or it left the ring (they go to its keys' current owners, _send_hints)."""
+        in_ring = self.ring is None or owner in self.ring.nodes()
+        return not in_ring or (self.is_up(owner) and owner in self.transport.peers)
 
     async def _deliver_to(self, owner: str) -> None:
         try:
@@ -1776,6 +1788,11 @@ def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: record
             _key_text(dkey),
             count,
         )
+
+
+def _range_key(kind: bytes, partition: int) -> bytes:
+    """The META key of a value kept per range (_FLOOR, _TAKING)."""
+    return kind + codec.partition_prefix(partition)
 
 
 def _key_text(dkey: bytes) -> str:
