@@ -1263,9 +1263,10 @@ class Cluster:
     def _reshape(self, ring: Ring, config: dict, old: Ring, progress) -> dict[str, int]:
         """Give every node the new ring, wait until each has received the ranges it gained,
         then let each drop the ranges it lost (_settle)."""
-        before = self._ask("handoff_status", nodes=list(ring.nodes()))
+        nodes = list(ring.nodes())
+        before = self._ask("handoff_status", nodes=nodes)
         self._check_hold()
-        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=list(ring.nodes()))
+        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=nodes)
         self._members = sorted(ring.nodes(), key=_node_sort_key)  # even if the rest fails
         return self._settle(ring, before, progress)
 
@@ -1486,8 +1487,6 @@ class Cluster:
 
     def _left_running(self, node: str) -> bool:
         """Whether `node`, not in the ring, still runs as this store's node."""
-        self._check_open()
-        self._handles.setdefault(node, None)  # looked up by name
         if self._handle(node, fresh=True) is not None and self._ask("ping", nodes=[node]):
             return True
         self._handles.pop(node, None)
