@@ -587,7 +587,6 @@ def test_a_node_restarted_during_a_handoff_resumes_the_ranges_it_was_copying(tmp
     after = before.with_node("n1")
     gained = set(after.replicated_partitions("n1", 2))
     assert gained
-    pulled: list[tuple[str, int]] = []
 
     async def first_life() -> set[int]:
         node = StorageNode("n1", path)
@@ -603,26 +602,21 @@ def test_a_node_restarted_during_a_handoff_resumes_the_ranges_it_was_copying(tmp
         if partition in gained
     )
 
-    async def second_life() -> tuple[set[int], list]:
+    async def second_life() -> tuple[set[int], list, list[tuple[str, int]]]:
         node = StorageNode("n1", path)
         at_start = set(node.pending)
         answers = await node.replica_get("client", [arriving_key])
 
-        async def pull(source: str, partition: int) -> bool:
-            pulled.append((source, partition))
-            return True
-
-        node._pull = pull
-        node._exchange = lambda partition, peer: _NoExchange()
+        pulled = _copying(node)
         await node.configure(after.to_wire(), config)  # as restart() gives it the ring
         while node.pending:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)  # the last range's mark is deleted after it is in
         await node.stop()
-        return at_start, answers
+        return at_start, answers, pulled
 
     assert asyncio.run(first_life()) == gained
-    at_start, answers = asyncio.run(second_life())
+    at_start, answers, pulled = asyncio.run(second_life())
     assert at_start == gained
     assert answers == [reads.ARRIVING]
     assert {partition for _, partition in pulled} == gained
@@ -633,6 +627,22 @@ def test_a_node_restarted_during_a_handoff_resumes_the_ranges_it_was_copying(tmp
         assert third.pending == set()
     finally:
         asyncio.run(third.stop())
+
+
+def _copying(node: StorageNode, reachable: bool = True) -> list[tuple[str, int]]:
+    """Stand in for the node's peers in a take-over: each pull of a range answers at once
+    (copied, or no source reachable), and the Merkle exchange after it finds nothing.
+    Returns the (source, range) pulls made, as they are made."""
+    pulled: list[tuple[str, int]] = []
+
+    async def pull(source: str, partition: int) -> bool:
+        await asyncio.sleep(0)
+        pulled.append((source, partition))
+        return reachable
+
+    node._pull = pull
+    node._exchange = lambda partition, peer: _NoExchange()
+    return pulled
 
 
 class _NoExchange:
@@ -697,16 +707,9 @@ def test_a_restarted_node_given_an_older_ring_still_resumes_its_ranges(tmp_path)
         await node.configure(after.to_wire(), {"n": 2}, before.to_wire())
         await node.stop()
 
-    async def second_life() -> tuple[bool, list[int]]:
+    async def second_life() -> tuple[bool, list[tuple[str, int]]]:
         node = StorageNode("n1", path)
-        pulled: list[int] = []
-
-        async def pull(source: str, partition: int) -> bool:
-            pulled.append(partition)
-            return True
-
-        node._pull = pull
-        node._exchange = lambda partition, peer: _NoExchange()
+        pulled = _copying(node)
         adopted = await node.configure(before.to_wire(), {"n": 2})  # a node that missed it
         while node.pending:
             await asyncio.sleep(0.01)
@@ -716,7 +719,7 @@ def test_a_restarted_node_given_an_older_ring_still_resumes_its_ranges(tmp_path)
     asyncio.run(first_life())
     adopted, pulled = asyncio.run(second_life())
     assert adopted is False
-    assert set(pulled) == set(after.replicated_partitions("n1", 2))
+    assert {partition for _, partition in pulled} == set(after.replicated_partitions("n1", 2))
 
 
 def test_configure_calls_at_once_end_on_the_newest_ring(tmp_path):
@@ -768,12 +771,7 @@ def test_a_range_a_refill_takes_stays_arriving_when_an_earlier_take_over_gives_u
         node = StorageNode("n1", path)
         assert node.refill and node._unfinished
 
-        async def unreachable(source: str, partition: int) -> bool:
-            await asyncio.sleep(0)
-            return False
-
-        node._pull = unreachable
-        node._exchange = lambda partition, peer: _NoExchange()
+        _copying(node, reachable=False)
         try:
             await node.configure(older.to_wire(), {"n": 2})  # resumed as gains
             await node.configure(kept.to_wire(), {"n": 2})  # the refill
