@@ -19,6 +19,12 @@ MAX_BUCKET_SIZE = 64
 # The longest node id ("n" and a number): a hint's LMDB key is the data key after its
 # owner's id and that id's length (dynaray/hints.py), so user keys leave room for one.
 MAX_NODE_ID_SIZE = 16
+# The largest value a write takes, as encoded (1 MiB, the order of etcd's request limit
+# and of what Riak advises per object). A value travels inside actor calls batched with
+# others, and hint, handoff and anti-entropy batches carry many records at once: the limit
+# keeps each such call a bounded size. Larger data belongs in Ray's object store or a
+# file, with its reference stored here.
+MAX_VALUE_SIZE = 1 << 20
 DEFAULT_BUCKET = "default"
 
 _RAW = b"\x00"
@@ -38,16 +44,29 @@ def unpack(data: bytes) -> Any:
 
 
 def encode_value(value: object) -> bytes:
-    """Client side: bytes are kept as they are, any other object is cloudpickled."""
+    """Client side: bytes are kept as they are, any other object is cloudpickled; a value
+    larger than MAX_VALUE_SIZE is refused."""
     if isinstance(value, bytes):
+        _check_value_size(len(value), value)  # before copying a huge value
         return _RAW + value
     try:
-        return _PICKLED + cloudpickle.dumps(value)
+        data = _PICKLED + cloudpickle.dumps(value)
     except Exception as exc:  # cloudpickle raises many types; the user needs one message
         raise ValueError(
             f"value of type {type(value).__name__} cannot be serialized with cloudpickle: {exc}; "
             "store bytes or a picklable object"
         ) from exc
+    _check_value_size(len(data) - 1, value)
+    return data
+
+
+def _check_value_size(size: int, value: object) -> None:
+    if size > MAX_VALUE_SIZE:
+        raise ValueError(
+            f"value is {size:,} bytes ({type(value).__name__}, as stored); the limit is "
+            f"{MAX_VALUE_SIZE:,} bytes, and nothing was written. Keep large data in Ray's "
+            "object store or a file and store its reference, or split it over several keys"
+        )
 
 
 def decode_value(data: bytes) -> object:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dynaray.storage import HINTS, Store, Txn
+from dynaray.storage import CALL_BYTES, HINTS, Store, Txn
 
 
 def hint_key(owner: str, dkey: bytes) -> bytes:
@@ -103,7 +103,9 @@ class HintedHandoff:
             changed = 0  # hints of this pass a newer write changed while they were sent
             passes = 1
             while True:
-                items = self.store.scan(HINTS, prefix, after, limit=self.batch)
+                items = self.store.scan(
+                    HINTS, prefix, after, limit=self.batch, max_bytes=CALL_BYTES
+                )
                 if not items:
                     if not changed or passes == 2:
                         return total  # what changes again waits for the next delivery

@@ -8,7 +8,7 @@ streams one partition, and dropping a range deletes one span of keys.
 from __future__ import annotations
 
 from dynaray import codec, merkle
-from dynaray.storage import DATA, Store, Txn
+from dynaray.storage import CALL_BYTES, DATA, Store, Txn
 
 
 class KeyRanges:
@@ -64,8 +64,10 @@ class KeyRanges:
         return self.store.get_many(DATA, keys)
 
     def scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` (data key, record) of a range, after key `after`."""
-        return self.store.scan(DATA, codec.partition_prefix(partition), after, limit)
+        """Up to `limit` (data key, record) of a range, after key `after`, and no more than
+        about CALL_BYTES of records."""
+        prefix = codec.partition_prefix(partition)
+        return self.store.scan(DATA, prefix, after, limit, max_bytes=CALL_BYTES)
 
     async def drop(self, partition: int, batch: int = 1000) -> int:
         """Delete a range this node no longer replicates, in short transactions."""

@@ -54,6 +54,10 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 REFILL = b"refill"
 _INITIAL_MAP_SIZE = 64 << 20
 _MAX_BATCH = 2048
+# A batch of records read to go out in one call (hints, a range being handed over) stops
+# at about this many bytes, whatever its count: values of up to a MiB would make a
+# 500-record batch half a gigabyte.
+CALL_BYTES = 4 << 20
 _STOP = object()
 
 
@@ -308,10 +312,17 @@ class Store:
         return bytes(value)
 
     def scan(
-        self, db: bytes, prefix: bytes = b"", start: bytes | None = None, limit: int = 1000
+        self,
+        db: bytes,
+        prefix: bytes = b"",
+        start: bytes | None = None,
+        limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` items whose key starts with prefix, from `start` (exclusive) on."""
+        """Up to `limit` items whose key starts with prefix, from `start` (exclusive) on;
+        with max_bytes, no more once their values reach that size (at least one item)."""
         out: list[tuple[bytes, bytes]] = []
+        size = 0
         with self._resize, self.env.begin(db=self.dbs[db]) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(start if start is not None else prefix)
@@ -321,7 +332,11 @@ class Store:
                 key = cursor.key()
                 if not key.startswith(prefix):
                     break
-                out.append((key, cursor.value()))
+                value = cursor.value()
+                out.append((key, value))
+                size += len(value)
+                if max_bytes is not None and size >= max_bytes:
+                    break
                 found = cursor.next()
         return out
 

@@ -306,3 +306,12 @@ def test_reads_take_keys_as_long_as_0_1_0_stored():
     codec.check_key(bucket, b"k" * read_limit, write=False)
     with pytest.raises(ValueError, match=f"is {write_limit} bytes"):
         codec.check_key(bucket, b"k" * read_limit)
+
+
+def test_values_up_to_the_limit_are_encoded_and_larger_ones_refused():
+    limit = codec.MAX_VALUE_SIZE
+    assert codec.decode_value(codec.encode_value(b"v" * limit)) == b"v" * limit
+    with pytest.raises(ValueError, match=rf"value is {limit + 1:,} bytes \(bytes, as stored\)"):
+        codec.encode_value(b"v" * (limit + 1))
+    with pytest.raises(ValueError, match=r"\(list, as stored\).*object store"):
+        codec.encode_value([b"v" * limit])  # pickling adds its framing

@@ -447,6 +447,14 @@ def test_scan_prefix_start_limit(filled):
     assert s.scan(HINTS) == []
 
 
+def test_scan_stops_at_max_bytes_and_takes_at_least_one_item(filled):
+    s = filled  # values A, A1, A2, ...: 1 to 3 bytes each
+    assert [k for k, _ in s.scan(DATA, b"a", max_bytes=5)] == [b"a", b"a1", b"a2"]  # 1+2+2
+    assert [k for k, _ in s.scan(DATA, b"a", max_bytes=1)] == [b"a"]
+    assert [k for k, _ in s.scan(DATA, b"a", start=b"a2", max_bytes=1)] == [b"a3"]
+    assert len(s.scan(DATA, b"a", max_bytes=1 << 20)) == 5
+
+
 def test_iterate_crosses_batches(filled):
     s = filled
     for batch in (1, 2, 3, 4, 100):

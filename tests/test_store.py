@@ -176,6 +176,22 @@ def test_key_too_long_says_the_limit(cluster, client):
     assert cluster.replica_state("k" * (limit - 1)) == {}
 
 
+def test_value_too_large_says_the_limit_and_nothing_is_written(cluster, client):
+    limit = codec.MAX_VALUE_SIZE
+    for big in (b"x" * (limit + 1), "x" * limit):  # a str pickles to more than its length
+        with pytest.raises(ValueError, match=f"limit is {limit:,} bytes, and nothing was"):
+            client.put("big-value", None, big)
+    with pytest.raises(ValueError, match="limit is"):
+        client.bucket("big-tags", policy="set").add("big-set", b"x" * (limit + 1))
+    answers = client.put_many({"big-value": (None, b"x" * (limit + 1)), "small": (None, b"s")})
+    assert isinstance(answers["big-value"], ValueError)  # fails alone
+    assert isinstance(answers["small"], dynaray.Context)
+    assert client.get("big-value").values == []
+    assert cluster.replica_state("big-value") == {}
+    client.put("big-value", None, b"x" * limit)  # at the limit
+    assert client.get("big-value").value == b"x" * limit
+
+
 @pytest.mark.parametrize("key", [1, 2.5, None, ("a",), ["a"]])
 def test_key_of_wrong_type(client, key):
     with pytest.raises(ValueError, match="key must be str or bytes"):
