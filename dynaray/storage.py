@@ -9,6 +9,7 @@ read transactions on the caller's thread and never span an await.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -278,23 +279,33 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _open(self, db: bytes, write: bool = False) -> Iterator[lmdb.Transaction]:
+        """A transaction outside the writer thread; a clear error once the store is closed
+        (a node that is stopping), rather than LMDB's "closed object"."""
+        with self._resize:
+            if self._shut:
+                raise NodeError(f"node {self.node_id} is stopping: its store is closed")
+            with self.env.begin(write=write, db=self.dbs[db]) as txn:
+                yield txn
+
     def get(self, db: bytes, key: bytes) -> bytes | None:
-        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+        with self._open(db) as txn:
             return txn.get(key)
 
     def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
-        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+        with self._open(db) as txn:
             return [txn.get(key) for key in keys]
 
     def seek(self, db: bytes, key: bytes) -> bytes | None:
         """The first key at or after `key`, or None."""
-        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+        with self._open(db) as txn:
             cursor = txn.cursor()
             return cursor.key() if cursor.set_range(key) else None
 
     def increment(self, db: bytes, key: bytes) -> int:
         """Add one to a counter at once, in its own transaction (used at start-up)."""
-        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
+        with self._open(db, write=True) as txn:
             value = int(txn.get(key) or b"0") + 1
             txn.put(key, str(value).encode())
         self._mark_commit()
@@ -303,7 +314,7 @@ class Store:
     def setdefault(self, db: bytes, key: bytes, make: Callable[[int], bytes]) -> bytes:
         """The value at key; if there is none, make(this transaction's number) is stored
         first (at start-up, in a transaction of its own)."""
-        with self._resize, self.env.begin(write=True, db=self.dbs[db]) as txn:
+        with self._open(db, write=True) as txn:
             value = txn.get(key)
             if value is None:
                 value = make(txn.id())
@@ -323,7 +334,7 @@ class Store:
         with max_bytes, no more once their values reach that size (at least one item)."""
         out: list[tuple[bytes, bytes]] = []
         size = 0
-        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+        with self._open(db) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(start if start is not None else prefix)
             if found and start is not None and cursor.key() == start:
@@ -351,12 +362,13 @@ class Store:
             start = items[-1][0]
 
     def count(self, db: bytes) -> int:
-        with self._resize, self.env.begin(db=self.dbs[db]) as txn:
+        with self._open(db) as txn:
             return txn.stat(self.dbs[db])["entries"]
 
     def disk_bytes(self) -> int:
-        info = self.env.info()
-        stat = self.env.stat()
+        with self._open(META):  # the environment stays open meanwhile
+            info = self.env.info()
+            stat = self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"]
 
     # -- writes --------------------------------------------------------------------------
@@ -528,7 +540,8 @@ class Store:
             log.exception("node %s: closing its store", self.node_id)
         finally:
             os.close(self._last_commit)
-            self.env.close()
+            with self._resize:  # no reader is inside a transaction while the files close
+                self.env.close()
             _release(self._lock)
 
 

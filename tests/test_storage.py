@@ -517,6 +517,18 @@ def test_close_then_reopen_keeps_data(tmp_path):
     s.close()  # idempotent
     with pytest.raises(NodeError, match="closed"):
         run(s.write(put(DATA, b"k2", b"v")))
+    # A node that is stopping answers reads with its own error, not LMDB's.
+    reads = (
+        lambda: s.get(DATA, b"k"),
+        lambda: s.get_many(DATA, [b"k"]),
+        lambda: s.scan(DATA),
+        lambda: s.seek(DATA, b"k"),
+        lambda: s.count(DATA),
+        s.disk_bytes,
+    )
+    for read in reads:
+        with pytest.raises(NodeError, match="node n1 is stopping: its store is closed"):
+            read()
 
     s = Store(path, "n1")
     try:
