@@ -182,6 +182,21 @@ class Tally:
         return len(self.ok) >= self.needed
 
     @property
+    def settled(self) -> bool:
+        """For a read: the quorum is reached and no stand-in's answer takes the place of a
+        primary still to answer. A stand-in holds only the writes made while it stood in,
+        so R answers that include one are final only once every primary asked in person
+        has answered or failed: otherwise a stand-in's "not found" and a lagging primary's
+        could hide a write that a live, slower primary holds."""
+        if not self.reached:
+            return False
+        in_person = {t.node for t in self.targets if t.hint is None}
+        if all(node in in_person for node in self.ok):
+            return True
+        done = {*self.ok, *self.failed}
+        return in_person <= done
+
+    @property
     def pending(self) -> int:
         return len(self.targets) - len(self.ok) - len(self.failed)
 

@@ -65,7 +65,9 @@ async def read(
     deadline: float,
 ) -> bool:
     """Ask targets with fetch, each failure replaced by the tally's next fallback; True
-    once R answered, False when that became impossible or `deadline` seconds passed.
+    once R answered (and, when a stand-in is among them, every primary asked in person
+    answered or failed: Tally.settled), False when R became impossible or `deadline`
+    seconds passed with fewer than R answers.
 
     A fetch that raises, or answers one of UNANSWERED, counts as a replica that did not
     answer. Every fetch has its own deadline; `deadline` bounds a chain of fallbacks. A
@@ -86,12 +88,12 @@ async def read(
             replacement = read.tally.failure(target)
             if replacement is not None:
                 read.pending.add(spawn(ask(replacement)))
-        if read.tally.reached or read.tally.hopeless:
+        if read.tally.settled or read.tally.hopeless:
             done.set()
 
     for target in targets:
         read.pending.add(spawn(ask(target)))
-    if not (read.tally.reached or read.tally.hopeless):
+    if not (read.tally.settled or read.tally.hopeless):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), deadline)
     if not read.tally.reached:

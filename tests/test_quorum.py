@@ -165,6 +165,26 @@ def test_tally_reached_pending_hopeless():
     assert tally.ok == ["a", "c"] and tally.failed == ["b"]
 
 
+def test_tally_settled_waits_for_primaries_asked_in_person_once_a_stand_in_answered():
+    targets = [Target("d", hint="a"), Target("b"), Target("c")]
+    tally = Tally(PREF, targets, 2, n=3)
+    tally.answered("b")
+    tally.answered("c")
+    assert tally.reached and tally.settled  # R primaries: no stand-in counted
+    tally = Tally(PREF, targets, 2, n=3)
+    tally.answered("d")
+    tally.answered("b")
+    assert tally.reached and not tally.settled  # c, in person, may hold what d lacks
+    tally.answered("c")
+    assert tally.settled
+    tally = Tally(PREF, targets, 2, lambda node: node != "a", n=3)
+    tally.answered("d")
+    tally.answered("b")
+    assert tally.failure(Target("c")) == Target("e", hint="c")  # a spare, not in person
+    assert tally.settled  # every primary asked in person answered or failed
+    assert not Tally(PREF, targets, 2, n=3).settled
+
+
 def test_tally_hopeless_when_too_few_left():
     tally = Tally(PREF[:3], select(PREF[:3], 3, lambda _: True), 2)
     assert tally.failure(Target("a")) is None

@@ -16,9 +16,16 @@ def copy(value: bytes, node: str = "a", seen: list | None = None, stored=None) -
     return records.encode(record)
 
 
+class Slow:
+    """An answer that comes after the others."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+
 def run_read(answers: dict, targets: list[Target], r: int = 2, deadline: float = 1.0):
     """Run reads.read with a fetch that answers from `answers` (a value, an exception to
-    raise, or "hang")."""
+    raise, "hang", or Slow(answer))."""
 
     async def main():
         tasks: set[asyncio.Task] = set()
@@ -32,6 +39,9 @@ def run_read(answers: dict, targets: list[Target], r: int = 2, deadline: float =
             answer = answers[target.node]
             if answer == "hang":
                 await asyncio.sleep(60)
+            if isinstance(answer, Slow):
+                await asyncio.sleep(0.05)
+                answer = answer.answer
             if isinstance(answer, Exception):
                 raise answer
             return answer
@@ -52,6 +62,30 @@ def test_a_failed_replica_is_replaced_and_the_read_reaches_r():
     )
     assert ok
     assert set(request.replies) == {"b", "c"}
+    assert request.merged == v
+
+
+def test_a_stand_ins_answer_does_not_take_the_place_of_a_slower_live_primary():
+    # A write acknowledged by a and c; b missed it. The reader sees a down (it was not when
+    # the write was made), so d stands in for a with nothing of the key. d and b answer
+    # "not found" first: R answers, but c, asked in person, holds the write.
+    v = copy(b"acknowledged")
+    targets = [Target("d", hint="a"), Target("b"), Target("c")]
+    ok, request, _ = run_read({"d": None, "b": None, "c": Slow(v)}, targets)
+    assert ok
+    assert set(request.replies) == {"b", "c", "d"}
+    assert request.merged == v
+    # A primary that fails leaves the stand-in's answer to count.
+    ok, request, _ = run_read(
+        {
+            "d": None,
+            "b": v,
+            "c": Slow(PeerUnavailable("c", "down")),
+            "a": PeerUnavailable("a", "x"),
+        },
+        targets,
+    )
+    assert ok
     assert request.merged == v
 
 
