@@ -298,10 +298,10 @@ class Bucket:
 
         def op(tied: bytes) -> list:
             seen = None if context is None else versions.vv_to_wire(check_context(context, tied))
-            return [
-                "map",
-                ["update", map_ops(increment, add, remove, assign, enable, disable, seen)],
-            ]
+            update = ["update", map_ops(increment, add, remove, assign, enable, disable, seen)]
+            if context is None:
+                return ["map", update]
+            return ["map", update, parse_context(context).stamp]  # above what it saw
 
         await self.client._write(self.name, key, op, self._w(w))
 
@@ -384,8 +384,9 @@ def _lww_op(context: object, raw: bytes) -> Callable[[bytes], list]:
     context = parse_context(context)
 
     def op(tied: bytes) -> list:
-        if context is not None:
-            check_context(context, tied)
-        return ["lww", raw]
+        if context is None:
+            return ["lww", raw]
+        check_context(context, tied)
+        return ["lww", raw, context.stamp]  # stamped above what the context saw
 
     return op

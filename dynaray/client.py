@@ -95,7 +95,7 @@ def decode_result(key: str | bytes, tied: bytes, raw: bytes | None) -> GetResult
         vv = versions.join(record.state)  # the state was validated as it was decoded
     else:
         vv = versions.vv_from_wire(records.context_of(record))
-    context = Context(vv, key_tag(tied))
+    context = Context(vv, key_tag(tied), records.context_stamp(record))
     try:
         values = decode_values(record)
     except Exception as exc:  # noqa: BLE001 - unpickling runs the value's own code
@@ -410,9 +410,11 @@ class Client:
         return self._routing.nodes
 
 
-def _new_context(tied: bytes, wire: list) -> Context:
-    """The context a write answers with, tied to its key and store (Client._tied)."""
-    return Context(versions.vv_from_wire(wire), key_tag(tied))
+def _new_context(tied: bytes, answer: list) -> Context:
+    """The context a write answers with ([context wire, stamp]: StorageNode._update), tied
+    to its key and store (Client._tied)."""
+    wire, stamp = answer
+    return Context(versions.vv_from_wire(wire), key_tag(tied), stamp)
 
 
 def _settle(answer: Any, fn: Callable[..., T], *args: Any) -> T | Exception:

@@ -35,11 +35,14 @@ def key_tag(hashed: bytes) -> int:
 class Context:
     """Opaque token of what a read saw. Pass it back unchanged to put or delete."""
 
-    __slots__ = ("_vv", "_tag")
+    __slots__ = ("_vv", "_tag", "_stamp")
 
-    def __init__(self, vv: versions.VersionVector, tag: int) -> None:
+    def __init__(self, vv: versions.VersionVector, tag: int, stamp: int = 0) -> None:
         self._vv = vv
         self._tag = tag
+        # The hybrid stamp of what was read or written, for kinds a stamp decides (lww,
+        # map registers: records.STAMPED); a write sent with the context is stamped above.
+        self._stamp = stamp
 
     @property
     def version_vector(self) -> versions.VersionVector:
@@ -49,8 +52,15 @@ class Context:
     def tag(self) -> int:
         return self._tag
 
+    @property
+    def stamp(self) -> int:
+        return self._stamp
+
     def __bytes__(self) -> bytes:
-        body = _MAGIC + bytes([_FORMAT]) + codec.pack([versions.vv_to_wire(self._vv), self._tag])
+        payload = [versions.vv_to_wire(self._vv), self._tag]
+        if self._stamp:
+            payload.append(self._stamp)
+        body = _MAGIC + bytes([_FORMAT]) + codec.pack(payload)
         return body + _digest(body)
 
     @classmethod
@@ -71,17 +81,23 @@ class Context:
             raise InvalidContext("context checksum does not match: it was truncated or altered")
         try:
             obj = codec.unpack(body[len(_MAGIC) + 1 :])
-            if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[1], int):
+            if not isinstance(obj, list) or len(obj) not in (2, 3) or type(obj[1]) is not int:
                 raise ValueError("context payload has the wrong shape")
-            return cls(versions.vv_from_wire(obj[0]), obj[1])
+            stamp = obj[2] if len(obj) == 3 else 0
+            if type(stamp) is not int or stamp < 0:
+                raise ValueError("context stamp must be a non-negative integer")
+            return cls(versions.vv_from_wire(obj[0]), obj[1], stamp)
         except (ValueError, TypeError) as exc:
             raise InvalidContext(f"context payload is malformed: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Context) and (self._vv, self._tag) == (other._vv, other._tag)
+        return isinstance(other, Context) and self._fields() == other._fields()
 
     def __hash__(self) -> int:
-        return hash((self._vv, self._tag))
+        return hash(self._fields())
+
+    def _fields(self) -> tuple:
+        return (self._vv, self._tag, self._stamp)
 
     def __repr__(self) -> str:
         return f"<dynaray.Context of {len(self._vv)} node(s)>"

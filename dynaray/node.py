@@ -1321,9 +1321,9 @@ class StorageNode:
     def _update(
         self, txn: Txn, dkey: bytes, me: quorum.Target, op: list, stamp: int
     ) -> tuple[list, bytes]:
-        """Inside the writer's transaction: read, apply the operation, write. Returns the
-        context the write's answer carries (records.written_context) and the new record's
-        encoding (what the replicas are sent)."""
+        """Inside the writer's transaction: read, apply the operation, write. Returns what
+        the write's answer carries ([records.written_context, records.context_stamp]) and
+        the new record's encoding (what the replicas are sent)."""
         db, rkey = (DATA, dkey) if me.hint is None else (HINTS, hint_key(me.hint, dkey))
         raw = txn.get(db, rkey)
         stored = records.decode(raw) if raw is not None else None
@@ -1347,7 +1347,8 @@ class StorageNode:
             _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
         txn.put(db, rkey, encoded)
-        return records.written_context(record, op, actor), encoded
+        context = [records.written_context(record, op, actor), records.context_stamp(record)]
+        return context, encoded
 
     def _takers(self, routed: list[quorum.Target], asked: bool) -> list[quorum.Target]:
         """Who may coordinate a write our disk refused, best first: the primaries that look

@@ -19,6 +19,12 @@ POLICIES = ("siblings", "lww", "counter", "set", "map")
 CRDT_KINDS = ("counter", "set", "map")
 # An LWW tombstone: no encoded client value is empty (they all carry a tag byte).
 LWW_DELETED = b""
+# Kinds whose values a stamp decides (lww, and a map's registers): a write of them is
+# stamped above the copy its coordinator holds and above the stamp its writer read (the
+# op's optional last part, from the context), so a write that follows another wins over
+# it even when the coordinator's clock is behind the one that stamped the first, or it
+# missed the first write.
+STAMPED = ("lww", "map")
 
 
 class Record(NamedTuple):
@@ -198,14 +204,19 @@ def update(
     """The coordinator applies one client operation as `node` at hybrid time `stamp`.
 
     op is ["siblings", context_vv, value | None], ["lww", value | LWW_DELETED], or
-    [crdt_kind, crdt_op].
+    [crdt_kind, crdt_op]; an lww or map op may end with the stamp its writer read (STAMPED).
     """
     kind = op[0] if op else None
     if kind not in POLICIES:
         raise InvalidRequest(f"unknown operation kind {kind!r}")
     parts = 3 if kind == "siblings" else 2
-    if len(op) != parts:
+    if len(op) != parts and not (kind in STAMPED and len(op) == 3):
         raise InvalidRequest(f"a {kind} operation has {parts} parts")
+    if kind in STAMPED:
+        read = op[2] if len(op) == 3 else 0
+        if not (_is_stamp(read) and read < 1 << 63):
+            raise InvalidRequest("the stamp a write read must be an int in [0, 2**63)")
+        stamp = max(stamp, read + 1, stored.stamp + 1 if stored is not None else 0)
     if kind == "siblings" and not (op[2] is None or isinstance(op[2], bytes)):
         raise InvalidRequest("a siblings write carries encoded value bytes, or None to delete")
     if stored is not None and stored.kind != kind:
@@ -304,6 +315,12 @@ def written_context(record: Record, op: list, actor: str) -> list:
         if node == actor and len(vals) == 1:  # the write's dot, and none of ours beside it
             return versions.vv_to_wire(versions.merge_contexts(seen, ((node, counter),)))
     return versions.vv_to_wire(versions.merge_contexts(seen))
+
+
+def context_stamp(record: Record | None) -> int:
+    """The stamp a client's context carries: what a later write of a STAMPED kind must be
+    stamped above; 0 for the other kinds, whose order the version vectors keep."""
+    return record.stamp if record is not None and record.kind in STAMPED else 0
 
 
 def context_of(record: Record | None) -> list:

@@ -230,7 +230,7 @@ class Routing:
         raise Unavailable(f"{what}: no storage node could be reached ({last})")
 
     async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
-        """Apply a write operation; returns the new context (wire) or raises."""
+        """Apply a write operation; returns [new context (wire), its stamp] or raises."""
         name = _op_name("put", op)
         reply = await self._send(
             name, "coordinate_put", bucket, key, op, w, n, retry=records.idempotent(op)
@@ -560,8 +560,10 @@ def _chunks(groups: dict[str, list[int]]) -> Iterator[tuple[str, list[int]]]:
 
 def _op_name(kind: str, op: Any) -> str:
     """What a request is called in errors: a put whose value is None or empty deletes."""
-    if kind == "put" and (op[-1] is None or op[-1] == b""):
-        return "delete"
+    if kind == "put" and op[0] in ("siblings", "lww"):
+        value = op[2] if op[0] == "siblings" else op[1]
+        if value is None or value == b"":
+            return "delete"
     return kind
 
 

@@ -278,6 +278,22 @@ def test_sibling_limit_refuses_and_says_resolve(client):
     assert blind.get("k").value == "resolved"
 
 
+def test_lww_contexts_carry_the_stamp_a_later_write_is_stamped_above(client):
+    # A write sent with a context is stamped above what the context saw, so it wins even
+    # through a coordinator whose clock is behind (records.update; tested there with the
+    # clocks apart). Here: the stamp travels from answers and reads to the next write.
+    scores = client.bucket("stamped", policy="lww")
+    first = scores.put("k", None, 1)
+    assert first.stamp > 0
+    read = scores.get("k")
+    assert read.context.stamp == first.stamp
+    assert dynaray.Context.from_bytes(bytes(read.context)).stamp == first.stamp
+    second = scores.put("k", read.context, 2)
+    assert second.stamp > first.stamp
+    assert scores.get("k").value == 2
+    assert client.get("plain-key").context.stamp == 0  # siblings: version vectors order
+
+
 def test_lww_delete_hides_key(client):
     scores = client.bucket("scores2", policy="lww")
     scores.put("k", None, 1)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynaray import codec
+from dynaray import codec, versions
 from dynaray import context as ctxmod
 from dynaray.context import Context, check_context, key_tag
 from dynaray.errors import InvalidContext
@@ -41,6 +41,22 @@ def test_bytes_round_trip(vv, tag):
     assert hash(out) == hash(ctx)
     assert out.version_vector == vv
     assert out.tag == tag
+
+
+@given(vvs, tags, st.integers(0, 2**64 - 1))
+def test_a_stamp_round_trips_and_a_context_without_one_reads_as_before(vv, tag, stamp):
+    ctx = Context(vv, tag, stamp)
+    out = Context.from_bytes(bytes(ctx))
+    assert out == ctx and out.stamp == stamp
+    assert (out == Context(vv, tag)) == (stamp == 0)
+    plain = signed(codec.pack([versions.vv_to_wire(vv), tag]), fmt=2)  # saved before stamps
+    assert Context.from_bytes(plain) == Context(vv, tag)
+
+
+@pytest.mark.parametrize("stamp", [-1, "5", 1.5, True])
+def test_a_bad_stamp_is_refused(stamp):
+    with pytest.raises(InvalidContext, match="stamp"):
+        Context.from_bytes(signed(codec.pack([[["n1", 1]], 5, stamp]), fmt=2))
 
 
 def test_bytearray_and_memoryview_accepted():

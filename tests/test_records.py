@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynaray import codec, records, versions
+from dynaray import codec, crdt, records, versions
 
 NODES = ["a", "b", "c"]
 
@@ -127,3 +127,51 @@ def test_a_malformed_operation_is_refused_before_anything_is_stored(op):
 
     with pytest.raises(InvalidRequest):
         records.update(None, op, "n1", 1)
+
+
+# -- writes a stamp decides ---------------------------------------------------------------
+
+
+def test_an_lww_write_over_a_copy_with_a_later_stamp_still_wins():
+    # The coordinator's clock is behind the stamp of the copy it holds (a peer's faster
+    # clock, or a restart that forgot what it had seen): its write must not lose to it.
+    first = records.update(None, ["lww", b"v1"], "a", 1_000)
+    second = records.update(first, ["lww", b"v2"], "b", 10)
+    assert second.state[2] == b"v2" and second.stamp == 1_001
+
+
+def test_an_lww_write_with_the_stamp_it_read_wins_on_a_coordinator_that_missed_the_first():
+    first = records.update(None, ["lww", b"v1"], "a", 1_000)
+    read = records.context_stamp(first)
+    assert read == 1_000
+    second = records.update(None, ["lww", b"v2", read], "b", 10)  # b never held v1
+    assert records.merge(first, second).state[2] == b"v2"
+    assert records.merge(second, first).state[2] == b"v2"
+    blind = records.update(None, ["lww", b"v3"], "b", 10)  # no context: concurrent
+    assert records.merge(first, blind).state[2] == b"v1"
+
+
+def test_a_map_register_assign_that_follows_another_wins():
+    def assign(value: bytes) -> list:
+        return ["update", [["name", "register", ["assign", 0, value]]]]
+
+    first = records.update(None, ["map", assign(b"Ann")], "a", 1_000)
+    over = records.update(first, ["map", assign(b"Bob")], "b", 10)
+    missed = records.update(None, ["map", assign(b"Cy"), records.context_stamp(first)], "c", 10)
+    for later, name in ((over, b"Bob"), (missed, b"Cy")):
+        merged = records.merge(first, later)
+        assert crdt.value(merged.kind, merged.state)["name"] == name
+
+
+@pytest.mark.parametrize("read", [-1, "1", 1.0, True, 1 << 63])
+def test_a_bad_read_stamp_is_refused(read):
+    with pytest.raises(records.InvalidRequest, match="stamp a write read"):
+        records.update(None, ["lww", b"v", read], "a", 1)
+
+
+def test_only_stamped_kinds_take_a_read_stamp_and_carry_it_in_contexts():
+    with pytest.raises(records.InvalidRequest, match="counter operation has 2 parts"):
+        records.update(None, ["counter", ["increment", 1], 5], "a", 1)
+    counter = records.update(None, ["counter", ["increment", 1]], "a", 7)
+    assert records.context_stamp(counter) == 0
+    assert records.context_stamp(None) == 0
