@@ -371,7 +371,10 @@ def _apply(kind: str, x: Any, op: object, tx: _Tx, where: str, depth: int) -> An
             half = 0 if delta > 0 else 1
             counts[half] += abs(delta)
             if counts[half] > _U64:
-                raise CRDTError(f"{where} increment: the counter would exceed 2**64 - 1")
+                what = "increments" if half == 0 else "decrements"
+                raise CRDTError(
+                    f"{where} increment: this node's total of {what} would exceed 2**64 - 1"
+                )
         return x
     if kind == "register":
         stamp, val = args

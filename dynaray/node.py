@@ -518,6 +518,12 @@ class StorageNode:
             return await self._reap_local(args[0])
         if method in ("merkle_hashes", "segment_items", "read_records"):
             return getattr(self.ranges, method)(partition, *args)
+        if method == "reapable":
+            # None while this node is still taking the range over: a stale copy it has yet
+            # to merge from an old replica would bring back a key reaped meanwhile.
+            if partition in self.pending:
+                return None
+            return self.ranges.read_records(partition, *args)
         if method == "hinted":
             return self.handoff.hinted(args[0])
         raise ValueError(f"unknown anti-entropy call {method!r}")
@@ -542,6 +548,10 @@ class StorageNode:
                     figures.add(await self._exchange(partition, peer).run())
                 except (PeerUnavailable, StorageError):  # or a disk refused a repair
                     skipped.add(peer)
+                except Exception:  # one range's fault (a record that does not decode) must
+                    # not stop the round: the other ranges and the reaping go on
+                    log.exception("anti-entropy of range %d with %s failed", partition, peer)
+                    figures.ranges_failed += 1
         figures.peers_unreachable = len(skipped)
         for partition in self.ring.replicated_partitions(self.id, self.n):
             if self.ring.preference_list(partition)[0] == self.id and partition not in self.pending:
@@ -561,7 +571,7 @@ class StorageNode:
         candidates = [
             (dkey, raw)
             for dkey, raw in self.store.iterate(DATA, codec.partition_prefix(partition))
-            if records.is_tombstone(rec := records.decode(raw)) and hlc.millis(rec.stamp) < cutoff
+            if _old_tombstone(raw, cutoff)
         ]
         if not candidates:
             return 0
@@ -570,11 +580,11 @@ class StorageNode:
         agreed = set(keys)
         for peer in peers:
             try:
-                theirs = await self._call(
-                    peer, "anti_entropy_call", "read_records", partition, keys
-                )
+                theirs = await self._call(peer, "anti_entropy_call", "reapable", partition, keys)
             except (PeerUnavailable, StorageError):
                 return 0  # every replica must hold the tombstone: try again next round
+            if theirs is None:
+                return 0  # the peer is still taking the range over
             for (key, own), raw in zip(candidates, theirs, strict=True):
                 if raw is None or not records.same_encoded(own, raw):
                     agreed.discard(key)
@@ -1789,6 +1799,18 @@ def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: record
             _key_text(dkey),
             count,
         )
+
+
+def _old_tombstone(raw: bytes, cutoff: float) -> bool:
+    """Whether an encoded record is a tombstone stamped before cutoff (milliseconds). A
+    record that does not decode is none: logged, and left for a person to look at, so the
+    range's other tombstones are still reaped."""
+    try:
+        record = records.decode(raw)
+    except ValueError:
+        log.error("a stored record does not decode; it is left as it is: %r", raw[:64])
+        return False
+    return records.is_tombstone(record) and hlc.millis(record.stamp) < cutoff
 
 
 def _range_key(kind: bytes, partition: int) -> bytes:
