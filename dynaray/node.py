@@ -1083,12 +1083,32 @@ class StorageNode:
                 puts.append(_Request(index, dkey, preference, targets, needed, rest[-1], rest[0]))
             else:
                 gets.append(_Request(index, dkey, preference, targets, needed, rest[-1]))
-        await asyncio.gather(
+        outcomes = await asyncio.gather(
             self._put_batch(sender, requests, puts, answers),
             self._get_batch(sender, requests, gets, answers),
             *(self._coordinate_into(answers, i, sender, requests[i]) for i in single),
+            return_exceptions=True,
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled: the caller is gone
+        faults = [o for o in outcomes if isinstance(o, Exception)]
+        if faults:  # one part failed as a whole: its requests alone are answered so
+            log.error("coordinating a batch failed", exc_info=faults[0])
+            for index, answer in enumerate(answers):
+                if answer is None:
+                    answers[index] = ["error", self._fault(requests[index][0], faults[0])]
         return answers
+
+    def _fault(self, kind: str, exc: Exception) -> Exception:
+        """What a client is told of a request whose coordination failed unexpectedly: a
+        read the error (the client reads elsewhere), a write that it may be stored."""
+        if kind != "put" or isinstance(exc, StorageError):  # StorageError: nothing stored
+            return exc
+        return DynarayError(
+            f"coordinator {self.id} failed during this write ({exc!r}); it may or may not "
+            "be stored: read the key before writing it again"
+        )
 
     async def _coordinate_into(self, answers: list, index: int, sender: str, request: list):
         kind, *args = request
@@ -1099,6 +1119,9 @@ class StorageNode:
                 answers[index] = await self.coordinate_get(sender, *args)
         except DynarayError as exc:
             answers[index] = ["error", exc]
+        except Exception as exc:  # noqa: BLE001 - one key's fault fails that key alone
+            log.exception("coordinating a %s failed", kind)
+            answers[index] = ["error", self._fault(kind, exc)]
 
     async def _put_batch(
         self, sender: str, requests: list, batch: list[_Request], answers: list

@@ -20,7 +20,7 @@ from typing import Any
 
 from dynaray import codec, quorum, reads, records
 from dynaray.codec import key_repr
-from dynaray.errors import QuorumError, RequestTimeout, StorageError, Unavailable
+from dynaray.errors import NodeError, QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.ring import Ring
 from dynaray.transport import PeerUnavailable, Transport
 
@@ -276,9 +276,10 @@ class Routing:
             raise QuorumError(
                 "get", key_repr(key), len(tally.ok), r, tally.asked, len(tally.failed)
             )
+        merged = request.merged  # raises for copies that cannot be merged: then no repair
         if options.get("read_repair", True):
             self._spawn(self._read_repair(request, timeout))
-        return request.merged
+        return merged
 
     def _stale_ring(self) -> None:
         """A node's ring is newer than ours: fetch it now, in the background."""
@@ -482,8 +483,9 @@ class Routing:
     ) -> RequestTimeout | None:
         """After coordinator `node` failed a request: the error to report when the request
         must not go on to the next coordinator, or None when it may."""
-        if "no answer" in failure.reason:
-            # A coordinator that timed out may have done the work: do not repeat it.
+        if "no answer" in failure.reason and op != "get":
+            # A coordinator that timed out may have done the write: do not repeat it. A
+            # read is harmless to repeat, and goes on to the next coordinator.
             return RequestTimeout(op, key_repr(key), self.request_timeout)
         if not retry and failure.may_have_arrived:
             return RequestTimeout(
@@ -526,6 +528,10 @@ class Routing:
                 return reply
             except StorageError as exc:
                 refused = exc
+            except NodeError as exc:
+                if method == "coordinate_put":
+                    raise  # its outcome is the node's to tell (it may have stored it)
+                last = PeerUnavailable(node, str(exc))  # a node stopping: read elsewhere
             except PeerUnavailable as exc:
                 self._mark_down(node)
                 maybe_applied = maybe_applied or (

@@ -848,3 +848,42 @@ def test_one_range_that_fails_anti_entropy_does_not_stop_the_round(node, monkeyp
     assert not _old_tombstone(b"\x93not a record", cutoff)
     tombstone = records.encode(records.update(None, ["siblings", [], None], "n1", 1))
     assert _old_tombstone(tombstone, cutoff)
+
+
+def test_a_batch_part_that_fails_fails_its_own_requests_alone(node, monkeypatch):
+    """A coordinator whose read of its own copies fails (its store closing, a bug) answers
+    the batch's reads with the error, and its writes as usual: the whole call failed
+    before, writes that were stored included."""
+    from dynaray.errors import NodeError
+
+    _ready(node)
+    put_key, _ = _owned_first(node)
+    get_key = next(
+        k
+        for k in (f"g{i}".encode() for i in range(1000))
+        if node.ring.preference_list(quorum.locate(node.ring, BUCKET, k)[0])[0] == "n1"
+    )
+
+    async def call(peer, method, items):
+        assert method in ("replica_put", "replica_get")
+        return [True] * len(items) if method == "replica_put" else [None] * len(items)
+
+    monkeypatch.setattr(node, "_call", call)
+    monkeypatch.setattr(node, "is_up", lambda peer: True)
+    closing = NodeError("node n1 is stopping: its store is closed")
+
+    def get_many(db, keys):
+        raise closing
+
+    monkeypatch.setattr(node.store, "get_many", get_many)
+    put = ["put", BUCKET, put_key, _blind(b"\x00v"), 2, 3]
+    get = ["get", BUCKET, get_key, 2, 3]
+    answers = asyncio.run(node.coordinate_batch("client", [put, get]))
+    assert answers[0][0] == "ok"
+    assert answers[1] == ["error", closing]
+    assert (
+        node._fault("put", ValueError("bug"))
+        .args[0]
+        .endswith("it may or may not be stored: read the key before writing it again")
+    )
+    assert node._fault("put", StorageError("full")).args[0] == "full"  # nothing stored

@@ -414,3 +414,31 @@ def test_a_client_learns_the_ring_from_a_node_that_has_one():
     replicas[NODES[-1]].description = {"ring": None, "config": {}}
     with pytest.raises(Unavailable, match="has the ring yet"):
         asyncio.run(routing.refresh())
+
+
+def test_a_read_goes_on_after_a_coordinator_that_timed_out_or_is_stopping():
+    """On the paths through a coordinator, a read goes on to the next one when one does not
+    answer or is stopping; a write does not (it may have been applied)."""
+    replicas = {name: FakeReplica(name) for name in NODES}
+    routing = Routing(replicas, path="any", rng=random.Random(3))
+    routing.adopt({"ring": Ring.create(NODES, 16).to_wire(), "config": {"n": 3}})
+    stored = _record("v")
+    tried: list[str] = []
+
+    async def call_batched(node, method, item, *, timeout):
+        tried.append(node)
+        if len(tried) == 1:
+            raise PeerUnavailable(node, f"no answer to {method} within {timeout:.1f}s")
+        if len(tried) == 2:
+            return ["error", NodeError(f"node {node} is stopping: its store is closed")]
+        return ["ok", stored]
+
+    routing.transport.call_batched = call_batched
+    assert asyncio.run(routing.get(BUCKET, b"k", 2, 3)) == stored
+    assert len(set(tried)) == 3
+    op = ["siblings", [], codec.encode_value("w")]
+    for first in (0, 1):  # a write stops at either
+        tried[:] = [""] * first
+        with pytest.raises((RequestTimeout, NodeError)):
+            asyncio.run(routing.put(BUCKET, b"k", op, 2, 3))
+        assert len(tried) == first + 1
