@@ -61,7 +61,8 @@ class Membership:
             self.peers.pop(node, None)
 
     def tick(self) -> None:
-        """One gossip round of our own: our heartbeat advances."""
+        """A sign of life of ours (a gossip round, or an answer to a peer's): our
+        heartbeat advances."""
         mine = self.peers[self.me]
         mine.heartbeat += 1
         mine.heard = self.clock()

@@ -751,11 +751,22 @@ class StorageNode:
             return
         peer = self.transport.rng.choice(peers)
         version = self.ring.version if self.ring else 0
+        # Our heartbeat does not advance while this call waits: a peer that hangs (not yet
+        # known dead) must not hold it long enough for the others to suspect us.
+        options = self.options
+        timeout = min(options.replica_timeout, options.suspect_after / 2)
         try:
-            digest, ring_wire, catalog = await self._call(
-                peer, "gossip", self.membership.digest(), version, self.catalog.digest()
+            digest, ring_wire, catalog = await self.transport.call(
+                peer,
+                "gossip",
+                self.membership.digest(),
+                version,
+                self.catalog.digest(),
+                timeout=timeout,
             )
-        except PeerUnavailable:
+        except PeerUnavailable as exc:
+            if "no answer" not in exc.reason:  # one slow answer is for gossip to judge
+                self._mark_down(peer)
             return
         self._learn(digest, ring_wire)
         if catalog is not None:
@@ -796,6 +807,9 @@ class StorageNode:
         our bucket catalog if it differs from the peer's."""
         self._check_sender(sender)
         self._learn(digest, None)
+        # Answering is a sign of life too: our heartbeat advances, so a node whose own
+        # rounds wait on a slow peer is still heard from by those that ask it.
+        self.membership.tick()
         newer = self.ring is not None and self.ring.version > ring_version
         differs = len(self.catalog) and self.catalog.digest() != catalog_digest
         return (

@@ -1,7 +1,9 @@
-"""Which keys a storage node answers reads for, as its ring and N change.
+"""Which keys a storage node answers reads for, as its ring and N change; and the node's
+other decisions that need no second process (handoff, reaping, a coordinator's batches,
+a gossip round).
 
-The node object is used in-process, without Ray: replica_get is a plain coroutine here, and
-its peers are never called.
+The node object is used in-process, without Ray: its methods are plain coroutines here,
+and its peers are stand-ins that a test puts in place of its calls.
 """
 
 from __future__ import annotations
@@ -887,3 +889,24 @@ def test_a_batch_part_that_fails_fails_its_own_requests_alone(node, monkeypatch)
         .endswith("it may or may not be stored: read the key before writing it again")
     )
     assert node._fault("put", StorageError("full")).args[0] == "full"  # nothing stored
+
+
+def test_a_gossip_round_waits_on_a_hung_peer_less_than_half_of_suspect_after(node, monkeypatch):
+    """Our heartbeat advances at each round and at each gossip we answer; a round whose
+    peer hangs must not hold it past the others' suspect_after (they would call us down)."""
+    _ready(node)
+    node.membership.add("n2")
+    node.transport.peers["n2"] = object()
+    waited: list[float] = []
+
+    async def call(peer, method, *args, timeout):
+        waited.append(timeout)
+        raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s")
+
+    monkeypatch.setattr(node.transport, "call", call)
+    asyncio.run(node._gossip_round())
+    assert waited == [min(node.options.replica_timeout, node.options.suspect_after / 2)]
+    assert node.is_up("n2")  # one slow answer does not mark it down: gossip decides
+    before = node.membership.digest()["n1"][1]
+    asyncio.run(node.gossip("n2", node.membership.digest(), 0, b""))
+    assert node.membership.digest()["n1"][1] == before + 1
