@@ -1165,19 +1165,25 @@ class Cluster:
         src: str | None = None,
         dst: str | None = None,
         *,
-        drop: float = 0.0,
-        delay: float = 0.0,
+        drop: float | None = None,
+        delay: float | None = None,
     ) -> None:
-        """Drop a fraction of, or delay, messages from src to dst (None: any node)."""
-        if not 0.0 <= drop <= 1.0 or delay < 0:
-            raise ValueError("drop must lie in [0, 1] and delay must be >= 0 seconds")
+        """Drop a fraction of, or delay, messages from src to dst (None: any node). What is
+        not given stays as it was; 0 ends that rule of this link (and overrides, for this
+        link, a rule of a wider one: set_link(None, "n2", drop=1) then
+        set_link("n1", "n2", drop=0) lets n1 through)."""
+        if drop is not None and not 0.0 <= drop <= 1.0:
+            raise ValueError(f"drop must lie in [0, 1], got {drop!r}")
+        if delay is not None and not delay >= 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
         for node in (src, dst):
             if node is not None:
                 self._known(node)
         link = f"{src or ''}>{dst or ''}"
-        drops = {**self._faults.drop, link: drop} if drop else self._faults.drop
-        delays = {**self._faults.delay, link: delay} if delay else self._faults.delay
-        self._set_faults(faults.Faults(self._faults.groups, drops, delays))
+        table = self._faults
+        drops = faults.with_rule(table.drop, link, drop)
+        delays = faults.with_rule(table.delay, link, delay)
+        self._set_faults(faults.Faults(table.groups, drops, delays))
 
     def heal(self) -> None:
         """Remove every partition, drop rule and delay."""

@@ -16,7 +16,7 @@ class Faults:
     """Which node-to-node messages are dropped or delayed. The empty table means none."""
 
     groups: tuple[frozenset[str], ...] = ()
-    drop: dict[str, float] = field(default_factory=dict)  # "src>dst" or ">dst" or "src>" -> p
+    drop: dict[str, float] = field(default_factory=dict)  # "src>dst", ">dst", "src>", ">" -> p
     delay: dict[str, float] = field(default_factory=dict)  # same keys -> seconds
 
     @property
@@ -33,7 +33,7 @@ class Faults:
         return src_group is not None and dst_group is not None and src_group is not dst_group
 
     def _link(self, table: dict[str, float], src: str, dst: str) -> float:
-        for key in (f"{src}>{dst}", f">{dst}", f"{src}>"):
+        for key in (f"{src}>{dst}", f">{dst}", f"{src}>", ">"):
             if key in table:
                 return table[key]
         return 0.0
@@ -80,3 +80,17 @@ def partition_table(groups: list[list[str]], known: list[str]) -> tuple[frozense
     if rest:
         out.append(frozenset(rest))
     return tuple(out)
+
+
+def with_rule(table: dict[str, float], link: str, value: float | None) -> dict[str, float]:
+    """The rules of one kind (drops or delays) with link's set to value: None leaves it as
+    it was; 0 removes it, or keeps it as 0 where a wider rule ("src>" or ">dst") would
+    apply to the link (Faults._link takes the narrowest rule)."""
+    if value is None:
+        return table
+    rules = {**table, link: value}
+    src, _, dst = link.partition(">")
+    wider = [w for w in (f">{dst}", f"{src}>", ">") if w != link and len(w) < len(link)]
+    if value == 0 and not any(rules.get(rule) for rule in wider):
+        del rules[link]
+    return rules

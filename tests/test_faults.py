@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynaray import codec
-from dynaray.faults import Faults, partition_table
+from dynaray.faults import Faults, partition_table, with_rule
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 
@@ -126,6 +126,22 @@ def test_delay_lookup_precedence():
     assert faults.delay_of("n2", "n1") == 0.0
     # without the exact link, ">dst" wins over "src>"
     assert Faults(delay={">n2": 2.0, "n1>": 3.0}).delay_of("n1", "n2") == 2.0
+
+
+def test_a_rule_for_every_link_applies_to_every_link():
+    faults = Faults(delay={">": 0.5, ">n2": 2.0})
+    assert faults.delay_of("n3", "n4") == 0.5
+    assert faults.delay_of("n1", "n2") == 2.0
+
+
+def test_with_rule_sets_removes_and_overrides_a_wider_rule():
+    assert with_rule({"a>b": 0.3}, "a>b", None) == {"a>b": 0.3}  # not given: as it was
+    assert with_rule({"a>b": 0.3}, "a>b", 0.5) == {"a>b": 0.5}
+    assert with_rule({"a>b": 0.3}, "a>b", 0) == {}  # 0 ends it
+    assert with_rule({">b": 1.0}, "a>b", 0) == {">b": 1.0, "a>b": 0}  # a's way through
+    assert with_rule({">": 1.0}, ">b", 0) == {">": 1.0, ">b": 0}
+    assert with_rule({"a>b": 0.3}, ">b", 0) == {"a>b": 0.3}  # a narrower rule stays
+    assert not Faults(drop=with_rule({">b": 1.0}, "a>b", 0)).dropped("a", "b", random.Random())
 
 
 def test_wire_round_trip():
