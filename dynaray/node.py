@@ -171,6 +171,9 @@ class StorageNode:
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
+        # Set once this node, out of the ring, passes its hints on: from then on it takes
+        # no write to keep (no hint, no write to coordinate), so none stays behind it.
+        self._leaving = False
         self._loops_started = False
         self._lookup: asyncio.Future | None = None  # the name lookup in flight, if any
         self.metrics = NodeMetrics(node_id)
@@ -596,7 +599,9 @@ class StorageNode:
         agreed -= set(self.handoff.hinted(sorted(agreed)))
         ring = self.ring.nodes()
         leaving = [p for p in self.transport.peers if p not in ring and self.transport.live(p)]
-        for other in [*ring, *leaving]:
+        # Leaving nodes first: one passes its hints on to ring nodes (never the other way),
+        # so a hint moving meanwhile is found at one end or the other.
+        for other in [*leaving, *ring]:
             if other == self.id or not agreed:
                 continue
             if other in ring and not self.is_up(other):
@@ -934,6 +939,8 @@ class StorageNode:
         """Before this node stops for good (it left the ring): each hint it holds goes to
         its key's owners, or, for an owner out of reach, to another node of the ring that
         keeps it as a hint. Returns how many hints are still held here."""
+        self._leaving = True
+        await self.store.write(lambda txn: None)  # every write taken before is committed
         deadline = time.monotonic() + PASS_ON_WAIT
         for owner in self.handoff.owners():
             while self.handoff.busy(owner) and time.monotonic() < deadline:
@@ -1296,7 +1303,7 @@ class StorageNode:
     ) -> list:
         """Coordinate one write: apply op here, replicate to N, answer after W acks.
 
-        op is a records.update operation. Returns ["ok", context wire] or
+        op is a records.update operation. Returns ["ok", [context wire, stamp]] or
         ["quorum", answered, needed, asked] (lists: Ray serializes them faster than tuples).
         """
         self._check_sender(sender)
@@ -1314,6 +1321,11 @@ class StorageNode:
             self.metrics.request(op, outcome, time.perf_counter() - started)
 
     async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
+        if self._leaving:  # the client (or coordinator) goes on to another node
+            raise StorageError(
+                f"node {self.id} is leaving the store: nothing was written here; another "
+                "node coordinates the write"
+            )
         dkey, preference, targets = self._route(bucket, key, n, w)
         mine = next((t for t in targets if t.node == self.id), None)
         reached: list[str] = []  # primaries that may have applied it without answering
@@ -1633,10 +1645,12 @@ class StorageNode:
         return sum(await self._apply([item for item in items if self._keeps(item)]))
 
     def _keeps(self, item: tuple) -> bool:
-        """Whether a (data key, encoded record, hint owner) copy is ours to keep: a hint, or
-        a key our ring has us replicate."""
+        """Whether a (data key, encoded record, hint owner) copy is ours to keep: a hint
+        (unless this node is leaving), or a key our ring has us replicate."""
         dkey, _, hint = item
-        return hint is not None or (self.ring is not None and self._replicates(dkey))
+        if hint is not None:
+            return not self._leaving
+        return self.ring is not None and self._replicates(dkey)
 
     def _replicates(self, dkey: bytes) -> bool:
         """Whether our ring names us one of the key's N owners."""

@@ -910,3 +910,18 @@ def test_a_gossip_round_waits_on_a_hung_peer_less_than_half_of_suspect_after(nod
     before = node.membership.digest()["n1"][1]
     asyncio.run(node.gossip("n2", node.membership.digest(), 0, b""))
     assert node.membership.digest()["n1"][1] == before + 1
+
+
+def test_a_node_that_passed_its_hints_on_takes_no_write_to_keep(node):
+    """Between pass_on_hints answering 0 and the node's stop, a client or coordinator with
+    an older ring may still reach it: it must keep nothing that would go with it."""
+    _ready(node)
+    key, (second, _) = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    record = records.encode(records.update(None, _blind(b"\x00v"), "n9", 1))
+    assert asyncio.run(node.pass_on_hints()) == 0
+    assert asyncio.run(node.replica_put("n2", [[dkey, record, second]])) == [False]
+    assert asyncio.run(node.replica_put("n2", [[dkey, record, None]])) == [True]  # its own
+    with pytest.raises(StorageError, match="leaving the store: nothing was written"):
+        asyncio.run(node.coordinate_put("client", BUCKET, key, _blind(b"\x00w"), 2, 3))
+    assert node.handoff.count() == 0
