@@ -986,6 +986,9 @@ class StorageNode:
             delivered = await self.handoff.deliver(owner)
         except (PeerUnavailable, StorageError):  # a disk that refused: the next round retries
             return
+        except Exception:  # this owner's fault, logged; the other owners still get theirs
+            log.exception("delivering hints for %s failed", owner)
+            return
         if delivered:
             self.metrics.count("hints_delivered", delivered)
             log.info("delivered %d hints for %s", delivered, owner)

@@ -925,3 +925,20 @@ def test_a_node_that_passed_its_hints_on_takes_no_write_to_keep(node):
     with pytest.raises(StorageError, match="leaving the store: nothing was written"):
         asyncio.run(node.coordinate_put("client", BUCKET, key, _blind(b"\x00w"), 2, 3))
     assert node.handoff.count() == 0
+
+
+def test_one_owner_whose_hints_fail_does_not_hold_up_the_others(node, monkeypatch):
+    _ready(node)
+    delivered: list[str] = []
+
+    async def deliver(owner, send=None):
+        if owner == "n2":
+            raise ValueError("an answer that is not a list")
+        delivered.append(owner)
+        return 1
+
+    monkeypatch.setattr(node.handoff, "owners", lambda: ["n2", "n3"])
+    monkeypatch.setattr(node.handoff, "deliver", deliver)
+    monkeypatch.setattr(node, "_deliverable", lambda owner: True)
+    asyncio.run(node._handoff_round())
+    assert delivered == ["n3"]
