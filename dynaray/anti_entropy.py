@@ -29,7 +29,7 @@ class Figures:
     tombstones_reaped: int = 0
     peers_unreachable: int = 0  # peers that did not answer: their ranges wait a round
     unmergeable: int = 0  # keys written as two kinds: left as they are on each side
-    ranges_failed: int = 0  # exchanges that failed on something else (logged): next round
+    ranges_failed: int = 0  # exchanges or reapings that failed otherwise (logged): next round
 
     def add(self, other: Figures) -> None:
         for name, value in asdict(other).items():

@@ -177,8 +177,9 @@ class Bucket:
     async def aput(
         self, key: str | bytes, context: Context | bytes | None, value: Any, *, w: int | None = None
     ) -> Context:
-        """Write a value (siblings: with the context of the read it follows; lww: the context
-        is accepted and ignored, the newest timestamp wins)."""
+        """Write a value (siblings: with the context of the read it follows; lww: a context
+        is not needed, and one given orders this write after what it saw; the newest
+        timestamp wins)."""
         self._need("siblings", "lww", call="put")
         raw = codec.encode_value(value)
         if self.policy == "lww":

@@ -21,9 +21,9 @@ MAX_BUCKET_SIZE = 64
 MAX_NODE_ID_SIZE = 16
 # The largest value a write takes, as encoded (1 MiB, the order of etcd's request limit
 # and of what Riak advises per object). A value travels inside actor calls batched with
-# others, and hint, handoff and anti-entropy batches carry many records at once: the limit
-# keeps each such call a bounded size. Larger data belongs in Ray's object store or a
-# file, with its reference stored here.
+# others (up to a few hundred records a call), and so bounds their size; hint and handoff
+# batches are also bounded in bytes (storage.CALL_BYTES). Larger data belongs in Ray's
+# object store or a file, with its reference stored here.
 MAX_VALUE_SIZE = 1 << 20
 DEFAULT_BUCKET = "default"
 

@@ -536,6 +536,7 @@ class StorageNode:
         with peers whose id sorts after ours, so each pair meets once a round)."""
         figures = Figures()
         skipped: set[str] = set()
+        faulty: set[str] = set()
         if self.ring is None:
             return figures.as_dict()
         for partition in self.ring.replicated_partitions(self.id, self.n):
@@ -553,12 +554,18 @@ class StorageNode:
                     skipped.add(peer)
                 except Exception:  # one range's fault (a record that does not decode) must
                     # not stop the round: the other ranges and the reaping go on
-                    log.exception("anti-entropy of range %d with %s failed", partition, peer)
+                    if peer not in faulty:  # logged once a round per peer
+                        log.exception("anti-entropy of range %d with %s failed", partition, peer)
+                    faulty.add(peer)
                     figures.ranges_failed += 1
         figures.peers_unreachable = len(skipped)
         for partition in self.ring.replicated_partitions(self.id, self.n):
             if self.ring.preference_list(partition)[0] == self.id and partition not in self.pending:
-                figures.tombstones_reaped += await self._reap(partition)
+                try:
+                    figures.tombstones_reaped += await self._reap(partition)
+                except Exception:  # as for an exchange: the other ranges are still reaped
+                    log.exception("reaping tombstones of range %d failed", partition)
+                    figures.ranges_failed += 1
         self.last_exchange = time.time()
         for name, value in figures.as_dict().items():
             self.metrics.count(f"anti_entropy_{name}", value)
@@ -1101,7 +1108,7 @@ class StorageNode:
             if plan not in plans:
                 plans[plan] = self._plan(partition, rest[-1], needed, is_up)
             preference, targets, direct = plans[plan]
-            if not direct or (kind == "get" and self._arriving(dkey)):
+            if not direct or (kind == "get" and self._arriving(dkey)) or self._leaving:
                 single.append(index)
             elif kind == "put":
                 puts.append(_Request(index, dkey, preference, targets, needed, rest[-1], rest[0]))
@@ -1116,12 +1123,14 @@ class StorageNode:
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # cancelled: the caller is gone
-        faults = [o for o in outcomes if isinstance(o, Exception)]
-        if faults:  # one part failed as a whole: its requests alone are answered so
-            log.error("coordinating a batch failed", exc_info=faults[0])
-            for index, answer in enumerate(answers):
-                if answer is None:
-                    answers[index] = ["error", self._fault(requests[index][0], faults[0])]
+        # A part that failed as a whole (_coordinate_into answers its own request) answers
+        # its own requests with its fault; the other parts' answers stand.
+        for part, fault in zip((puts, gets), outcomes, strict=False):
+            if isinstance(fault, Exception):
+                log.error("coordinating a batch failed", exc_info=fault)
+                for req in part:
+                    if answers[req.index] is None:
+                        answers[req.index] = ["error", self._fault(requests[req.index][0], fault)]
         return answers
 
     def _fault(self, kind: str, exc: Exception) -> Exception:
@@ -1184,6 +1193,7 @@ class StorageNode:
                 answers[req.index] = ["error", record]
                 continue
             req.context, req.encoded = record
+            self.hlc.observe(req.context[1])  # a stamp records.update raised past our clock
             req.start(self.id, self.is_up, per_peer)
             live.append(req)
             for primary in _uncovered(req.preference, req.n, req.targets):
@@ -1371,6 +1381,7 @@ class StorageNode:
                 f"{refused.args[0]}; no other node took it either (each refused it, or could "
                 "not be reached): nothing of this write was stored"
             ) from None
+        self.hlc.observe(context[1])  # a stamp records.update raised past our clock
         others = [t for t in targets if t.node != self.id]
         await self._keep_hints([(dkey, encoded, p) for p in _uncovered(preference, n, targets)])
         tally = quorum.Tally(preference, [mine, *others], w, self.is_up, n)
@@ -1810,7 +1821,7 @@ class _Request:
     n: int
     op: list | None = None  # a put's records.update operation
     tally: quorum.Tally | None = None
-    context: list | None = None  # a put's answer: its records.written_context
+    context: list | None = None  # a put's answer: [records.written_context, its stamp]
     encoded: bytes | None = None  # a put's new record, as stored and sent
     replies: dict | None = None  # a get's {node: (target, encoded record)}
 

@@ -198,8 +198,8 @@ class Routing:
             return ["router"]
         ring = await self._ensure_ring()
         if self.path == "any":
-            # One at random, then the others: a read whose node does not answer goes on
-            # to the next, as on the partition-aware path.
+            # One at random, then the others: a request whose node cannot be reached (or,
+            # for a read, is stopping) goes on to the next, as on the partition-aware path.
             nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
             first = self.rng.choice(nodes)
             return [first, *(p for p in nodes if p != first)]
@@ -350,10 +350,22 @@ class Routing:
                 for i in indexes:
                     answers[i] = exc
                 return
+            again = []
             for i, reply in zip(indexes, replies, strict=True):
                 key, rest = requests[i][1], requests[i][2:]
                 name = _op_name(kind, rest[0])
-                answers[i] = reply[1] if reply[0] == "error" else _answer(name, key, reply)
+                if reply[0] != "error":
+                    answers[i] = _answer(name, key, reply)
+                elif kind == "get" and _elsewhere(reply[1]):
+                    again.append(i)  # a node that is stopping: the one-key read goes on
+                else:
+                    answers[i] = reply[1]
+            if again:
+                self._mark_down(node)
+                failure = PeerUnavailable(node, "stopping")
+                await asyncio.gather(
+                    *(self._one_key(kind, node, failure, answers, i, requests[i]) for i in again)
+                )
 
         await asyncio.gather(*(send(node, chunk) for node, chunk in _chunks(groups)))
         return answers
@@ -483,9 +495,9 @@ class Routing:
     ) -> RequestTimeout | None:
         """After coordinator `node` failed a request: the error to report when the request
         must not go on to the next coordinator, or None when it may."""
-        if "no answer" in failure.reason and op != "get":
-            # A coordinator that timed out may have done the write: do not repeat it. A
-            # read is harmless to repeat, and goes on to the next coordinator.
+        if "no answer" in failure.reason:
+            # A coordinator that timed out may have done the work: do not repeat it. (A
+            # read would be harmless to repeat, but it has spent its request_timeout.)
             return RequestTimeout(op, key_repr(key), self.request_timeout)
         if not retry and failure.may_have_arrived:
             return RequestTimeout(
@@ -529,8 +541,9 @@ class Routing:
             except StorageError as exc:
                 refused = exc
             except NodeError as exc:
-                if method == "coordinate_put":
-                    raise  # its outcome is the node's to tell (it may have stored it)
+                if method == "coordinate_put" or not _elsewhere(exc):
+                    raise  # a write's outcome is the node's to tell (it may be stored)
+                self._mark_down(node)
                 last = PeerUnavailable(node, str(exc))  # a node stopping: read elsewhere
             except PeerUnavailable as exc:
                 self._mark_down(node)
@@ -555,6 +568,13 @@ class Routing:
             f"{op} of {key_repr(key)}: no coordinator could be reached ({last}); "
             "the store's nodes may be down"
         )
+
+
+def _elsewhere(exc: object) -> bool:
+    """Whether a coordinator's error on a read says to read through another node: a node
+    error (its store closing as it stops), not an answer about the key (QuorumError, a
+    record that cannot be read)."""
+    return isinstance(exc, NodeError)
 
 
 def _chunks(groups: dict[str, list[int]]) -> Iterator[tuple[str, list[int]]]:
