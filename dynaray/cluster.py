@@ -1445,21 +1445,42 @@ class Cluster:
         )
         self._handles[node] = handle
         self._members = sorted([*self._members, node], key=_node_sort_key)
-        ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_STARTUP_TIMEOUT)
-        ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
-        self._ask("update_peer", node, handle, nodes=list(live))
-        self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
-        self._tell_routers(node, handle)
+        try:
+            ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_STARTUP_TIMEOUT)
+            ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
+            self._ask("update_peer", node, handle, nodes=list(live))
+            self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
+            self._tell_routers(node, handle)
+        except Exception:
+            self._unmake(node, handle)  # no node has the new ring: the join never began
+            raise
         try:
             self.last_change = self._reshape(old.with_node(node), config, old, progress)
         except DynarayError as exc:
-            if node not in self._members or "nothing was changed" in str(exc):
+            if "nothing was changed" in str(exc):  # stopped before the nodes got the ring
+                self._unmake(node, handle)
+                raise
+            if node not in self._members:
                 raise
             raise DynarayError(
                 f"node {node!r} has joined the ring (add_node again would add another "
                 f"node), but: {exc}"
             ) from exc
         return node
+
+    def _unmake(self, node: str, handle: Any) -> None:
+        """A node made by an add_node that stopped before any node had the new ring: it
+        holds nothing, so it is destroyed (actor and directory) rather than left running
+        outside the ring."""
+        self._handles.pop(node, None)
+        self._homes.pop(node, None)
+        self._members = [m for m in self._members if m != node]
+        try:
+            ray.get(handle.destroy.remote(), timeout=_CALL_TIMEOUT)
+        except Exception:  # noqa: BLE001 - it is killed below either way
+            log.warning("the node %s made by a failed add_node did not stop cleanly", node)
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
 
     def remove_node(self, node: str, progress=None) -> None:
         """Graceful leave: the node hands its ranges to their new owners, passes on the hints

@@ -296,6 +296,43 @@ def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkey
         cluster.shutdown()
 
 
+def test_an_add_node_that_stops_before_the_ring_changes_leaves_no_node_behind(
+    ray_session, monkeypatch
+):
+    """A join that fails before any node has the new ring (here: telling the Router actor
+    failed) destroys the node it made, rather than leaving it running outside the ring."""
+    import ray
+
+    from dynaray.names import NAMESPACE, node_name
+
+    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="cut-join")
+    try:
+        tell = cluster._tell_routers
+
+        def fail(node, handle):
+            raise RuntimeError("the Router actor could not be told")
+
+        monkeypatch.setattr(cluster, "_tell_routers", fail)
+        with pytest.raises(RuntimeError, match="Router actor could not be told"):
+            cluster.add_node()
+        assert cluster.nodes() == ["n1", "n2", "n3"]
+
+        def gone() -> bool:
+            try:
+                ray.get_actor(node_name("cut-join", "n4"), namespace=NAMESPACE)
+            except ValueError:
+                return True
+            return False
+
+        wait_for(gone, what="the node made by the failed add_node to be gone")
+        monkeypatch.setattr(cluster, "_tell_routers", tell)
+        assert cluster.add_node() == "n4"  # it held nothing: its id is free
+        cluster.client().put("k", None, "v", w=3)
+        assert len(cluster.replica_state("k")) == 3
+    finally:
+        cluster.shutdown()
+
+
 def test_a_leaving_node_passes_on_its_hints_and_a_second_remove_finishes_a_cut_leave(
     ray_session, monkeypatch
 ):
