@@ -410,6 +410,51 @@ def test_one_membership_change_at_a_time_whichever_driver_makes_it(loaded):
     ray.get(router.release_change.remote("a third"))
 
 
+def test_a_change_whose_hold_lapsed_stops_before_the_nodes_get_its_ring(ray_session, monkeypatch):
+    """A driver that stalls past the hold's lease loses it to another driver; when it goes
+    on, its change stops before the nodes get its ring (two rings of one version would
+    never be agreed on), says why, and leaves no node behind."""
+    import time
+
+    import ray
+
+    from dynaray import cluster as cluster_module
+
+    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="lapsed")
+    router = cluster._router
+    lease = 1.0
+    monkeypatch.setattr(cluster_module, "CHANGE_LEASE", lease)
+    stalled, resumed = threading.Event(), threading.Event()
+    take, ask = cluster._take_hold, cluster._ask
+
+    def renewal():  # the renewer thread stalls with the driver
+        if stalled.is_set():
+            resumed.wait(30)
+        return take()
+
+    def stalling_ask(method, *args, nodes=None, timeout=10.0):
+        if method == "handoff_status" and not stalled.is_set():  # _reshape's first step
+            stalled.set()
+            time.sleep(lease * 1.5)  # the driver stalls past its lease...
+            taken = ray.get(router.hold_change.remote("another driver", "remove_node", 60.0))
+            assert taken is None  # ...and another driver takes the hold
+            resumed.set()
+            wait_for(lambda: cluster._lapsed is not None, what="the renewer to see the lapse")
+        return ask(method, *args, nodes=nodes, timeout=timeout)
+
+    try:
+        monkeypatch.setattr(cluster, "_take_hold", renewal)
+        monkeypatch.setattr(cluster, "_ask", stalling_ask)
+        with pytest.raises(dynaray.DynarayError, match=r"hold lapsed .*nothing was changed"):
+            cluster.add_node()
+        monkeypatch.setattr(cluster, "_ask", ask)
+        assert cluster.nodes() == ["n1", "n2", "n3"]
+        assert {d["ring"]["version"] for d in ask("describe").values()} == {1}
+    finally:
+        ray.get(router.release_change.remote("another driver"))
+        cluster.shutdown()
+
+
 def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
     data = str(tmp_path / "data")
     kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}
