@@ -29,10 +29,14 @@ class HybridClock:
         self.last = physical if physical > self.last else self.last + 1
         return self.last
 
-    def observe(self, stamp: int) -> None:
-        """Take in a timestamp seen on a message, so ours stay ahead of it."""
+    def observe(self, stamp: int) -> int:
+        """Take in a timestamp seen on a message, so ours stay ahead of it. Returns how many
+        milliseconds it is ahead of our wall clock (0 if it is not): a clock far ahead
+        somewhere in the store drags every node's along, and its lww writes win over
+        later ones until real time catches up, so the caller warns of it."""
         if stamp > self.last:
             self.last = stamp
+        return max(0, millis(stamp) - self._wall())
 
 
 def millis(stamp: int) -> int:

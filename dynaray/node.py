@@ -63,6 +63,9 @@ _EPOCHS = b"key-epochs-since"
 _TAKING = b"taking:"
 # How long a leaving node waits for a delivery under way before it passes hints on.
 PASS_ON_WAIT = 30.0
+# A record stamped this many seconds past the wall clock says a clock in the store runs
+# ahead: warned of (at most once per this many seconds), as lww writes lose to it.
+CLOCK_AHEAD_WARN = 60.0
 # Seconds between pushes of a node's figures to Ray's metrics.
 METRICS_INTERVAL = 5.0
 # Seconds between looking up, by name, the actors of ring peers with no live handle here,
@@ -174,6 +177,7 @@ class StorageNode:
         # Set once this node, out of the ring, passes its hints on: from then on it takes
         # no write to keep (no hint, no write to coordinate), so none stays behind it.
         self._leaving = False
+        self._clock_warned = -CLOCK_AHEAD_WARN  # when a clock ahead was last logged
         self._loops_started = False
         self._lookup: asyncio.Future | None = None  # the name lookup in flight, if any
         self.metrics = NodeMetrics(node_id)
@@ -1615,7 +1619,9 @@ class StorageNode:
         out, and logged, and the rest of the batch goes in."""
         if not items:
             return []
-        self.hlc.observe(max(records.stamp_of(raw) for _, raw, _ in items))
+        ahead = self.hlc.observe(max(records.stamp_of(raw) for _, raw, _ in items))
+        if ahead > CLOCK_AHEAD_WARN * 1000:
+            self._clock_ahead(ahead / 1000)
 
         hinted = sum(1 for _, _, hint in items if hint is not None)
         if hinted:
@@ -1657,6 +1663,21 @@ class StorageNode:
         for _, raw, _ in items:
             records.decode(raw)  # a repair may come from a client: check it all, not the envelope
         return sum(await self._apply([item for item in items if self._keeps(item)]))
+
+    def _clock_ahead(self, seconds: float) -> None:
+        """A record arrived stamped well past our wall clock: some node's clock runs ahead.
+        Counted every time, logged once per CLOCK_AHEAD_WARN seconds."""
+        self.metrics.count("clock_ahead")
+        now = time.monotonic()
+        if now - self._clock_warned >= CLOCK_AHEAD_WARN:
+            self._clock_warned = now
+            log.warning(
+                "node %s: a record arrived stamped %.0f s past this machine's clock: a clock "
+                "in the store runs ahead (check NTP on every machine); its lww writes win "
+                "over later ones until real time catches up",
+                self.id,
+                seconds,
+            )
 
     def _keeps(self, item: tuple) -> bool:
         """Whether a (data key, encoded record, hint owner) copy is ours to keep: a hint

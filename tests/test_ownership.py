@@ -949,3 +949,33 @@ def test_one_owner_whose_hints_fail_does_not_hold_up_the_others(node, monkeypatc
     monkeypatch.setattr(node, "_deliverable", lambda owner: True)
     asyncio.run(node._handoff_round())
     assert delivered == ["n3"]
+
+
+def test_a_record_stamped_far_past_the_clock_is_warned_of_once_and_counted(node):
+    """A node whose clock runs ahead makes its lww writes win over later ones: a replica
+    that receives one of its records says so (once a minute), and counts each."""
+    import logging
+    import time
+
+    _ready(node)
+    key, _ = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    ahead = (int(time.time() * 1000) + 3_600_000) << 16  # an hour ahead
+    record = records.encode(records.update(None, ["lww", b"\x00v"], "n9", ahead))
+    logged: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    logger = logging.getLogger("dynaray.node")
+    keep = Keep(logging.WARNING)
+    logger.addHandler(keep)  # the node's loggers do not propagate to pytest's
+    try:
+        for _ in range(3):
+            assert asyncio.run(node.replica_put("n2", [[dkey, record, None]])) == [True]
+    finally:
+        logger.removeHandler(keep)
+    warned = [m for m in logged if "runs ahead" in m]
+    assert len(warned) == 1 and "3600 s past" in warned[0]
+    assert node.metrics.counts["clock_ahead"] == 3
