@@ -98,9 +98,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     os.makedirs(STATE_DIR, exist_ok=True)
     with open(_state_file(args.store), "w") as f:
         json.dump({"store": args.store, "data_dir": data_dir, "started_ray": started}, f)
+    _, config = cluster._ring()
     print(
         f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
-        f"N={args.n} R={args.r} W={args.w}, data in {data_dir}"
+        f"N={config['n']} R={config['r']} W={config['w']}, data in {data_dir}"
     )
     default = args.store == DEFAULT_STORE
     python = "dynaray.connect()" if default else f"dynaray.connect({args.store!r})"
@@ -124,10 +125,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     import ray
 
     cluster = dynaray.Cluster.attach(args.store, address=args.address or "auto")
+    deleted = cluster._ephemeral_root  # a store started with no data directory
     cluster.shutdown()
-    print(
-        f"dynaray store {args.store!r} stopped; its data stays in {state.get('data_dir', 'place')}."
-    )
+    if deleted:
+        print(f"dynaray store {args.store!r} stopped; its data, kept in {deleted}, is deleted.")
+    else:
+        where = state.get("data_dir", "place")
+        print(f"dynaray store {args.store!r} stopped; its data stays in {where}.")
     if state.get("started_ray") and not args.keep_ray:
         _stop_ray()
         print("Stopped the local Ray that `dynaray up` started.")
@@ -434,8 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         "when started again)",
     )
     up.add_argument("-n", type=int, default=3, help="replicas per key, N (default 3)")
-    up.add_argument("-r", type=int, default=2, help="read quorum, R (default 2)")
-    up.add_argument("-w", type=int, default=2, help="write quorum, W (default 2)")
+    up.add_argument(
+        "-r", type=int, default=None, help="read quorum, R (default 2, or what the store kept)"
+    )
+    up.add_argument(
+        "-w", type=int, default=None, help="write quorum, W (default 2, or what the store kept)"
+    )
     up.add_argument(
         "--data-dir", default=None, help="where nodes keep LMDB (default ~/.dynaray/data/STORE)"
     )
@@ -527,6 +535,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DynarayError, ValueError) as exc:
         print(f"dynaray: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from ray.exceptions import RayError  # ray is imported by the commands that use it
+
+        if not isinstance(exc, RayError):
+            raise
+        print(  # a node that could not start, a call past its deadline
+            f"dynaray: Ray failed: {type(exc).__name__}: {str(exc).splitlines()[0][:500]}\n"
+            "Check `ray status` (are the machines and the head up?) and the node logs "
+            "(`/tmp/ray/session_latest/logs`).",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

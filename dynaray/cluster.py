@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 KVNODE = "kvnode"
 _STARTUP_TIMEOUT = 120.0
 DEFAULT_NODES = 5  # of a new store started without `nodes`
+DEFAULT_R = DEFAULT_W = 2  # of a new store started without r or w
 _CALL_TIMEOUT = 60.0
 # How long kill() waits for Ray to end the actor.
 _KILL_WAIT = 10.0
@@ -187,8 +188,8 @@ def _node_sort_key(node_id: str) -> tuple:
 def start(
     nodes: int | None = None,
     n: int = 3,
-    r: int = 2,
-    w: int = 2,
+    r: int | None = None,
+    w: int | None = None,
     data_dir: str | None = None,
     *,
     address: str | None = None,
@@ -210,13 +211,15 @@ def start(
     `empty`: nodes of a store started again on several machines whose directories are lost
     for good; they start empty on free machines and copy their ranges back. A node whose
     directory no running machine holds is otherwise refused (its machine may be starting).
+    `r` and `w` not given: 2 for a new store, and what it kept when started again.
     """
     if nodes is not None and (not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1):
         raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
     # Everything a node would refuse at its start is checked here, before Ray starts. A
     # store started again without `nodes` has as many as it kept: checked once known.
     count = nodes or (DEFAULT_NODES if data_dir is None else None)
-    quorum.check_quorum(n, r, w, count or n)
+    given_r, given_w = DEFAULT_R if r is None else r, DEFAULT_W if w is None else w
+    quorum.check_quorum(n, given_r, given_w, count or n)
     if (count or 0) > check_partitions(partitions):
         raise ValueError(f"{count} nodes need at least as many partitions; got {partitions}")
     if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
@@ -237,9 +240,12 @@ def start(
     router = None
     try:
         if _named_nodes(store):
+            default = store == DEFAULT_STORE
+            connect = "dynaray.connect()" if default else f"dynaray.connect({store!r})"
+            down = "dynaray down" if default else f"dynaray down --store {store}"
             raise DynarayError(
                 f"a store named {store!r} is already running on this Ray cluster; connect to it "
-                "with dynaray.connect(), or stop it first (cluster.shutdown() or `dynaray down`)"
+                f"with {connect}, or stop it first (cluster.shutdown() or `{down}`)"
             )
         remains = _remains(store, None if data_dir is None else os.path.abspath(data_dir))
         ephemeral = data_dir is None
@@ -264,7 +270,7 @@ def start(
             if resources:
                 homes = homes_for(node_ids, _fingerprints(found), empty)
         if count is None:  # as many as the data directory holds: checked now
-            quorum.check_quorum(n, r, w, len(node_ids))
+            quorum.check_quorum(n, given_r, given_w, len(node_ids))
             _placement(len(node_ids))
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
@@ -685,16 +691,20 @@ def _ring_for(
     node_ids: list[str],
     partitions: int,
     n: int,
-    r: int,
-    w: int,
+    r: int | None,
+    w: int | None,
     store: str,
 ) -> tuple[Ring, dict]:
     """A fresh ring, or the newest one the nodes kept on disk from an earlier run (which
-    members_for checked already where it could see the directories)."""
+    members_for checked already where it could see the directories). R and W not given
+    are the kept ones (a store started again keeps its quorums), else the defaults."""
     newest = _newest(descriptions)
+    kept = newest["config"] if newest is not None else {}
+    r = kept.get("r", DEFAULT_R) if r is None else r
+    w = kept.get("w", DEFAULT_W) if w is None else w
     # "id": this store's, made once (a store restarted keeps it): contexts are tied to it,
     # so a context of another store, or of one made anew under this name, is refused.
-    kept_id = newest["config"].get("id") if newest is not None else None
+    kept_id = kept.get("id")
     config = {"n": n, "r": r, "w": w, "store": store, "id": kept_id or os.urandom(8).hex()}
     if newest is None:
         ring = Ring.create(node_ids, partitions)

@@ -450,11 +450,16 @@ class StorageNode:
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
         for source in sources:
             if source != copied:
-                with contextlib.suppress(PeerUnavailable, StorageError):
+                try:
                     await self._exchange(partition, source).run()
+                except (PeerUnavailable, StorageError):
+                    pass
+                except Exception:  # as for a pull: this source failed, the others go on
+                    log.exception("comparing range %d with %s failed", partition, source)
 
     async def _pull(self, source: str, partition: int) -> bool:
-        """Copy one range from one source; False if the source could not be reached."""
+        """Copy one range from one source; False if the source could not be reached or
+        failed (the caller tries another: the range must not count as copied)."""
         after = None
         try:
             while True:
@@ -469,6 +474,9 @@ class StorageNode:
                 self.transfer["keys_received"] += len(items)
                 after = items[-1][0]
         except (PeerUnavailable, StorageError):
+            return False
+        except Exception:  # any error from the source (stopping, a bug): try another
+            log.exception("copying range %d from %s failed", partition, source)
             return False
 
     @ray.method(enable_task_events=False)
@@ -1740,8 +1748,10 @@ class StorageNode:
         """Why this replica does not answer a read of dkey for itself, or None if it does."""
         if hint is not None:
             return None
-        if self._arriving(dkey):
-            return reads.ARRIVING  # not ours to answer yet: the reader asks a spare
+        if self.ring is None or self._arriving(dkey):
+            # Not ours to answer yet (a range still arriving, or no ring yet: a node back
+            # on an empty disk before the driver gives it the ring): the reader asks a spare.
+            return reads.ARRIVING
         if self.ring is not None and not self._replicates(dkey):
             # The reader's ring is older than ours: a copy we still hold may miss writes
             # that went to the range's new owner.

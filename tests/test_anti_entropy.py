@@ -455,6 +455,24 @@ def test_a_change_whose_hold_lapsed_stops_before_the_nodes_get_its_ring(ray_sess
         cluster.shutdown()
 
 
+def test_a_store_started_again_keeps_its_quorums_unless_given_others(ray_session, tmp_path):
+    kw = {"data_dir": str(tmp_path / "data"), "node_options": FAST, "partitions": 16}
+    cluster = dynaray.start(nodes=3, r=1, w=3, store="quorums", **kw)
+    cluster.shutdown()
+    cluster = dynaray.start(store="quorums", **kw)  # as `dynaray up` does it again
+    try:
+        config = cluster._ring()[1]
+        assert (config["r"], config["w"]) == (1, 3)
+    finally:
+        cluster.shutdown()
+    cluster = dynaray.start(store="quorums", w=2, **kw)
+    try:
+        config = cluster._ring()[1]
+        assert (config["r"], config["w"]) == (1, 2)
+    finally:
+        cluster.shutdown()
+
+
 def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
     data = str(tmp_path / "data")
     kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}

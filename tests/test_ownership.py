@@ -979,3 +979,45 @@ def test_a_record_stamped_far_past_the_clock_is_warned_of_once_and_counted(node)
     warned = [m for m in logged if "runs ahead" in m]
     assert len(warned) == 1 and "3600 s past" in warned[0]
     assert node.metrics.counts["clock_ahead"] == 3
+
+
+def test_a_node_with_no_ring_yet_answers_no_read(node):
+    """A node back on an empty disk is found by its peers (by name) before the driver gives
+    it the ring: it must not answer "not found" for keys it has not copied back yet."""
+    _, dkey = quorum.locate(Ring.create(["n1", "n2", "n3"], 16), BUCKET, b"k")
+    assert node.ring is None
+    assert _answers(node, [dkey]) == [reads.ARRIVING]
+
+
+def test_a_source_that_fails_with_any_error_is_not_taken_for_a_copied_range(node, monkeypatch):
+    """A take-over whose first source answers with an error (it is stopping, or a bug)
+    copies the range from the next one; it does not count the range as copied."""
+    from dynaray.errors import NodeError
+
+    _ready(node)
+    partition = sorted(node._replicated())[0]
+    dkey = codec.data_key(partition, 0, BUCKET, b"k")
+    record = records.encode(records.update(None, _blind(b"\x00v"), "n9", 1))
+    asked: list[str] = []
+
+    async def call(peer, method, *args):
+        asked.append(peer)
+        if method != "range_items":
+            return [] if method == "anti_entropy_call" else None
+        if peer == "n2":
+            raise NodeError("node n2 is stopping: its store is closed")
+        return [[dkey, record]] if args[1] is None else []
+
+    monkeypatch.setattr(node, "_call", call)
+    monkeypatch.setattr(node, "_exchange", lambda partition, peer: _Nothing())
+    asyncio.run(node._take_range(partition, ["n2", "n3"], refill=False))
+    assert asked[:2] == ["n2", "n3"]
+    assert node.store.get(DATA, dkey) == record
+    assert node.transfer["ranges_failed"] == 0
+
+
+class _Nothing:
+    async def run(self):
+        from dynaray.anti_entropy import Figures
+
+        return Figures()
