@@ -296,13 +296,14 @@ class Bucket:
         map_ops(increment, add, remove, assign, enable, disable, None)  # refused before a read
         if remove or disable:
             context = await self._seen(key, context)
+        context = parse_context(context)
 
         def op(tied: bytes) -> list:
             seen = None if context is None else versions.vv_to_wire(check_context(context, tied))
             update = ["update", map_ops(increment, add, remove, assign, enable, disable, seen)]
             if context is None:
                 return ["map", update]
-            return ["map", update, parse_context(context).stamp]  # above what it saw
+            return ["map", update, context.stamp]  # stamped above what the context saw
 
         await self.client._write(self.name, key, op, self._w(w))
 

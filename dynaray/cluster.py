@@ -1462,13 +1462,13 @@ class Cluster:
             self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
             self._tell_routers(node, handle)
         except Exception:
-            self._unmake(node, handle)  # no node has the new ring: the join never began
+            self._unmake(node, handle, live)  # no node has the new ring: it never began
             raise
         try:
             self.last_change = self._reshape(old.with_node(node), config, old, progress)
         except DynarayError as exc:
             if "nothing was changed" in str(exc):  # stopped before the nodes got the ring
-                self._unmake(node, handle)
+                self._unmake(node, handle, live)
                 raise
             if node not in self._members:
                 raise
@@ -1478,19 +1478,19 @@ class Cluster:
             ) from exc
         return node
 
-    def _unmake(self, node: str, handle: Any) -> None:
+    def _unmake(self, node: str, handle: Any, live: dict[str, Any]) -> None:
         """A node made by an add_node that stopped before any node had the new ring: it
-        holds nothing, so it is destroyed (actor and directory) rather than left running
-        outside the ring."""
-        self._handles.pop(node, None)
-        self._homes.pop(node, None)
-        self._members = [m for m in self._members if m != node]
+        holds nothing, so its directory goes with it, and it is dropped as a node that
+        leaves is (_drop) rather than left running outside the ring. Called while the
+        add_node's own error propagates: a failure here is logged, not raised over it."""
         try:
             ray.get(handle.destroy.remote(), timeout=_CALL_TIMEOUT)
-        except Exception:  # noqa: BLE001 - it is killed below either way
+        except Exception:  # noqa: BLE001 - _drop kills it either way
             log.warning("the node %s made by a failed add_node did not stop cleanly", node)
-        with contextlib.suppress(Exception):
-            ray.kill(handle, no_restart=True)
+        try:
+            self._drop(node, live)
+        except Exception:  # noqa: BLE001
+            log.exception("dropping the node %s made by a failed add_node", node)
 
     def remove_node(self, node: str, progress=None) -> None:
         """Graceful leave: the node hands its ranges to their new owners, passes on the hints

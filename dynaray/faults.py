@@ -90,7 +90,7 @@ def with_rule(table: dict[str, float], link: str, value: float | None) -> dict[s
         return table
     rules = {**table, link: value}
     src, _, dst = link.partition(">")
-    wider = [w for w in (f">{dst}", f"{src}>", ">") if w != link and len(w) < len(link)]
+    wider = [w for w in (f">{dst}", f"{src}>", ">") if len(w) < len(link)]
     if value == 0 and not any(rules.get(rule) for rule in wider):
         del rules[link]
     return rules
