@@ -4,6 +4,7 @@ kill, restart, repair, buckets, bench, verify."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 
 from dynaray.errors import DynarayError
-from dynaray.names import DEFAULT_STORE, store_option
+from dynaray.names import DEFAULT_STORE, NAMESPACE, store_of, store_option
 
 STATE_DIR = os.path.expanduser(os.environ.get("DYNARAY_HOME", "~/.dynaray"))
 
@@ -22,8 +23,7 @@ def _state_file(store: str) -> str:
 
 
 def _read_state(store: str) -> dict:
-    """What `dynaray up` recorded about the store: its data directory, and whether it
-    started the local Ray."""
+    """What `dynaray up` recorded about the store: its data directory."""
     if not os.path.exists(_state_file(store)):
         return {}
     with open(_state_file(store)) as f:
@@ -63,6 +63,45 @@ def _connect_ray(address: str | None) -> bool:
     return True
 
 
+def _ray_file() -> str:
+    return os.path.join(STATE_DIR, "ray.json")
+
+
+def _note_ray_started() -> None:
+    """Remember that a `dynaray up` here started the Ray running now (by its session name,
+    so a Ray started later by someone else is not taken for it)."""
+    import ray
+
+    os.makedirs(STATE_DIR, exist_ok=True)
+    with open(_ray_file(), "w") as f:
+        json.dump({"session": ray.get_runtime_context().get_session_name()}, f)
+
+
+def _started_here(state: dict) -> bool:
+    """Whether the Ray this driver is connected to is one a `dynaray up` here started
+    (state: the store's; a store `up` recorded before ray.json kept the mark there)."""
+    import ray
+
+    try:
+        with open(_ray_file()) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return bool(state.get("started_ray"))
+    return kept.get("session") == ray.get_runtime_context().get_session_name()
+
+
+def _stores_running() -> list[str]:
+    """The stores with actors on this Ray: a Router, or nodes."""
+    import ray
+
+    stores = {
+        store_of(entry["name"])
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == NAMESPACE
+    }
+    return sorted(s for s in stores if s is not None)
+
+
 def _stop_ray() -> None:
     """Disconnect this driver, then stop the local Ray (`ray stop`)."""
     import ray
@@ -78,8 +117,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         os.path.expanduser(args.data_dir or os.path.join(STATE_DIR, "data", args.store))
     )
     started_now = _connect_ray(args.address)
-    # A Ray an earlier `up` started and `down --keep-ray` left running is still ours to stop.
-    started = started_now or _read_state(args.store).get("started_ray", False)
     try:
         cluster = dynaray.start(
             nodes=args.nodes,
@@ -95,9 +132,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             _stop_ray()
             print("Stopped the local Ray head again.", file=sys.stderr)
         raise
+    if started_now:
+        _note_ray_started()
     os.makedirs(STATE_DIR, exist_ok=True)
     with open(_state_file(args.store), "w") as f:
-        json.dump({"store": args.store, "data_dir": data_dir, "started_ray": started}, f)
+        json.dump({"store": args.store, "data_dir": data_dir}, f)
     _, config = cluster._ring()
     print(
         f"dynaray store {args.store!r} is up: nodes {', '.join(cluster.nodes())}, "
@@ -132,13 +171,25 @@ def cmd_down(args: argparse.Namespace) -> int:
     else:
         where = state.get("data_dir", "place")
         print(f"dynaray store {args.store!r} stopped; its data stays in {where}.")
-    if state.get("started_ray") and not args.keep_ray:
-        _stop_ray()
-        print("Stopped the local Ray that `dynaray up` started.")
-    else:
+    if state:
+        os.remove(_state_file(args.store))
+    if not _started_here(state) or args.keep_ray:
         ray.shutdown()
-    if state and not (args.keep_ray and state.get("started_ray")):
-        os.remove(_state_file(args.store))  # kept while the Ray it started still runs
+        return 0
+    # The Ray a `dynaray up` started goes with the last store on it, not with the first.
+    others = [s for s in _stores_running() if s != args.store]
+    if others:
+        ray.shutdown()
+        names = ", ".join(repr(s) for s in others)
+        print(
+            f"Left the local Ray running: store(s) {names} still run on it. The `dynaray "
+            "down` of the last one stops it."
+        )
+        return 0
+    _stop_ray()
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(_ray_file())
+    print("Stopped the local Ray that `dynaray up` started.")
     return 0
 
 

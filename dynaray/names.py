@@ -16,6 +16,15 @@ def router_name(store: str) -> str:
     return f"{store}.router"
 
 
+def store_of(name: str) -> str | None:
+    """The store an actor registered under `name` belongs to, or None for another name."""
+    for part in (".node.", ".router"):
+        store, found, rest = name.rpartition(part)
+        if found and store and (rest if part == ".node." else not rest):
+            return store
+    return None
+
+
 def store_option(store: str) -> str:
     """The `dynaray` command's option naming the store, for messages ("" for the default)."""
     return "" if store == DEFAULT_STORE else f" --store {store}"

@@ -100,6 +100,10 @@ def test_store_survives_down_and_up(tmp_path):
         assert "dynaray.connect('s3')" in up.stdout and "`dynaray get --store s3 KEY`" in up.stdout
         joined = json.loads(_dynaray(["join", *s3, "--json"], home).stdout)  # nothing else
         assert joined["node"] == "n4" and "keys_received" in joined
+        # The Ray the first `up` started stays up while another store runs on it.
+        down = _dynaray(["down"], home).stdout
+        assert "Left the local Ray running: store(s) 's3' still run on it" in down
+        assert _dynaray(["get", *s3, "nothing-here"], home, check=False).returncode == 1
         live = _dynaray(["forget", *s3, "n4"], home, check=False)
         assert live.returncode == 2 and "`dynaray leave --store s3 n4`" in live.stderr
         # Every node killed: the store is still found, shown down, restarted, stopped.
@@ -113,11 +117,11 @@ def test_store_survives_down_and_up(tmp_path):
         assert repair.returncode == 2 and "no storage node answered" in repair.stderr
         assert "restarted" in _dynaray(["restart", *s3, "n1"], home).stdout
         _dynaray(["kill", *s3, "n1"], home)
-        assert "stopped" in _dynaray(["down", *s3], home).stdout
+        down = _dynaray(["down", *s3], home).stdout
+        assert "stopped" in down  # the last store: the Ray the first `up` started goes too
+        assert "Stopped the local Ray that `dynaray up` started" in down
         gone = _dynaray(["status", *s3], home, check=False)
-        assert gone.returncode == 2 and "no store named 's3'" in gone.stderr
-
-        _dynaray(["down"], home)  # stops the Ray head the first `up` started
+        assert gone.returncode == 2 and "no Ray cluster found" in gone.stderr
         # An `up` that fails stops the Ray head it started, instead of leaving it running.
         wrong = _dynaray(["up", "--nodes", "4", "--data-dir", data], home, check=False)
         assert wrong.returncode == 2 and "holds a store of 3 nodes" in wrong.stderr
