@@ -29,7 +29,7 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from dynaray import codec, faults, quorum, records
+from dynaray import codec, faults, manifest, quorum, records
 from dynaray.anti_entropy import Figures
 from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
@@ -45,6 +45,7 @@ _STARTUP_TIMEOUT = 120.0
 DEFAULT_NODES = 5  # of a new store started without `nodes`
 DEFAULT_R = DEFAULT_W = 2  # of a new store started without r or w
 _CALL_TIMEOUT = 60.0
+_FREE_WAIT = 10.0  # for Ray's view of free machines to catch up with a store just stopped
 # How long kill() waits for Ray to end the actor.
 _KILL_WAIT = 10.0
 # How long fault injection waits for name lookups of actors other handles started.
@@ -259,6 +260,9 @@ def start(
             # machines each goes back to the machine that holds its directory, and those
             # start first so no other node takes the place.
             found = _directories_found(root, resources)
+            # A store whose machines have not joined Ray yet would look new: refused.
+            machines = KVNODE if resources else None
+            manifest.check(manifest.read(root), root, machines, any(found.values()))
             node_ids, fresh = members_for(nodes, found, n)
             if empty and (fresh or not resources):
                 raise ValueError(
@@ -272,6 +276,8 @@ def start(
         if count is None:  # as many as the data directory holds: checked now
             quorum.check_quorum(n, given_r, given_w, len(node_ids))
             _placement(len(node_ids))
+        if resources:
+            _check_free(len(node_ids))
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
@@ -325,6 +331,8 @@ def start(
             )
             .remote(handles, {"data_dir": root, "ephemeral": ephemeral, "options": options})
         )
+        if not ephemeral:
+            _note_store(root, store, node_ids, resources)
         return Cluster(
             store,
             handles,
@@ -341,6 +349,21 @@ def start(
         if started_ray:
             ray.shutdown()
         raise
+
+
+def _note_store(root: str, store: str, nodes: list[str], resources: dict) -> None:
+    """Note in root, on this machine, that it holds the store (`manifest`). A note that
+    cannot be written (no such disk here) only loses that guard: said, and the store runs."""
+    try:
+        manifest.write(root, store, nodes, KVNODE if resources else None)
+    except OSError as exc:
+        log.warning(
+            "could not note store %r in %s on this machine (%s): a start before its "
+            "machines are back would not be refused",
+            store,
+            root,
+            exc,
+        )
 
 
 def _remains(store: str, data_dir: str | None) -> Any | None:
@@ -385,6 +408,23 @@ def _placement(nodes: int) -> dict[str, float]:
             f"machines with the {KVNODE!r} resource: add machines, or start fewer nodes"
         )
     return {KVNODE: 1}
+
+
+def _check_free(nodes: int) -> None:
+    """Refuse at once, rather than after the start-up timeout, a start that needs more
+    `kvnode` machines than are free: the others run nodes of another store. Ray's view of
+    free resources lags a stop by a moment, so it gets a few seconds to catch up."""
+    deadline = time.monotonic() + _FREE_WAIT
+    while (free := ray.available_resources().get(KVNODE, 0)) < nodes:
+        if time.monotonic() > deadline:
+            total = ray.cluster_resources().get(KVNODE, 0)
+            raise DynarayError(
+                f"{nodes} store nodes to start, and only {int(free)} of the Ray cluster's "
+                f"{int(total)} machines with the {KVNODE!r} resource are free: the others run "
+                "nodes of another store (`ray status`, `ray list actors`); nothing was "
+                "started. Stop that store, add machines, or start fewer nodes"
+            )
+        time.sleep(0.5)
 
 
 def _check_kept_n(kept_n: int, n: int) -> None:

@@ -253,6 +253,30 @@ def test_a_stopped_store_starts_again_on_the_machines_that_hold_its_directories(
         lost.shutdown()
 
 
+def test_a_start_refused_when_the_machines_that_hold_the_store_are_not_there(machines, tmp_path):
+    data = str(tmp_path / "data")
+    first = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64, store="m")
+    try:
+        # Another store wants more machines than the first leaves free: refused at once.
+        taken = len(kvnode_machines()) - 3 + 1
+        with pytest.raises(dynaray.DynarayError, match=r"only \d+ of the Ray cluster's .* free"):
+            dynaray.start(nodes=taken, n=1, r=1, w=1, node_options=FAST, store="other")
+        assert not dynaray.cluster._named_nodes("other")
+    finally:
+        first.shutdown()
+    # After a full stop, no machine of the store's has joined Ray again: it is not taken
+    # for a new store (its note on this machine says there was one).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            dynaray.cluster,
+            "_directories_on_machines",
+            lambda root: {m: {} for m in kvnode_machines()},
+        )
+        with pytest.raises(dynaray.DynarayError, match="machines with 'kvnode' in the Ray"):
+            dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=64, store="m")
+    assert not dynaray.cluster._named_nodes("m")
+
+
 def test_the_nodes_of_a_restarted_store_are_those_of_the_ring_it_kept(caplog):
     from dynaray.ring import Ring
 

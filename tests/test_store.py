@@ -466,6 +466,41 @@ def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
             dynaray.Cluster.attach("dead").shutdown()
 
 
+@pytest.mark.timeout(300)
+def test_a_data_directory_that_held_a_store_is_not_taken_for_a_new_one(ray_session, tmp_path):
+    from dynaray import manifest
+
+    data = str(tmp_path / "data")
+    first = dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=16, store="noted")
+    try:
+        first.client().put("k", None, "v")
+    finally:
+        first.shutdown()
+    assert manifest.read(data) == {"store": "noted", "nodes": ["n1", "n2", "n3"], "machines": None}
+
+    # Its node directories out of sight (their machines not back yet): no new, empty store.
+    away = str(tmp_path / "away")
+    os.rename(data, away)
+    os.makedirs(data)
+    os.rename(manifest.path_of(away), manifest.path_of(data))
+    with pytest.raises(dynaray.DynarayError, match="no directory of its nodes is found there"):
+        dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=16, store="noted")
+    # Noted as run on `kvnode` machines, on a Ray cluster without any: refused too.
+    for node in ("n1", "n2", "n3"):
+        os.rename(os.path.join(away, node), os.path.join(data, node))
+    manifest.write(data, "noted", ["n1", "n2", "n3"], "kvnode")
+    with pytest.raises(dynaray.DynarayError, match="'kvnode' resource, and the Ray cluster has"):
+        dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=16, store="noted")
+    assert not dynaray.cluster._named_nodes("noted")  # nothing was started
+
+    manifest.write(data, "noted", ["n1", "n2", "n3"], None)
+    again = dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="noted")
+    try:
+        assert again.client().get("k").value == "v"
+    finally:
+        again.shutdown()
+
+
 def test_a_throw_away_store_shut_down_through_another_handle_leaves_no_directory(ray_session):
     first = dynaray.start(nodes=3, node_options=FAST, partitions=16, store="eph")
     root = first._ephemeral_root
