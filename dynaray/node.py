@@ -1431,6 +1431,7 @@ class StorageNode:
         if record.kind == "siblings":
             _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
+        records.check_size(record.kind, encoded)
         txn.put(db, rkey, encoded)
         context = [records.written_context(record, op, actor), records.context_stamp(record)]
         return context, encoded

@@ -25,6 +25,9 @@ LWW_DELETED = b""
 # it even when the coordinator's clock is behind the one that stamped the first, or it
 # missed the first write.
 STAMPED = ("lww", "map")
+# The largest record a write may leave (its siblings, or a CRDT's whole state), encoded: a
+# record travels whole in every read, replication, hint and repair.
+MAX_RECORD_SIZE = 16 << 20
 
 
 class Record(NamedTuple):
@@ -35,6 +38,22 @@ class Record(NamedTuple):
 
 def encode(record: Record) -> bytes:
     return codec.pack([FORMAT, record.kind, _state_wire(record), record.stamp])
+
+
+def check_size(kind: str, encoded: bytes) -> None:
+    """Refuse a write whose new record is over MAX_RECORD_SIZE, before it is stored."""
+    if len(encoded) <= MAX_RECORD_SIZE:
+        return
+    if kind == "siblings":
+        advice = "read the key, merge its siblings and write the merge back with the context"
+    elif kind in CRDT_KINDS:
+        advice = f"the {kind} has grown too large: keep less in it, or spread it over keys"
+    else:
+        advice = "write a smaller value"
+    raise InvalidRequest(
+        f"this write would leave the key's stored record at {len(encoded):,} bytes, over the "
+        f"limit of {MAX_RECORD_SIZE:,}; nothing was written: {advice}"
+    )
 
 
 def _state_wire(record: Record) -> object:

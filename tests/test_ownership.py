@@ -14,7 +14,7 @@ import pytest
 
 from dynaray import codec, quorum, reads, records, versions
 from dynaray.client import siblings_op
-from dynaray.errors import RequestTimeout, StorageError
+from dynaray.errors import InvalidRequest, RequestTimeout, StorageError
 from dynaray.node import StorageNode
 from dynaray.ring import Ring
 from dynaray.storage import DATA
@@ -358,6 +358,23 @@ def _write(node: StorageNode, dkey: bytes, op: list) -> bytes:
 
 def _blind(value: bytes) -> list:
     return ["siblings", [], value]
+
+
+def test_a_write_that_would_leave_a_record_over_the_limit_is_refused_and_not_stored(
+    node, monkeypatch
+):
+    monkeypatch.setattr(records, "MAX_RECORD_SIZE", 2_000)
+    _ready(node)
+    key, _ = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    for i in range(3):
+        before = _write(node, dkey, _blind(bytes([i]) * 500))
+    with pytest.raises(InvalidRequest, match="over the limit of 2,000; nothing was written: read"):
+        _write(node, dkey, _blind(b"x" * 500))
+    assert node.store.get(DATA, dkey) == before
+    monkeypatch.setattr(records, "MAX_RECORD_SIZE", 10)  # a set: the advice fits the kind
+    with pytest.raises(InvalidRequest, match="the set has grown too large"):
+        _write(node, dkey + b"s", ["set", ["add", [b"element"]]])
 
 
 def test_a_node_that_got_a_dropped_range_back_never_issues_a_dot_again(node):
