@@ -57,6 +57,8 @@ _FLOOR = b"floor:"
 # META key: the number of the transaction from which this directory's writes carry key
 # epochs (0: from its start), as 8 bytes; an epoch begun before it is never gone on under.
 _EPOCHS = b"key-epochs-since"
+# META key: the actor id whose key epochs the floors and _EPOCHS are about.
+_FLOORS_OF = b"floors-of"
 # META keys: a range this node gained in a ring change and has not yet copied, with the
 # old replicas it copies from (packed list); kept until it is in, so a node restarted in
 # the middle of a handoff resumes it instead of answering for a range it half holds.
@@ -208,6 +210,7 @@ class StorageNode:
         self._configuring = asyncio.Lock()
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
+        self.store.write_now(self._floors_for_this_actor)
         self.floors = self._per_range(_FLOOR, lambda raw: int.from_bytes(raw, "big"))
         # A directory written before key epochs may have dropped ranges and taken them back
         # then, with no floor kept: nothing it wrote under then (the bare actor id) goes on.
@@ -232,6 +235,21 @@ class StorageNode:
         self._load_ring()
 
     # -- lifecycle and configuration --------------------------------------------------------
+
+    def _floors_for_this_actor(self, txn: Txn) -> None:
+        """Floors and _EPOCHS hold back the key epochs of one actor id. When the store took
+        a new one at this start (its data went back in time: Store._gone_back), no epoch
+        of the new id exists yet, so the old ones go. Kept, they would outlast their use:
+        in a compacted backup put back, LMDB numbers transactions from the start again, so
+        every write would begin a new epoch, and add a version-vector entry, until the
+        numbers passed the old floors. (A directory from before this mark keeps them.)"""
+        owner = txn.get(META, _FLOORS_OF)
+        if owner is not None and bytes(owner).decode() != self.actor:
+            for key in txn.keys(META, _FLOOR):
+                txn.delete(META, key)
+            if txn.get(META, _EPOCHS) is not None:
+                txn.put(META, _EPOCHS, bytes(8))
+        txn.put(META, _FLOORS_OF, self.actor.encode())
 
     def _per_range(self, kind: bytes, decode: Callable[[bytes], Any]) -> dict[int, Any]:
         """{range: value} of the META keys of one kind kept per range (_range_key)."""

@@ -81,6 +81,17 @@ class Txn:
         if db in self._store.observers:  # only once it is in: a put that raised changed nothing
             self.changes.append((db, key, old, value))
 
+    def keys(self, db: bytes, prefix: bytes) -> list[bytes]:
+        """Every key of db under prefix, in order."""
+        cursor = self.raw.cursor(db=self._store.dbs[db])
+        found: list[bytes] = []
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                if not key.startswith(prefix):
+                    break
+                found.append(bytes(key))
+        return found
+
     def delete(self, db: bytes, key: bytes) -> bool:
         handle = self._store.dbs[db]
         old = self.raw.get(key, db=handle) if db in self._store.observers else None
@@ -310,6 +321,14 @@ class Store:
             txn.put(key, str(value).encode())
         self._mark_commit()
         return value
+
+    def write_now(self, op: Callable[[Txn], Any]) -> Any:
+        """Run op(txn) in a write transaction of its own at once, not through the writer
+        thread (at start-up, before any write is queued); returns what op returns."""
+        with self._open(META, write=True) as raw:
+            result = op(Txn(self, raw))
+        self._mark_commit()
+        return result
 
     def setdefault(self, db: bytes, key: bytes, make: Callable[[int], bytes]) -> bytes:
         """The value at key; if there is none, make(this transaction's number) is stored

@@ -9,6 +9,7 @@ and its peers are stand-ins that a test puts in place of its calls.
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 
@@ -588,6 +589,48 @@ def test_a_directory_from_before_key_epochs_goes_on_under_none_of_its_old_ids(tm
         assert len(mine) == 1 and versions.values(after.state) == [b"\x00w"]
     finally:
         asyncio.run(again.stop())
+
+
+def test_a_compacted_backup_put_back_goes_on_under_one_key_epoch_per_key(tmp_path):
+    """Put back, the copy's LMDB numbers transactions from 1 again and the node takes a new
+    actor id; floors kept from its old life (far above those numbers) would give every
+    write of a key a new epoch, and its version vector a new entry."""
+    path = tmp_path / "n1"
+    first = StorageNode("n1", str(path), fresh=True)
+    _ready(first)
+    key, _ = _owned_first(first)
+    partition, dkey = quorum.locate(first.ring, BUCKET, key)
+    for i in range(30):  # transactions, so the floor below is well above a fresh count
+        _write(first, dkey, _blind(b"\x00v%d" % i))
+    asyncio.run(first._raise_floor(partition))  # the range was dropped, once
+    (tmp_path / "backup").mkdir()
+    first.store.env.copy(str(tmp_path / "backup"), compact=True)
+    asyncio.run(first.stop())
+    shutil.copyfile(tmp_path / "backup" / "data.mdb", path / "data.mdb")
+
+    again = StorageNode("n1", str(path))
+    try:
+        assert again.actor.startswith("n1@") and again.floors == {}
+        _ready(again)
+        context = records.context_of(records.decode(again.store.get(DATA, dkey)))
+        for i in range(3):
+            written = records.decode(_write(again, dkey, ["siblings", context, b"\x00w%d" % i]))
+            context = records.context_of(written)
+        epochs = {a for a in records.actors(written) if a.startswith(again.actor)}
+        assert len(epochs) == 1 and versions.values(written.state) == [b"\x00w2"]
+    finally:
+        asyncio.run(again.stop())
+    # Started again under the same actor id, it keeps the floors of this life.
+    third = StorageNode("n1", str(path))
+    try:
+        asyncio.run(third._raise_floor(partition))
+    finally:
+        asyncio.run(third.stop())
+    fourth = StorageNode("n1", str(path))
+    try:
+        assert fourth.actor == again.actor and partition in fourth.floors
+    finally:
+        asyncio.run(fourth.stop())
 
 
 def test_a_range_no_old_replica_answered_for_is_counted_as_not_copied(node, monkeypatch):
