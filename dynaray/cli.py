@@ -13,9 +13,10 @@ import subprocess
 import sys
 
 from dynaray.errors import DynarayError
-from dynaray.names import DEFAULT_STORE, NAMESPACE, store_of, store_option
+from dynaray.manifest import home
+from dynaray.names import DEFAULT_STORE, store_option
 
-STATE_DIR = os.path.expanduser(os.environ.get("DYNARAY_HOME", "~/.dynaray"))
+STATE_DIR = home()
 
 
 def _state_file(store: str) -> str:
@@ -88,18 +89,6 @@ def _started_here(state: dict) -> bool:
     except (OSError, ValueError):
         return bool(state.get("started_ray"))
     return kept.get("session") == ray.get_runtime_context().get_session_name()
-
-
-def _stores_running() -> list[str]:
-    """The stores with actors on this Ray: a Router, or nodes."""
-    import ray
-
-    stores = {
-        store_of(entry["name"])
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == NAMESPACE
-    }
-    return sorted(s for s in stores if s is not None)
 
 
 def _stop_ray() -> None:
@@ -177,7 +166,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         ray.shutdown()
         return 0
     # The Ray a `dynaray up` started goes with the last store on it, not with the first.
-    others = [s for s in _stores_running() if s != args.store]
+    others = [s for s in dynaray.cluster.stores_running() if s != args.store]
     if others:
         ray.shutdown()
         names = ", ".join(repr(s) for s in others)

@@ -34,6 +34,7 @@ from dynaray.anti_entropy import Figures
 from dynaray.client import Client, decode_values
 from dynaray.errors import DynarayError, QuorumError
 from dynaray.names import DEFAULT_STORE, NAMESPACE, node_name, router_name, store_option
+from dynaray.names import parse as parse_name
 from dynaray.ring import DEFAULT_PARTITIONS, Ring, check_partitions
 from dynaray.routing import Routing
 from dynaray.transport import actor_of
@@ -277,7 +278,7 @@ def start(
             quorum.check_quorum(n, given_r, given_w, len(node_ids))
             _placement(len(node_ids))
         if resources:
-            _check_free(len(node_ids))
+            _check_free(store, len(node_ids))
         pinned = sorted(homes, key=_node_sort_key)
         for node_id in pinned:
             path = os.path.join(root, node_id)
@@ -352,8 +353,8 @@ def start(
 
 
 def _note_store(root: str, store: str, nodes: list[str], resources: dict) -> None:
-    """Note in root, on this machine, that it holds the store (`manifest`). A note that
-    cannot be written (no such disk here) only loses that guard: said, and the store runs."""
+    """Note on this machine that root holds the store (`manifest`). A note that cannot be
+    written only loses that guard: said, and the store runs."""
     try:
         manifest.write(root, store, nodes, KVNODE if resources else None)
     except OSError as exc:
@@ -410,19 +411,34 @@ def _placement(nodes: int) -> dict[str, float]:
     return {KVNODE: 1}
 
 
-def _check_free(nodes: int) -> None:
+def stores_running(with_nodes: bool = False) -> list[str]:
+    """The stores with actors on this Ray: a Router or nodes (`with_nodes`: nodes)."""
+    stores = set()
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        parsed = parse_name(entry["name"]) if entry["namespace"] == NAMESPACE else None
+        if parsed is not None and (parsed[1] is not None or not with_nodes):
+            stores.add(parsed[0])
+    return sorted(stores)
+
+
+def _check_free(store: str, nodes: int) -> None:
     """Refuse at once, rather than after the start-up timeout, a start that needs more
-    `kvnode` machines than are free: the others run nodes of another store. Ray's view of
-    free resources lags a stop by a moment, so it gets a few seconds to catch up."""
+    `kvnode` machines than are free because other stores' nodes run on the rest. Ray's
+    view of free resources lags a stop by a moment (and the nodes of a store stopped just
+    before may still be ending), so it gets a few seconds to catch up; without another
+    store to blame, the start goes on and waits for the machines as before."""
     deadline = time.monotonic() + _FREE_WAIT
     while (free := ray.available_resources().get(KVNODE, 0)) < nodes:
         if time.monotonic() > deadline:
+            others = [s for s in stores_running(with_nodes=True) if s != store]
+            if not others:
+                return
             total = ray.cluster_resources().get(KVNODE, 0)
             raise DynarayError(
                 f"{nodes} store nodes to start, and only {int(free)} of the Ray cluster's "
-                f"{int(total)} machines with the {KVNODE!r} resource are free: the others run "
-                "nodes of another store (`ray status`, `ray list actors`); nothing was "
-                "started. Stop that store, add machines, or start fewer nodes"
+                f"{int(total)} machines with the {KVNODE!r} resource are free: nodes of "
+                f"store(s) {', '.join(repr(s) for s in others)} run on the others; nothing "
+                "was started. Stop one, add machines, or start fewer nodes"
             )
         time.sleep(0.5)
 

@@ -16,13 +16,13 @@ def router_name(store: str) -> str:
     return f"{store}.router"
 
 
-def store_of(name: str) -> str | None:
-    """The store an actor registered under `name` belongs to, or None for another name."""
-    for part in (".node.", ".router"):
-        store, found, rest = name.rpartition(part)
-        if found and store and (rest if part == ".node." else not rest):
-            return store
-    return None
+def parse(name: str) -> tuple[str, str | None] | None:
+    """(store, node id) of an actor registered under `name`: the node id is None for the
+    store's Router; None for a name that is neither."""
+    if name.endswith(".router") and len(name) > len(".router"):
+        return name[: -len(".router")], None
+    store, found, node_id = name.rpartition(".node.")
+    return (store, node_id) if found and store and node_id else None
 
 
 def store_option(store: str) -> str:

@@ -63,6 +63,8 @@ _FLOORS_OF = b"floors-of"
 # old replicas it copies from (packed list); kept until it is in, so a node restarted in
 # the middle of a handoff resumes it instead of answering for a range it half holds.
 _TAKING = b"taking:"
+# How many keys written as two kinds a node logs by name (each once); `unmergeable` counts all.
+_UNMERGEABLE_LOGGED = 1000
 # How long a leaving node waits for a delivery under way before it passes hints on.
 PASS_ON_WAIT = 30.0
 # A record stamped this many seconds past the wall clock says a clock in the store runs
@@ -242,9 +244,11 @@ class StorageNode:
         of the new id exists yet, so the old ones go. Kept, they would outlast their use:
         in a compacted backup put back, LMDB numbers transactions from the start again, so
         every write would begin a new epoch, and add a version-vector entry, until the
-        numbers passed the old floors. (A directory from before this mark keeps them.)"""
+        numbers passed the old floors."""
         owner = txn.get(META, _FLOORS_OF)
-        if owner is not None and bytes(owner).decode() != self.actor:
+        # No mark: a directory from before it, whose floors are this actor's unless the
+        # store took a new id at this very start.
+        if self.store.new_actor if owner is None else bytes(owner).decode() != self.actor:
             for key in txn.keys(META, _FLOOR):
                 txn.delete(META, key)
             if txn.get(META, _EPOCHS) is not None:
@@ -1449,7 +1453,7 @@ class StorageNode:
         if record.kind == "siblings":
             _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
-        records.check_size(record.kind, encoded)
+        records.check_size(record.kind, encoded, len(raw) if raw is not None else 0)
         txn.put(db, rkey, encoded)
         context = [records.written_context(record, op, actor), records.context_stamp(record)]
         return context, encoded
@@ -1668,8 +1672,11 @@ class StorageNode:
                     new = records.merge_into(txn.get(db, rkey), incoming)
                 except records.KindMismatch as exc:
                     self.metrics.count("unmergeable")
-                    if dkey not in self._unmergeable:  # once: hints of it come every round
-                        self._unmergeable.add(dkey)
+                    # Once per key (hints of it come every round), for a bounded number of
+                    # keys: past that, the count alone goes on.
+                    logged = self._unmergeable
+                    if dkey not in logged and len(logged) < _UNMERGEABLE_LOGGED:
+                        logged.add(dkey)
                         log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
                     held.append(False)
                     continue

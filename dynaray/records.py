@@ -40,9 +40,12 @@ def encode(record: Record) -> bytes:
     return codec.pack([FORMAT, record.kind, _state_wire(record), record.stamp])
 
 
-def check_size(kind: str, encoded: bytes) -> None:
-    """Refuse a write whose new record is over MAX_RECORD_SIZE, before it is stored."""
-    if len(encoded) <= MAX_RECORD_SIZE:
+def check_size(kind: str, encoded: bytes, before: int) -> None:
+    """Refuse a write whose new record is over MAX_RECORD_SIZE and larger than the record
+    it replaces (`before` bytes), before it is stored: a write that shrinks a record
+    already over it (merged from copies each under it, or stored before the limit) is
+    how it gets back under."""
+    if len(encoded) <= max(MAX_RECORD_SIZE, before):
         return
     if kind == "siblings":
         advice = "read the key, merge its siblings and write the merge back with the context"

@@ -186,12 +186,14 @@ class Store:
             self._last_commit = _open_last_commit(self.path)
             marked = _parse_last_commit(os.pread(self._last_commit, 256, 0))
             told = os.path.exists(os.path.join(self.path, RESTORED_FILE))
+            new_actor = False
             with self.env.begin(write=True) as txn:
                 stamp = txn.get(_STAMP, db=meta)
                 # A directory without the stamp is new: the node starts with nothing.
                 self.created = stamp is None
                 if stamp is None:
                     actor = self.node_id if fresh else _new_life(self.node_id)
+                    new_actor = not fresh
                     txn.put(_STAMP, self.node_id.encode(), db=meta)
                     txn.put(_ACTOR, actor.encode(), db=meta)
                     if not fresh:
@@ -208,6 +210,7 @@ class Store:
                     gone_back = self._gone_back(txn, actor, marked, told)
                     if gone_back:
                         actor = _new_life(self.node_id)
+                        new_actor = True
                         txn.put(_ACTOR, actor.encode(), db=meta)
                         txn.put(REFILL, b"1", db=meta)
                         log.warning(
@@ -228,6 +231,8 @@ class Store:
             if told:
                 os.unlink(os.path.join(self.path, RESTORED_FILE))
             self.actor = actor
+            # Whether this start gave the node an actor id it never wrote under before.
+            self.new_actor = new_actor
             # Written over the old line, then cut to its length (lines only grow: the
             # number has a fixed width and a new actor id is the node id and more), so
             # the file never holds less than a whole line.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 
 import pytest
 import ray
@@ -28,6 +29,9 @@ def small_disk(path, size: str = "8m"):
 
 # Ray's per-call task events cost CPU the tests do not need.
 os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
+# Stores the tests start note themselves in dynaray's home (dynaray/manifest.py): not the
+# home of whoever runs the tests.
+os.environ["DYNARAY_HOME"] = tempfile.mkdtemp(prefix="dynaray-test-home-")
 
 # Short waits so failure handling shows within a test's patience.
 FAST = {

@@ -45,6 +45,7 @@ def test_store_survives_down_and_up(tmp_path):
         assert _dynaray(["get", "greeting"], home).stdout.strip() == "hello"
         _dynaray(["down", "--keep-ray"], home)
         assert sorted(os.listdir(data)) == ["n1", "n2", "n3"]
+        assert os.listdir(os.path.join(home, "stores"))  # the note that data holds a store
         # The nodes are gone: a get now fails with a clear message, not a hang.
         gone = _dynaray(["get", "greeting"], home, check=False)
         assert gone.returncode == 2 and "no store named" in gone.stderr

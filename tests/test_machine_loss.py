@@ -259,7 +259,9 @@ def test_a_start_refused_when_the_machines_that_hold_the_store_are_not_there(mac
     try:
         # Another store wants more machines than the first leaves free: refused at once.
         taken = len(kvnode_machines()) - 3 + 1
-        with pytest.raises(dynaray.DynarayError, match=r"only \d+ of the Ray cluster's .* free"):
+        with pytest.raises(
+            dynaray.DynarayError, match=r"only \d+ of .* are free: nodes of store\(s\) 'm'"
+        ):
             dynaray.start(nodes=taken, n=1, r=1, w=1, node_options=FAST, store="other")
         assert not dynaray.cluster._named_nodes("other")
     finally:

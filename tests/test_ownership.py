@@ -373,6 +373,15 @@ def test_a_write_that_would_leave_a_record_over_the_limit_is_refused_and_not_sto
     with pytest.raises(InvalidRequest, match="over the limit of 2,000; nothing was written: read"):
         _write(node, dkey, _blind(b"x" * 500))
     assert node.store.get(DATA, dkey) == before
+    # A record already over the limit (merged from copies each under it, or stored before
+    # there was one) takes a write that shrinks it, and refuses one that grows it.
+    monkeypatch.setattr(records, "MAX_RECORD_SIZE", 1_000)
+    assert len(before) > 1_000
+    with pytest.raises(InvalidRequest, match="over the limit of 1,000"):
+        _write(node, dkey, _blind(b"x" * 10))
+    context = records.context_of(records.decode(before))
+    resolved = records.decode(_write(node, dkey, ["siblings", context, b"\x00merged"]))
+    assert versions.values(resolved.state) == [b"\x00merged"]
     monkeypatch.setattr(records, "MAX_RECORD_SIZE", 10)  # a set: the advice fits the kind
     with pytest.raises(InvalidRequest, match="the set has grown too large"):
         _write(node, dkey + b"s", ["set", ["add", [b"element"]]])
@@ -591,10 +600,15 @@ def test_a_directory_from_before_key_epochs_goes_on_under_none_of_its_old_ids(tm
         asyncio.run(again.stop())
 
 
-def test_a_compacted_backup_put_back_goes_on_under_one_key_epoch_per_key(tmp_path):
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_compacted_backup_put_back_goes_on_under_one_key_epoch_per_key(tmp_path, marked):
     """Put back, the copy's LMDB numbers transactions from 1 again and the node takes a new
     actor id; floors kept from its old life (far above those numbers) would give every
-    write of a key a new epoch, and its version vector a new entry."""
+    write of a key a new epoch, and its version vector a new entry. `marked`: the copy
+    says whose its floors are; else it is from before that mark."""
+    from dynaray.node import _FLOORS_OF
+    from dynaray.storage import META
+
     path = tmp_path / "n1"
     first = StorageNode("n1", str(path), fresh=True)
     _ready(first)
@@ -603,6 +617,8 @@ def test_a_compacted_backup_put_back_goes_on_under_one_key_epoch_per_key(tmp_pat
     for i in range(30):  # transactions, so the floor below is well above a fresh count
         _write(first, dkey, _blind(b"\x00v%d" % i))
     asyncio.run(first._raise_floor(partition))  # the range was dropped, once
+    if not marked:
+        asyncio.run(first.store.write(lambda txn: txn.delete(META, _FLOORS_OF)))
     (tmp_path / "backup").mkdir()
     first.store.env.copy(str(tmp_path / "backup"), compact=True)
     asyncio.run(first.stop())

@@ -476,13 +476,17 @@ def test_a_data_directory_that_held_a_store_is_not_taken_for_a_new_one(ray_sessi
         first.client().put("k", None, "v")
     finally:
         first.shutdown()
-    assert manifest.read(data) == {"store": "noted", "nodes": ["n1", "n2", "n3"], "machines": None}
+    assert manifest.read(data) == {
+        "root": data,
+        "store": "noted",
+        "nodes": ["n1", "n2", "n3"],
+        "machines": None,
+    }
 
     # Its node directories out of sight (their machines not back yet): no new, empty store.
     away = str(tmp_path / "away")
     os.rename(data, away)
     os.makedirs(data)
-    os.rename(manifest.path_of(away), manifest.path_of(data))
     with pytest.raises(dynaray.DynarayError, match="no directory of its nodes is found there"):
         dynaray.start(nodes=3, data_dir=data, node_options=FAST, partitions=16, store="noted")
     # Noted as run on `kvnode` machines, on a Ray cluster without any: refused too.
