@@ -54,6 +54,8 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # copied its ranges back from their other replicas (the node clears it when it has).
 REFILL = b"refill"
 _INITIAL_MAP_SIZE = 64 << 20
+# How long close() waits for the writer to finish the writes queued before it.
+_CLOSE_WAIT = 30.0
 _MAX_BATCH = 2048
 # A batch of records read to go out in one call (hints, a range being handed over) stops
 # at about this many bytes, whatever its count: values of up to a MiB would make a
@@ -126,7 +128,7 @@ class Store:
             self.env = lmdb.open(
                 path,
                 max_dbs=8,
-                map_size=_INITIAL_MAP_SIZE,
+                map_size=_map_size_for(path),
                 sync=sync,
                 metasync=sync,
                 readahead=False,
@@ -329,10 +331,13 @@ class Store:
 
     def write_now(self, op: Callable[[Txn], Any]) -> Any:
         """Run op(txn) in a write transaction of its own at once, not through the writer
-        thread (at start-up, before any write is queued); returns what op returns."""
+        thread (at start-up, before any write is queued); returns what op returns. op may
+        not read through the store's other methods: this thread holds the transaction."""
         with self._open(META, write=True) as raw:
-            result = op(Txn(self, raw))
+            txn = Txn(self, raw)
+            result = op(txn)
         self._mark_commit()
+        self._notify(txn.changes)
         return result
 
     def setdefault(self, db: bytes, key: bytes, make: Callable[[int], bytes]) -> bytes:
@@ -546,11 +551,14 @@ class Store:
             return
         self._shut = self._closed = True
         self._queue.put(_STOP)
-        self._writer.join(timeout=30)
+        self._writer.join(timeout=_CLOSE_WAIT)
         # Writes that joined the queue behind the stop (or behind a writer stuck in a
         # commit, which takes nothing more once it is free: it finds the stop or no work).
         self._fail_queued()
         if self._writer.is_alive():
+            # Stuck in a commit (a failing disk): the stop it has not reached was drained
+            # with the writes above; put back, it ends the thread once the commit returns.
+            self._queue.put(_STOP)
             log.error("node %s: the LMDB writer did not stop; its files stay open", self.node_id)
             return
         try:
@@ -628,6 +636,18 @@ def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def _map_size_for(path: str) -> int:
+    """The LMDB map to open a directory with: room beyond the data file's size. LMDB opens
+    a map no smaller than the file, so a file that fills it (a compacted backup put back,
+    whose free list is empty) would fail its first write, at start-up, with a full map,
+    before the writer thread that grows maps runs."""
+    try:
+        size = os.path.getsize(os.path.join(path, "data.mdb"))
+    except OSError:
+        size = 0
+    return max(_INITIAL_MAP_SIZE, 2 * size)
 
 
 def _new_life(node_id: str) -> str:

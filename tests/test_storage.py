@@ -61,6 +61,28 @@ async def _blocked_batch(store, ops):
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def test_a_writer_stuck_in_a_commit_at_close_still_ends_once_it_returns(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_CLOSE_WAIT", 0.2)
+    s = Store(str(tmp_path / "n1"), "n1", fresh=True)
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(txn):  # a commit on a disk that does not answer
+        entered.set()
+        gate.wait(10)
+
+    async def main():
+        held = asyncio.ensure_future(s.write(hold))
+        await asyncio.to_thread(entered.wait, 10)
+        s.close()  # gives up waiting; the writes behind the commit are failed
+        assert s._writer.is_alive()
+        gate.set()
+        await held
+
+    run(main())
+    s._writer.join(5)
+    assert not s._writer.is_alive()  # it found the stop, put back after the drain
+
+
 # -- writes and reads --------------------------------------------------------------------
 
 
@@ -668,6 +690,30 @@ def test_a_restored_data_file_gets_an_actor_id_of_its_own_and_keeps_its_data(tmp
     shutil.copyfile(compact, restored / "data.mdb")
     other, value, refill = _actor_after(restored, "n4")
     assert other.startswith("n4@") and other != actor and (value, refill) == (b"old", True)
+
+
+def test_a_compacted_backup_larger_than_the_first_map_starts_and_takes_writes(
+    tmp_path, monkeypatch
+):
+    """LMDB opens a map as large as the file and no larger; a compacted copy has no free
+    page, so its start-up write (the new actor id) found the map full, and the node could
+    not start from its own backup."""
+    monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
+    s = Store(str(tmp_path / "n1"), "n1", fresh=True)
+    value = b"v" * (64 << 10)
+    for i in range(48):  # 3 MiB: the map grew past its first size
+        run(s.write(put(DATA, b"k%d" % i, value)))
+    compact = _backup(s, tmp_path / "compact", compact=True)
+    s.close()
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copyfile(compact, restored / "data.mdb")
+    back = Store(str(restored), "n1")
+    try:
+        assert back.actor.startswith("n1@") and back.get(DATA, b"k47") == value
+        assert run(back.write(put(DATA, b"after", value))) == b"after"
+    finally:
+        back.close()
 
 
 def test_a_restore_after_a_restore_is_seen_too(tmp_path):
