@@ -520,16 +520,19 @@ class StorageNode:
         """Delete ranges this node no longer replicates (after the new owners have them)."""
         if self.ring is None:
             return 0
-        mine = self._replicated()
         dropped = 0
+
+        def foreign(partition: int) -> bool:  # asked again at each step: rings change
+            return partition not in self._replicated() and partition not in self.pending
+
         for partition in self.ranges.held():
-            if partition not in mine and partition not in self.pending:
+            if foreign(partition):
                 # The floor is raised before the copy goes (a crash in between leaves it
                 # raised) and after (past epochs a late write began meanwhile).
                 await self._raise_floor(partition)
-                dropped += await self.ranges.drop(partition)
+                dropped += await self.ranges.drop(partition, still=lambda p=partition: foreign(p))
                 await self._raise_floor(partition)
-                self.transfer["ranges_dropped"] += 1
+                self.transfer["ranges_dropped"] += foreign(partition)
         return dropped
 
     async def _raise_floor(self, partition: int) -> None:

@@ -7,6 +7,8 @@ streams one partition, and dropping a range deletes one span of keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dynaray import codec, merkle
 from dynaray.storage import CALL_BYTES, DATA, Store, Txn
 
@@ -69,10 +71,15 @@ class KeyRanges:
         prefix = codec.partition_prefix(partition)
         return self.store.scan(DATA, prefix, after, limit, max_bytes=CALL_BYTES)
 
-    async def drop(self, partition: int, batch: int = 1000) -> int:
-        """Delete a range this node no longer replicates, in short transactions."""
+    async def drop(
+        self, partition: int, batch: int = 1000, still: Callable[[], bool] = lambda: True
+    ) -> int:
+        """Delete a range this node no longer replicates, in short transactions, for as
+        long as `still()` says it is to go: a ring that gives the range back while it is
+        being dropped stops the drop before its next batch, so what the node copies back
+        in meanwhile (queued behind the batch in flight) stays."""
         dropped = 0
-        while True:
+        while still():
             keys = [k for k, _ in self.scan(partition, None, batch)]
             if not keys:
                 break

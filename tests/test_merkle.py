@@ -303,6 +303,23 @@ def test_drop_removes_the_range_and_its_tree(store):
     assert asyncio.run(ranges.drop(6)) == 0
 
 
+def test_a_drop_stops_before_its_next_batch_once_the_range_is_to_stay(store):
+    """A ring that gives the range back while it is dropped: what is left (and what the
+    node copies back in meanwhile) stays."""
+    ranges = KeyRanges(store)
+    keys = [_key(6, s, f"k-{i}") for s in (0, 500) for i in range(6)]
+    _write(store, [(k, _record(k)) for k in keys])
+    asked = []
+
+    def still() -> bool:
+        asked.append(True)
+        return len(asked) <= 2  # two batches go; then the range is ours again
+
+    assert asyncio.run(ranges.drop(6, batch=4, still=still)) == 8
+    assert len(store.scan(DATA, codec.partition_prefix(6))) == len(keys) - 8
+    assert _actual(ranges) == _expected(store)
+
+
 def test_segment_items_are_exactly_those_segments(store):
     ranges = KeyRanges(store)
     layout = {
