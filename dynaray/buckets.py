@@ -363,10 +363,10 @@ def _added(elements: Iterable[Any]) -> list[bytes]:
             hash(element)
         except TypeError:
             raise ValueError(
-                f"set elements must be hashable (str, bytes, numbers, tuples, frozensets), "
-                f"got the {type(element).__name__} {element!r}: to add several elements, "
-                "give each as an argument (add(key, 'a', 'b')); to add one made of several "
-                "parts, make it a tuple or a frozenset"
+                f"set elements must be hashable (str, bytes, numbers, tuples), got the "
+                f"{type(element).__name__} {element!r}: to add several elements, give each "
+                "as an argument (add(key, 'a', 'b')); to add one made of several parts, make "
+                "it a tuple of str, bytes or numbers"
             ) from None
         encoded.append(codec.encode_value(element))
     return encoded

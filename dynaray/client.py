@@ -1,8 +1,10 @@
 """The user's handle on the store: get, put and delete with the Dynamo paper's contract.
 
 Every call has an async twin (`aget`, `aput`, `adelete`) with the same signature; the sync
-methods run the async ones on a private event loop thread, so they work in plain scripts,
-in Ray tasks and in notebooks. Values are serialized here and only here.
+methods run the async ones on a private event loop thread, so they work in plain scripts
+and Ray tasks. Code that runs in an event loop (async code, a Jupyter notebook's cells)
+awaits the async twins instead: a sync call there would stall that loop, and is refused.
+Values are serialized here and only here.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class _LoopThread:
             raise RuntimeError(
                 f"a sync dynaray call was made inside a running event loop; use its async "
                 f"twin there: await ...{twin}(...) (every call has one: aget, aput, adelete, "
-                "aget_many, aput_many, abucket, and a bucket's aincrement, aadd, ...)"
+                "aget_many, aput_many, abucket, and a bucket's aincrement, aadd, ...; a "
+                "Jupyter notebook's cells run in a loop and take a top-level await)"
             )
         with self._guard:
             if self._closing:
@@ -325,7 +328,10 @@ class Client:
                     f"put_many takes {{key: (context, value)}}; {key!r} maps to {pair!r}"
                 )
             if isinstance(key, str | bytes):
-                k = codec.key_bytes(key)
+                try:
+                    k = codec.key_bytes(key)
+                except ValueError:
+                    continue  # a key that cannot be encoded fails alone, below
                 if k in same:
                     raise ValueError(
                         f"put_many got {same[k]!r} and {key!r}, one key written twice at once "

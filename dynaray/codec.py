@@ -82,7 +82,13 @@ def decode_value(data: bytes) -> object:
 def key_bytes(key: object) -> bytes:
     """A user key as bytes: str is UTF-8 encoded, bytes are kept; anything else is refused."""
     if isinstance(key, str):
-        return key.encode("utf-8")
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"key {key!r} is a str that UTF-8 cannot encode ({exc.reason} at index "
+                f"{exc.start}); pass the key as bytes"
+            ) from None
     if isinstance(key, bytes):
         return key
     raise ValueError(f"key must be str or bytes, not {type(key).__name__}")

@@ -99,6 +99,11 @@ def test_str_keys_are_utf8(key):
     assert codec.key_bytes(key) == key.encode("utf-8")
 
 
+def test_a_str_key_utf8_cannot_encode_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="surrogates not allowed at index 1.*as bytes"):
+        codec.key_bytes("a\ud800")
+
+
 def test_key_bytes():
     assert codec.key_bytes("héllo") == "héllo".encode()
     assert codec.key_bytes(b"\x00\xff") == b"\x00\xff"

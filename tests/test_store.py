@@ -327,6 +327,10 @@ def test_put_many_and_get_many_keep_each_keys_outcome(client):
     assert after["bulk0"].value == "next"
     assert sorted(after["bulk1"].values, key=repr) == sorted([{"n": 1}, "blind"], key=repr)
     assert after["bulk2"].value == {"n": 2}
+    # A str key UTF-8 cannot encode (a lone surrogate) fails alone too, and says what to do.
+    odd = client.put_many({"bulk3": (None, "fine"), "\ud800": (None, 1)})
+    assert isinstance(odd["bulk3"], dynaray.Context)
+    assert isinstance(odd["\ud800"], ValueError) and "pass the key as bytes" in str(odd["\ud800"])
 
 
 def test_a_context_of_another_store_is_refused(cluster, client):
