@@ -32,6 +32,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 KINDS = ("invoke", "ok", "fail", "info")
+# An acknowledged LWW write lost to one that ended this long before it began was not lost
+# to a clock tie: with the nodes' clocks within this of each other (one machine's clock
+# when verify runs its nodes side by side), the later write carries the later stamp, so
+# the store went back to an older value.
+REALTIME_SLACK = 1.0
 COMPLETIONS = ("ok", "fail", "info")
 
 
@@ -204,6 +209,8 @@ class SetResult:
     failed_present: list = field(default_factory=list)  # their add failed, yet they are there
     unexpected_in_reads: list = field(default_factory=list)  # read before they were attempted
     unread_keys: list = field(default_factory=list)  # acknowledged adds, but no final read
+    # Seen by a successful read, missing from the final read (judged when no disk was lost).
+    vanished_after_read: list = field(default_factory=list)
     recovered: int = 0  # indeterminate adds that made it
     final_size: int = 0
 
@@ -217,10 +224,15 @@ class SetResult:
         return {k: _jsonable(v) for k, v in out.items()}
 
 
-def check_set(history: History | Iterable[Op], final: Mapping[Any, Iterable]) -> SetResult:
+def check_set(
+    history: History | Iterable[Op], final: Mapping[Any, Iterable], durable: bool = True
+) -> SetResult:
     """Judge adds of unique elements (`f="add"`, value = the element) against `final`,
     {key: elements read back after convergence}. Reads (`f="read"`, value = the elements
-    seen) during the run must only show elements whose add was invoked before they ended."""
+    seen) during the run must only show elements whose add was invoked before they ended
+    and did not fail. `durable` (no disk was lost in the run): an element a successful
+    read saw was stored, so it must be in the final read too, even if its add was
+    indeterminate."""
     adds = _operations(history, "add")
     final_sets = {key: set(values) for key, values in final.items()}
     attempted: dict[Any, dict[Any, str]] = defaultdict(dict)  # key -> element -> outcome
@@ -259,19 +271,26 @@ def check_set(history: History | Iterable[Op], final: Mapping[Any, Iterable]) ->
     for invocation, completion in _operations(history, "read"):
         if completion is None or completion.kind != "ok" or completion.value is None:
             continue
+        key = invocation.key
         for element in completion.value:
-            started = invoked_at.get((invocation.key, element))
+            started = invoked_at.get((key, element))
             if started is None or started > completion.time:
-                result.unexpected_in_reads.append((invocation.key, element))
+                result.unexpected_in_reads.append((key, element))
+            elif attempted[key][element] == "fail":
+                result.failed_present.append((key, element))
+            elif durable and key in final_sets and element not in final_sets[key]:
+                result.vanished_after_read.append((key, element))
     result.unread_keys = sorted(unread, key=repr)
     for name in ("lost", "unexpected", "failed_present", "unexpected_in_reads"):
         setattr(result, name, sorted(set(getattr(result, name)), key=repr))
+    result.vanished_after_read = sorted(set(result.vanished_after_read), key=repr)
     result.valid = not (
         result.lost
         or result.unexpected
         or result.failed_present
         or result.unexpected_in_reads
         or result.unread_keys
+        or result.vanished_after_read
     )
     return result
 
@@ -288,18 +307,25 @@ class CounterResult:
     lost: int = 0  # acknowledged increments missing from the finals
     extra: int = 0  # counted beyond everything attempted
     read_violations: list = field(default_factory=list)  # reads above what was attempted
+    # Increments a successful read saw that the final value lacks (judged when no disk
+    # was lost: counters only grow, so what a read saw was stored).
+    vanished_after_read: int = 0
     unread_keys: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
 
-def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> CounterResult:
+def check_counter(
+    history: History | Iterable[Op], final: Mapping[Any, int], durable: bool = True
+) -> CounterResult:
     """Judge increments (`f="incr"`, value = a positive delta) against `final`, {key: value
     read back}: acknowledged <= final <= acknowledged + indeterminate, per key. Reads
     (`f="read"`) during the run must not exceed the increments invoked before they ended
-    (failed ones left out). A loss no larger than the indeterminate increments that were
-    applied does not show: `indeterminate` bounds what could hide."""
+    (failed ones left out). `durable` (no disk was lost in the run): the final value is
+    also at least the largest value a successful read saw, as counters only grow. A loss
+    no larger than the indeterminate increments that were applied, and that no read saw,
+    does not show: `indeterminate` bounds what could hide."""
     incrs = _operations(history, "incr")
     ok: dict[Any, int] = defaultdict(int)
     maybe: dict[Any, int] = defaultdict(int)
@@ -316,6 +342,16 @@ def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> 
         elif kind == "info":
             maybe[invocation.key] += delta
     result = CounterResult(valid=True)
+    seen_most: dict[Any, int] = defaultdict(int)
+    for invocation, completion in _operations(history, "read"):
+        if completion is None or completion.kind != "ok":
+            continue
+        seen = completion.value or 0
+        bound = sum(d for t, d in invoked[invocation.key] if t <= completion.time)
+        if not isinstance(seen, int) or seen < 0 or seen > bound:
+            result.read_violations.append((invocation.key, seen, bound, completion.index))
+        elif durable:
+            seen_most[invocation.key] = max(seen_most[invocation.key], seen)
     for key in sorted(set(ok) | set(maybe) | set(final), key=repr):
         lower, upper = ok[key], ok[key] + maybe[key]
         result.acknowledged += lower
@@ -326,18 +362,25 @@ def check_counter(history: History | Iterable[Op], final: Mapping[Any, int]) -> 
             continue
         value = final[key] or 0
         lost, extra = max(0, lower - value), max(0, value - upper)
+        vanished = max(0, seen_most[key] - max(value, lower))  # beyond what `lost` counts
         result.lost += lost
         result.extra += extra
-        good = not (lost or extra)
-        result.keys[key] = {"final": value, "lower": lower, "upper": upper, "ok": good}
-    for invocation, completion in _operations(history, "read"):
-        if completion is None or completion.kind != "ok":
-            continue
-        seen = completion.value or 0
-        bound = sum(d for t, d in invoked[invocation.key] if t <= completion.time)
-        if not isinstance(seen, int) or seen < 0 or seen > bound:
-            result.read_violations.append((invocation.key, seen, bound, completion.index))
-    result.valid = not (result.lost or result.extra or result.read_violations or result.unread_keys)
+        result.vanished_after_read += vanished
+        good = not (lost or extra or vanished)
+        result.keys[key] = {
+            "final": value,
+            "lower": lower,
+            "upper": upper,
+            "seen": seen_most[key],
+            "ok": good,
+        }
+    result.valid = not (
+        result.lost
+        or result.extra
+        or result.read_violations
+        or result.unread_keys
+        or result.vanished_after_read
+    )
     return result
 
 
@@ -352,6 +395,9 @@ class RegisterResult:
     superseded: int = 0  # overwritten by a write invoked after they were acknowledged
     lost: int = 0  # neither: lost to a concurrent or earlier write (LWW by design)
     lost_realtime: int = 0  # of those, lost to a write that ended before they began
+    # Of those, lost to a write that ended over REALTIME_SLACK before they began: the store
+    # went back to an older value (key, lost value, surviving value).
+    rolled_back: list = field(default_factory=list)
     loss_rate: float = 0.0  # lost / acknowledged
     vanished_keys: list = field(default_factory=list)  # acknowledged writes, final absent
     unexpected: list = field(default_factory=list)  # final values never (successfully) written
@@ -398,6 +444,8 @@ def check_register(history: History | Iterable[Op], final: Mapping[Any, Any]) ->
             result.lost += 1
             if survivor[1] is not None and survivor[1].time < invocation.time:
                 result.lost_realtime += 1
+                if survivor[1].time < invocation.time - REALTIME_SLACK:
+                    result.rolled_back.append((key, value, survivor_value))
     for key, value in final.items():
         if value is None:
             continue
@@ -414,7 +462,13 @@ def check_register(history: History | Iterable[Op], final: Mapping[Any, Any]) ->
     # deletes, so nothing in its design takes a key away.
     result.vanished_keys = sorted(set(result.vanished_keys), key=repr)
     result.loss_rate = result.lost / result.acknowledged if result.acknowledged else 0.0
-    result.valid = not (result.unexpected or result.unexpected_in_reads or result.vanished_keys)
+    result.rolled_back = sorted(result.rolled_back, key=repr)
+    result.valid = not (
+        result.unexpected
+        or result.unexpected_in_reads
+        or result.vanished_keys
+        or result.rolled_back
+    )
     return result
 
 

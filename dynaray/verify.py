@@ -47,7 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynaray.errors import DynarayError, QuorumError, RequestTimeout, StorageError, Unavailable
+from dynaray.errors import (
+    DynarayError,
+    InvalidContext,
+    InvalidRequest,
+    QuorumError,
+    RequestTimeout,
+    StorageError,
+    Unavailable,
+)
 from dynaray.history import (
     History,
     check_counter,
@@ -140,7 +148,7 @@ def _classify(exc: BaseException, write: bool) -> str:
         return "fail"  # a read changes nothing the checkers judge
     if isinstance(exc, QuorumError | RequestTimeout | TimeoutError):
         return "info"
-    if isinstance(exc, Unavailable | ValueError | StorageError):
+    if isinstance(exc, Unavailable | InvalidRequest | InvalidContext | StorageError):
         return "fail"  # nothing reached, refused, or no disk took it: nothing was written
     return "info"  # anything else: we cannot know, so we claim nothing
 
@@ -211,7 +219,8 @@ class Workload:
     def value_of(self, values: list) -> Any:
         raise NotImplementedError
 
-    def check(self, history: History, final: dict) -> Any:
+    def check(self, history: History, final: dict, durable: bool) -> Any:
+        """Judge the history against the final reads; `durable`: no disk was lost."""
         raise NotImplementedError
 
     async def read(self, process: int, bucket: Any, key: str, history: History) -> Any:
@@ -258,8 +267,8 @@ class SetWorkload(Workload):
             write=True,
         )
 
-    def check(self, history: History, final: dict) -> Any:
-        return check_set(history, final)
+    def check(self, history: History, final: dict, durable: bool) -> Any:
+        return check_set(history, final, durable)
 
 
 class CounterWorkload(Workload):
@@ -279,8 +288,8 @@ class CounterWorkload(Workload):
             history, process, "incr", key, 1, lambda: bucket.aincrement(key, 1), write=True
         )
 
-    def check(self, history: History, final: dict) -> Any:
-        return check_counter(history, final)
+    def check(self, history: History, final: dict, durable: bool) -> Any:
+        return check_counter(history, final, durable)
 
 
 class RegisterWorkload(Workload):
@@ -312,7 +321,7 @@ class RegisterWorkload(Workload):
             write=True,
         )
 
-    def check(self, history: History, final: dict) -> Any:
+    def check(self, history: History, final: dict, durable: bool) -> Any:
         return check_register(history, final)
 
 
@@ -1045,7 +1054,8 @@ async def _drive(
                 break
             await asyncio.sleep(0.5)
 
-    result = work.check(history, final)
+    # A wiped disk may take a copy that a read saw but no quorum acknowledged.
+    result = work.check(history, final, durable="wipe" not in kinds)
     report.result = result.to_dict()
     report.ops = history.counts(exclude=("nemesis", "final"))
     report.ops_by_f = _ops_by_f(history)
@@ -1058,12 +1068,14 @@ async def _drive(
     if work.name == "set":
         report.acknowledged_lost = len(result.lost)
         checks["no acknowledged add lost"] = not result.lost
+        checks["no element a read saw lost"] = not result.vanished_after_read
         checks["no element that was never added (or failed)"] = not (
             result.unexpected or result.failed_present or result.unexpected_in_reads
         )
     elif work.name == "counter":
         report.acknowledged_lost = result.lost
         checks["no acknowledged increment lost"] = result.lost == 0
+        checks["no increment a read saw lost"] = result.vanished_after_read == 0
         checks["no increment counted that was not attempted"] = not (
             result.extra or result.read_violations
         )
@@ -1073,6 +1085,7 @@ async def _drive(
             result.unexpected or result.unexpected_in_reads
         )
         checks["no key lost all its acknowledged writes"] = not result.vanished_keys
+        checks["no key went back to a value written over a second before"] = not result.rolled_back
     checks["every key read back"] = set(final) == set(work.keys)
     # A client that crashed (on a value it could not read, say) stopped judging the store.
     checks["no client or nemesis crashed"] = not report.crashed

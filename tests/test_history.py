@@ -137,6 +137,20 @@ def test_set_detects_reads_from_the_future():
     assert max_siblings(ops(*rows)) == 3
 
 
+def test_set_elements_a_read_saw_must_stay_and_failed_adds_must_not_show():
+    rows: list = []
+    add(rows, 1, "k", "1-0", "info", 0.0, 1.0)  # indeterminate, but a read saw it: stored
+    add(rows, 2, "k", "2-0", "fail", 0.0, 1.0)  # failed, yet a read saw it
+    rows += [(3, "invoke", "read", "k", None, 1.5), (3, "ok", "read", "k", ["1-0", "2-0"], 2.0)]
+    result = check_set(ops(*rows), {"k": set()})
+    assert not result.valid
+    assert result.vanished_after_read == [("k", "1-0")]
+    assert result.failed_present == [("k", "2-0")]
+    # With a disk lost in the run, a stored copy may go with it: only the failed add shows.
+    lossy = check_set(ops(*rows), {"k": set()}, durable=False)
+    assert lossy.vanished_after_read == [] and lossy.failed_present == [("k", "2-0")]
+
+
 def test_set_key_without_final_read_is_reported():
     rows: list = []
     add(rows, 1, "k", "1-0", "ok", 0.0, 1.0)
@@ -178,7 +192,7 @@ def test_counter_detects_a_lost_increment():
     result = check_counter(ops(*rows), {"c": 1, "d": 1})
     assert not result.valid
     assert result.lost == 1
-    assert result.keys["c"] == {"final": 1, "lower": 2, "upper": 2, "ok": False}
+    assert result.keys["c"] == {"final": 1, "lower": 2, "upper": 2, "seen": 0, "ok": False}
     assert result.keys["d"]["ok"]
 
 
@@ -198,6 +212,20 @@ def test_counter_detects_a_read_above_the_attempts():
     result = check_counter(ops(*rows), {"c": 2})
     assert not result.valid
     assert len(result.read_violations) == 1
+
+
+def test_counter_increments_a_read_saw_must_stay():
+    """1 acknowledged and 3 indeterminate increments; a read saw 3, so at least 3 were
+    stored: a final 2 is within the bounds of the acknowledged ones, yet lost two."""
+    rows: list = []
+    incr(rows, 1, "c", "ok", 0.0, 0.1)
+    incr(rows, 2, "c", "info", 0.0, 0.2, delta=3)
+    rows += [(3, "invoke", "read", "c", None, 0.3), (3, "ok", "read", "c", 3, 0.4)]
+    result = check_counter(ops(*rows), {"c": 2})
+    assert not result.valid and result.lost == 0
+    assert result.vanished_after_read == 1 and result.keys["c"]["seen"] == 3
+    assert check_counter(ops(*rows), {"c": 2}, durable=False).valid  # a lost disk may explain it
+    assert check_counter(ops(*rows), {"c": 4}).valid
 
 
 def test_counter_refuses_non_positive_increments():
@@ -239,6 +267,17 @@ def test_register_reports_concurrent_and_realtime_losses_without_failing():
     assert result.lost_realtime == 1
     assert result.loss_rate == pytest.approx(2 / 3)
     assert "by design" in result.note
+
+
+def test_register_flags_a_write_lost_to_one_that_ended_well_before_it():
+    """Sequential writes over a second apart: the later carries the later stamp, so a final
+    value of the earlier one is the store going back, not a clock tie."""
+    rows: list = []
+    write(rows, 1, "r", "a", "ok", 0.0, 1.0)
+    write(rows, 2, "r", "b", "ok", 2.5, 3.0)
+    result = check_register(ops(*rows), {"r": "a"})
+    assert not result.valid
+    assert result.rolled_back == [("r", "b", "a")] and result.lost_realtime == 1
 
 
 def test_register_flags_values_never_written():

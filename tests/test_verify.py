@@ -12,7 +12,15 @@ import random
 import pytest
 
 from dynaray import verify
-from dynaray.errors import NodeError, QuorumError, RequestTimeout, StorageError, Unavailable
+from dynaray.errors import (
+    InvalidContext,
+    InvalidRequest,
+    NodeError,
+    QuorumError,
+    RequestTimeout,
+    StorageError,
+    Unavailable,
+)
 from dynaray.history import History
 
 
@@ -190,7 +198,11 @@ def test_outcomes_of_failed_operations():
     assert verify._classify(RequestTimeout("put", "k", 1.0), write=True) == "info"
     assert verify._classify(TimeoutError(), write=True) == "info"
     assert verify._classify(Unavailable("nobody"), write=True) == "fail"
-    assert verify._classify(ValueError("bad"), write=True) == "fail"
+    # A node's refusal stored nothing; a bare ValueError may come from the client after
+    # the write went out, so it claims nothing.
+    assert verify._classify(InvalidRequest("refused"), write=True) == "fail"
+    assert verify._classify(InvalidContext("stale"), write=True) == "fail"
+    assert verify._classify(ValueError("bad"), write=True) == "info"
     # No disk took it (StorageError): nothing was stored. Its parent NodeError claims nothing.
     assert verify._classify(StorageError("n2 stored nothing"), write=True) == "fail"
     assert verify._classify(NodeError("writer stopped"), write=True) == "info"
