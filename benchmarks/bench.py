@@ -528,6 +528,28 @@ class DynarayTarget(Target):
     def extra(self) -> dict:
         return {"update_reads": self.update_reads, "max_siblings": self.max_siblings}
 
+    async def footprint(self) -> dict:
+        """What the run's keys cost each node (the nodes' `footprint`): version metadata
+        bytes per key after the workload's updates, LMDB size and process memory. Means
+        over all the keys (at most 10,000 sampled) of each node; `python -m
+        benchmarks.footprint --keys 1000000` gives them at a million keys."""
+        nodes = await asyncio.to_thread(self.cluster._ask, "footprint", 10_000)
+        sampled = [f for f in nodes.values() if f.get("sampled")]
+        if not sampled:
+            return {"status": "no keys"}
+
+        def mean(field: str) -> float:
+            return round(sum(f[field] for f in sampled) / len(sampled), 1)
+
+        return {
+            "status": "ok",
+            "keys_per_node": round(sum(f["keys"] for f in sampled) / len(sampled)),
+            "metadata_bytes": mean("metadata_bytes"),
+            "record_bytes": mean("record_bytes"),
+            "disk_bytes": mean("disk_bytes"),
+            "rss_bytes": mean("rss_bytes"),
+        }
+
     def reset_extra(self) -> None:
         self.update_reads = 0
         self.max_siblings = 0
@@ -1309,6 +1331,9 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
                 results[label] = await drive(target, paced, label, args.processes)
                 results[label]["offered_ops_s"] = round(half, 1)
                 results[label]["config"] = target.describe()
+        if isinstance(target, DynarayTarget) and name in results:
+            # After the workload's updates, before bulk loads keys of another shape.
+            results[name]["footprint"] = await target.footprint()
         if isinstance(target, DynarayTarget) and args.bulk:
             target.use_path("client")
             results[name]["bulk"] = await bulk(target, settings)
@@ -1407,6 +1432,17 @@ def format_report(report: dict) -> str:
                 f"{res['throughput_ops_s']:>10,.0f}"
             )
         lines.append("(milliseconds)")
+    foot = ran.get("dynaray", {}).get("footprint")
+    if foot and foot.get("status") == "ok":
+        mib = 1 << 20
+        lines += [
+            "",
+            f"footprint after the run: {foot['keys_per_node']:,} keys per node, version "
+            f"metadata {foot['metadata_bytes']:.1f} B/key (record {foot['record_bytes']:.1f} B), "
+            f"LMDB {foot['disk_bytes'] / mib:.1f} MiB, node memory "
+            f"{foot['rss_bytes'] / mib:.0f} MiB (at a million keys: python -m "
+            "benchmarks.footprint)",
+        ]
     bulk_res = ran.get("dynaray", {}).get("bulk")
     if bulk_res and bulk_res.get("status") == "ok":
         lines += ["", f"bulk ({bulk_res['batch']:,}-key batches, {bulk_res['workers']} workers)"]

@@ -94,6 +94,10 @@ def test_bench_smoke(tmp_path):
     bulk = report["targets"]["dynaray"]["bulk"]
     for op in ("get_many", "put_many"):  # fewer keys than a batch: each batch holds them all
         assert bulk[op]["keys_per_s"] > 0 and not bulk[op]["errors"], bulk[op]
+    # 200 keys, N=3 of 3 nodes: every node holds each; a record is its value and metadata.
+    foot = report["targets"]["dynaray"]["footprint"]
+    assert foot["status"] == "ok" and foot["keys_per_node"] == 200, foot
+    assert 0 < foot["metadata_bytes"] < foot["record_bytes"] and foot["rss_bytes"] > 0
     for name in targets:
         result = report["targets"][name]
         assert result["status"] == "ok", result
