@@ -210,9 +210,9 @@ class StorageNode:
         # resumed one and a refill), only the later clears its pending mark (_take_over).
         self._claims: dict[int, object] = {}
         self._configuring = asyncio.Lock()
+        self.store.write_now(self._floors_for_this_actor)
         # {range: key-epoch floor}: epochs of this node's that began at or before it may not
         # be gone on under (actors.continuing), as the range's copy was dropped since.
-        self.store.write_now(self._floors_for_this_actor)
         self.floors = self._per_range(_FLOOR, lambda raw: int.from_bytes(raw, "big"))
         # A directory written before key epochs may have dropped ranges and taken them back
         # then, with no floor kept: nothing it wrote under then (the bare actor id) goes on.
