@@ -600,6 +600,34 @@ def test_a_directory_from_before_key_epochs_goes_on_under_none_of_its_old_ids(tm
         asyncio.run(again.stop())
 
 
+def test_a_range_given_back_while_it_is_dropped_keeps_what_is_left(node):
+    """drop_foreign asks the ring at each batch, not once: a ring that gives the range
+    back midway stops the drop (what the take-over copies in meanwhile stays)."""
+    before = Ring.create(["n1", "n2", "n3", "n4"], 32)
+    node._adopt(before)
+    node.config = {"n": 2}
+    mine, others = _keys_by_role(before, 2)
+    for dkey in mine:
+        _write(node, dkey, _blind(b"\x00v"))
+    lost = before.with_node("n5")  # a joiner takes some of n1's ranges
+    node._adopt(lost)
+    gone = {p for p in node.ranges.held() if p not in node._replicated()}
+    assert gone
+    real_drop, asked = node.ranges.drop, []
+
+    async def drop(partition, batch=1000, still=lambda: True):
+        asked.append(still())
+        node._adopt(before)  # the join is undone: every range is n1's again
+        asked.append(still())
+        return await real_drop(partition, batch, still)
+
+    node.ranges.drop = drop
+    assert asyncio.run(node.drop_foreign()) == 0
+    assert asked[:2] == [True, False]
+    assert set(node.ranges.held()) >= gone  # nothing of them was deleted
+    assert node.transfer["ranges_dropped"] == 0
+
+
 @pytest.mark.parametrize("marked", [True, False])
 def test_a_compacted_backup_put_back_goes_on_under_one_key_epoch_per_key(tmp_path, marked):
     """Put back, the copy's LMDB numbers transactions from 1 again and the node takes a new
