@@ -1333,7 +1333,10 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
                 results[label]["config"] = target.describe()
         if isinstance(target, DynarayTarget) and name in results:
             # After the workload's updates, before bulk loads keys of another shape.
-            results[name]["footprint"] = await target.footprint()
+            try:
+                results[name]["footprint"] = await target.footprint()
+            except Exception as exc:  # noqa: BLE001 - the measured run stands without it
+                results[name]["footprint"] = {"status": "failed", "reason": repr(exc)}
         if isinstance(target, DynarayTarget) and args.bulk:
             target.use_path("client")
             results[name]["bulk"] = await bulk(target, settings)

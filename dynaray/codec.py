@@ -97,7 +97,13 @@ def key_bytes(key: object) -> bytes:
 def bucket_bytes(bucket: str) -> bytes:
     if not isinstance(bucket, str) or not bucket:
         raise ValueError("bucket name must be a non-empty str")
-    data = bucket.encode("utf-8")
+    try:
+        data = bucket.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"bucket name {bucket!r} is a str that UTF-8 cannot encode ({exc.reason}); "
+            "name the bucket with text UTF-8 can encode"
+        ) from None
     if len(data) > MAX_BUCKET_SIZE:
         raise ValueError(f"bucket name is {len(data)} bytes; the limit is {MAX_BUCKET_SIZE}")
     return data

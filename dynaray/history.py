@@ -444,7 +444,10 @@ def check_register(history: History | Iterable[Op], final: Mapping[Any, Any]) ->
             result.lost += 1
             if survivor[1] is not None and survivor[1].time < invocation.time:
                 result.lost_realtime += 1
-                if survivor[1].time < invocation.time - REALTIME_SLACK:
+                # Only an acknowledged survivor: an indeterminate one may have been stamped
+                # long after its client stopped waiting for it.
+                early = survivor[1].time < invocation.time - REALTIME_SLACK
+                if early and outcome(survivor[1]) == "ok":
                     result.rolled_back.append((key, value, survivor_value))
     for key, value in final.items():
         if value is None:

@@ -647,7 +647,8 @@ def _map_size_for(path: str) -> int:
         size = os.path.getsize(os.path.join(path, "data.mdb"))
     except OSError:
         size = 0
-    return max(_INITIAL_MAP_SIZE, 2 * size)
+    # Room of the file's size again, at most a GiB (the writer grows the map as it fills).
+    return max(_INITIAL_MAP_SIZE, size + min(size, 1 << 30))
 
 
 def _new_life(node_id: str) -> str:

@@ -1054,8 +1054,10 @@ async def _drive(
                 break
             await asyncio.sleep(0.5)
 
-    # A wiped disk may take a copy that a read saw but no quorum acknowledged.
-    result = work.check(history, final, durable="wipe" not in kinds)
+    # A wiped disk may take a copy that a read saw but no quorum acknowledged (a wipe the
+    # nemesis skipped took nothing).
+    durable = not any(fault.kind == "wipe" for fault in nemesis.faults)
+    result = work.check(history, final, durable)
     report.result = result.to_dict()
     report.ops = history.counts(exclude=("nemesis", "final"))
     report.ops_by_f = _ops_by_f(history)

@@ -102,6 +102,8 @@ def test_str_keys_are_utf8(key):
 def test_a_str_key_utf8_cannot_encode_is_refused_with_what_to_do():
     with pytest.raises(ValueError, match="surrogates not allowed at index 1.*as bytes"):
         codec.key_bytes("a\ud800")
+    with pytest.raises(ValueError, match="bucket name .* UTF-8 cannot encode"):
+        codec.bucket_bytes("b\ud800")
 
 
 def test_key_bytes():

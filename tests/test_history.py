@@ -278,6 +278,9 @@ def test_register_flags_a_write_lost_to_one_that_ended_well_before_it():
     result = check_register(ops(*rows), {"r": "a"})
     assert not result.valid
     assert result.rolled_back == [("r", "b", "a")] and result.lost_realtime == 1
+    # A survivor whose client gave up on it may have been stamped when it finally ran.
+    rows[1] = (1, "info", "write", "r", "a", 1.0)
+    assert check_register(ops(*rows), {"r": "a"}).rolled_back == []
 
 
 def test_register_flags_values_never_written():
