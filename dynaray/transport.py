@@ -171,6 +171,12 @@ class Transport:
         try:
             while batch.waiting:
                 taken, batch.waiting = batch.waiting[:MAX_BATCH], batch.waiting[MAX_BATCH:]
+                # A request whose caller gave up while it waited for the call ahead (its
+                # deadline passed, it was cancelled) is not sent: done later, a write would
+                # surprise the caller that was told it may or may not have happened.
+                taken = [(item, future) for item, future in taken if not future.done()]
+                if not taken:
+                    continue
                 self.sent[f"{method}.items"] += len(taken)
                 try:
                     results = await self.call(peer, method, [i for i, _ in taken], timeout=timeout)

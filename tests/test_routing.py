@@ -464,3 +464,40 @@ def test_a_read_goes_on_after_a_coordinator_that_is_stopping():
     tried.append("")  # the one-key reads that follow find their next coordinator answering
     answers = asyncio.run(routing.many("get", [(BUCKET, b"a", 2, 3), (BUCKET, b"b", 2, 3)]))
     assert answers == [stored, stored]
+
+
+def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
+    """It waited for the call ahead of it to the same node; its caller's deadline passed
+    meanwhile. Sent later, a write would be applied after its caller was told it timed out
+    (and, for lww, stamped after writes acknowledged since)."""
+    transport = Transport("client")
+    sent: list = []
+    release = asyncio.Event()
+
+    class Node:
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, sender, items):
+            async def answer():
+                sent.append(list(items))
+                await release.wait()
+                return items
+
+            return answer()
+
+    transport.set_peers({"n1": Node()})
+
+    async def main():
+        first = asyncio.ensure_future(transport.call_batched("n1", "m", "a", timeout=5))
+        await asyncio.sleep(0.01)  # "a" is in flight; the next ones wait for it
+        late = asyncio.ensure_future(transport.call_batched("n1", "m", "b", timeout=5))
+        kept = asyncio.ensure_future(transport.call_batched("n1", "m", "c", timeout=5))
+        await asyncio.sleep(0.01)
+        late.cancel()  # its caller gives up
+        release.set()
+        assert await first == "a" and await kept == "c"
+        assert late.cancelled()
+
+    asyncio.run(main())
+    assert sent == [["a"], ["c"]]
