@@ -15,30 +15,15 @@ properties of every bucket created before it. The policies, and what each may lo
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from dynaray import codec, records, versions
+from dynaray.catalog import BucketProps
 from dynaray.client import Client, GetResult, siblings_op
 from dynaray.context import Context, check_context, parse_context
 from dynaray.errors import DynarayError, QuorumError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BucketProps:
-    policy: str = "siblings"
-    r: int | None = None
-    w: int | None = None
-
-    def encode(self) -> bytes:
-        return codec.pack(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> BucketProps:
-        obj = codec.unpack(data)
-        return cls(obj["policy"], obj.get("r"), obj.get("w"))
 
 
 async def open_bucket(

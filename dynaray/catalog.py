@@ -15,6 +15,26 @@ Pure: no Ray, no I/O.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, dataclass
+
+from dynaray import codec
+
+
+@dataclass(frozen=True)
+class BucketProps:
+    """A bucket's properties, as its catalog entry holds them (encoded)."""
+
+    policy: str = "siblings"
+    r: int | None = None
+    w: int | None = None
+
+    def encode(self) -> bytes:
+        return codec.pack(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> BucketProps:
+        obj = codec.unpack(data)
+        return cls(obj["policy"], obj.get("r"), obj.get("w"))
 
 
 class Catalog:
@@ -25,10 +45,21 @@ class Catalog:
             name: set(props) for name, props in (entries or {}).items() if props
         }
         self._digest: bytes | None = None  # computed once per change: gossip asks every round
+        self._policies: dict[str, str | None] = {}  # decoded once per change: writes ask
 
     def get(self, name: str) -> list[bytes]:
         """The properties stored for name, sorted; [] for a bucket never created."""
         return sorted(self.entries.get(name, ()))
+
+    def policy(self, name: str) -> str | None:
+        """The policy stored for bucket `name`; None for a bucket without properties, or
+        with two (created at once on two sides of a partition: readers report that)."""
+        if name not in self._policies:
+            props = self.entries.get(name, ())
+            self._policies[name] = (
+                BucketProps.decode(next(iter(props))).policy if len(props) == 1 else None
+            )
+        return self._policies[name]
 
     def add(self, name: str, props: bytes) -> bool:
         """Record props for name; True if that is news."""
@@ -37,6 +68,7 @@ class Catalog:
             return False
         known.add(props)
         self._digest = None
+        self._policies.clear()
         return True
 
     def merge(self, other: Catalog) -> bool:

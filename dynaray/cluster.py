@@ -989,8 +989,7 @@ class Cluster:
 
     def buckets(self) -> dict[str, dict]:
         """{bucket name: its stored properties} of every bucket created with properties."""
-        from dynaray.buckets import BucketProps
-        from dynaray.catalog import Catalog
+        from dynaray.catalog import BucketProps, Catalog
 
         catalog = Catalog()
         for wire in self._ask("bucket_catalog").values():

@@ -26,7 +26,7 @@ from dynaray import actors, codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
 from dynaray.codec import key_repr
-from dynaray.errors import DynarayError, NodeError, RequestTimeout, StorageError
+from dynaray.errors import DynarayError, InvalidRequest, NodeError, RequestTimeout, StorageError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
@@ -1141,6 +1141,8 @@ class StorageNode:
             try:
                 needed = rest[1] if kind == "put" else rest[0]
                 partition, dkey = self._locate(bucket, key)
+                if kind == "put":
+                    self._check_policy(bucket, rest[0])
             except DynarayError as exc:
                 answers[index] = ["error", exc]
                 continue
@@ -1362,6 +1364,20 @@ class StorageNode:
         self._check_sender(sender)
         return await self._timed("put", self._put(bucket, key, op, w, n, forwarded))
 
+    def _check_policy(self, bucket: bytes, op: list) -> None:
+        """Refuse a write of another kind than its bucket's stored policy: a client can
+        hold a bucket opened before it was created (a siblings bucket then, with nothing
+        stored), and its writes would leave keys of two kinds in one bucket."""
+        name = bucket.decode("utf-8", "replace")  # a name the catalog holds is UTF-8
+        policy = self.catalog.policy(name)
+        kind = op[0] if isinstance(op, list) and op else None
+        if policy is not None and kind != policy:
+            raise InvalidRequest(
+                f"bucket {name!r} has policy {policy!r}, not {kind!r}; nothing was written. "
+                f"It was created after this client opened it: open it again "
+                f"(client.bucket({name!r})) and use the calls its policy allows"
+            )
+
     async def _timed(self, op: str, work: Coroutine) -> list:
         """Run one coordinated request, recording its latency and outcome."""
         started = time.perf_counter()
@@ -1374,6 +1390,7 @@ class StorageNode:
             self.metrics.request(op, outcome, time.perf_counter() - started)
 
     async def _put(self, bucket: bytes, key: bytes, op: list, w: int, n: int, forwarded: bool):
+        self._check_policy(bucket, op)
         if self._leaving:  # the client (or coordinator) goes on to another node
             raise StorageError(
                 f"node {self.id} is leaving the store: nothing was written here; another "

@@ -256,6 +256,22 @@ def test_delete_under_partition_does_not_come_back(cluster, client, healed):
         assert values == []
 
 
+def test_a_bucket_handle_from_before_the_bucket_was_created_cannot_write_another_kind(
+    client,
+):
+    early = client.bucket("late")  # not created: a siblings bucket, nothing stored
+    early.put("x", None, "before")
+    tags = client.bucket("late", policy="set")  # created now, as a set
+    with pytest.raises(dynaray.InvalidRequest, match="has policy 'set', not 'siblings'"):
+        early.put("y", None, "after")
+    assert tags.get("y").value == set()  # nothing was written
+    tags.add("z", "red")
+    assert tags.get("z").value == {"red"}
+    # The key written before the bucket was created keeps its kind, and says so.
+    with pytest.raises(dynaray.InvalidRequest, match="holds siblings data"):
+        tags.add("x", "blue")
+
+
 def test_sibling_limit_refuses_and_says_resolve(client):
     blind = client.bucket("blind")
     for i in range(25):

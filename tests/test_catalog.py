@@ -54,3 +54,18 @@ def test_add_reports_news_and_keeps_concurrent_creations():
     # every node reports the same conflict instead of each keeping its own.
     assert catalog.get("likes") == [b"counter", b"set"]
     assert catalog.names() == ["likes", "tags"]
+
+
+def test_the_policy_of_a_bucket_is_that_of_its_one_entry():
+    from dynaray.catalog import BucketProps
+
+    catalog = Catalog()
+    assert catalog.policy("tags") is None  # never created
+    catalog.add("tags", BucketProps("set").encode())
+    assert catalog.policy("tags") == "set"
+    # Created at once with two policies on two sides of a partition: no one policy.
+    catalog.add("tags", BucketProps("counter").encode())
+    assert catalog.policy("tags") is None
+    merged = Catalog()
+    merged.merge(Catalog.from_wire({"likes": [BucketProps("counter", r=3).encode()]}))
+    assert merged.policy("likes") == "counter"
