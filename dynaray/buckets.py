@@ -140,7 +140,7 @@ class Bucket:
         result = await self.client._read(self.name, key, self.props.r if r is None else r)
         if self.policy in records.CRDT_KINDS and not result.values:
             empty = {"counter": 0, "set": set(), "map": {}}[self.policy]
-            return GetResult(result.key, [empty], result.context)
+            return GetResult(result.key, [empty], result.context, stored=False)
         resolver = resolver or self.resolver
         if resolver is None or len(result.values) < 2:
             return result

@@ -38,6 +38,9 @@ class GetResult:
     key: str | bytes
     values: list
     context: Context
+    # False for a key of a counter, set or map bucket never written: its empty value (0,
+    # set(), {}) is in `values` so that `value` reads as one, but nothing is stored.
+    stored: bool = True
 
     @property
     def value(self) -> Any:
@@ -49,7 +52,8 @@ class GetResult:
 
     @property
     def exists(self) -> bool:
-        return bool(self.values)
+        """Whether the key holds a value (deleted and never-written keys do not)."""
+        return bool(self.values) and self.stored
 
     def __len__(self) -> int:
         return len(self.values)

@@ -102,6 +102,22 @@ def test_wrong_call_for_policy_is_refused(client):
         likes.increment("k", 1.5)
 
 
+def test_a_crdt_key_never_written_reads_as_its_empty_value_and_does_not_exist(client):
+    for policy, empty in (("counter", 0), ("set", set()), ("map", {})):
+        bucket = client.bucket(f"fresh-{policy}", policy=policy)
+        unwritten = bucket.get("never")
+        assert unwritten.value == empty and not unwritten.exists
+    likes = client.bucket("fresh-counter")
+    likes.increment("k", 1)
+    assert likes.get("k").exists
+    tags = client.bucket("fresh-set")
+    tags.add("k", "a")
+    tags.remove("k", "a")
+    emptied = tags.get("k")  # written, now empty: it exists
+    assert emptied.value == set() and emptied.exists
+    assert not client.get("never-written").exists  # the default bucket, as before
+
+
 def test_counter_increments_on_both_sides_sum_after_heal(cluster, client, healed):
     likes = client.bucket("likes", policy="counter")
     likes.increment("post:1", 5)
