@@ -403,7 +403,10 @@ class Store:
     # -- writes --------------------------------------------------------------------------
 
     async def write(self, op: Callable[[Txn], T]) -> T:
-        """Run op inside the next group-committed transaction; resolves after the commit."""
+        """Run op inside the next group-committed transaction; resolves after the commit.
+        op may run more than once (a batch that fills the map is run again whole after the
+        map grows), so what it does outside the transaction is done again too: keep it to
+        counters and logs."""
         if self._closed:
             raise StorageError(f"node {self.node_id}: its store is closed; nothing was written")
         loop = asyncio.get_running_loop()
