@@ -1042,8 +1042,9 @@ async def _drive(
     )
 
     final: dict = {}
-    deadline = time.monotonic() + FINAL_READ_TIMEOUT
     for key in work.keys:
+        # A deadline per key: one slow key does not leave the others a single try each.
+        deadline = time.monotonic() + FINAL_READ_TIMEOUT
         while True:
             ok, value = await work.final_read(buckets[0], key, history)
             if ok:
