@@ -1801,7 +1801,7 @@ class StorageNode:
             # Not ours to answer yet (a range still arriving, or no ring yet: a node back
             # on an empty disk before the driver gives it the ring): the reader asks a spare.
             return reads.ARRIVING
-        if self.ring is not None and not self._replicates(dkey):
+        if not self._replicates(dkey):
             # The reader's ring is older than ours: a copy we still hold may miss writes
             # that went to the range's new owner.
             return reads.NOT_MINE

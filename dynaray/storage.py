@@ -323,11 +323,13 @@ class Store:
 
     def increment(self, db: bytes, key: bytes) -> int:
         """Add one to a counter at once, in its own transaction (used at start-up)."""
-        with self._open(db, write=True) as txn:
-            value = int(txn.get(key) or b"0") + 1
-            txn.put(key, str(value).encode())
-        self._mark_commit()
-        return value
+
+        def op(txn: Txn) -> int:
+            value = int(txn.get(db, key) or b"0") + 1
+            txn.put(db, key, str(value).encode())
+            return value
+
+        return self.write_now(op)
 
     def write_now(self, op: Callable[[Txn], Any]) -> Any:
         """Run op(txn) in a write transaction of its own at once, not through the writer
@@ -343,13 +345,15 @@ class Store:
     def setdefault(self, db: bytes, key: bytes, make: Callable[[int], bytes]) -> bytes:
         """The value at key; if there is none, make(this transaction's number) is stored
         first (at start-up, in a transaction of its own)."""
-        with self._open(db, write=True) as txn:
-            value = txn.get(key)
+
+        def op(txn: Txn) -> bytes:
+            value = txn.get(db, key)
             if value is None:
-                value = make(txn.id())
-                txn.put(key, value)
-        self._mark_commit()
-        return bytes(value)
+                value = make(txn.raw.id())
+                txn.put(db, key, value)
+            return bytes(value)
+
+        return self.write_now(op)
 
     def scan(
         self,
