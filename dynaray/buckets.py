@@ -238,7 +238,7 @@ class Bucket:
         self._need("set", call="remove")
         if not elements:
             raise ValueError(f"remove() needs at least one element, e.g. remove({key!r}, 'x')")
-        encoded = [codec.encode_value(e) for e in elements]
+        encoded = [codec.encode_element(e) for e in elements]
         context = await self._seen(key, context)
 
         def op(tied: bytes) -> list:
@@ -305,7 +305,7 @@ def map_ops(increment, add, remove, assign, enable, disable, seen) -> list:
     for name, elements in _fields(add, "add", '{"tags": ["a"]}'):
         ops.append([_field(name), "set", ["add", _added(_many(elements, f"add[{name!r}]"))]])
     for name, elements in _fields(remove, "remove", '{"tags": ["a"]}'):
-        encoded = [codec.encode_value(e) for e in _many(elements, f"remove[{name!r}]")]
+        encoded = [codec.encode_element(e) for e in _many(elements, f"remove[{name!r}]")]
         ops.append([_field(name), "set", ["remove", encoded, seen]])
     for name, value in _fields(assign, "assign", '{"name": "Ann"}'):
         # The coordinating node stamps the register with its hybrid clock (records.update).
@@ -353,13 +353,20 @@ def _added(elements: Iterable[Any]) -> list[bytes]:
                 "as an argument (add(key, 'a', 'b')); to add one made of several parts, make "
                 "it a tuple of str, bytes or numbers"
             ) from None
-        encoded.append(codec.encode_value(element))
+        encoded.append(codec.encode_element(element))
     return encoded
 
 
 def _field(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"map field names are non-empty str, got {name!r}")
+    try:
+        name.encode("utf-8")  # as the record stores it; the node would refuse it late
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"map field name {name!r} is a str that UTF-8 cannot encode ({exc.reason} at "
+            f"index {exc.start}); name the field with text UTF-8 can encode"
+        ) from None
     return name
 
 

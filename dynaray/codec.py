@@ -22,9 +22,13 @@ MAX_NODE_ID_SIZE = 16
 # The largest value a write takes, as encoded (1 MiB, the order of etcd's request limit
 # and of what Riak advises per object). A value travels inside actor calls batched with
 # others (up to a few hundred records a call), and so bounds their size; hint and handoff
-# batches are also bounded in bytes (storage.CALL_BYTES). Larger data belongs in Ray's
+# batches are also bounded in bytes (CALL_BYTES). Larger data belongs in Ray's
 # object store or a file, with its reference stored here.
 MAX_VALUE_SIZE = 1 << 20
+# A batch of records read to go out in one call (hints, a range being handed over, an
+# anti-entropy repair) stops at about this many bytes, whatever its count: values of up to
+# a MiB would make a 500-record batch half a gigabyte.
+CALL_BYTES = 4 << 20
 DEFAULT_BUCKET = "default"
 
 _RAW = b"\x00"
@@ -58,6 +62,54 @@ def encode_value(value: object) -> bytes:
         ) from exc
     _check_value_size(len(data) - 1, value)
     return data
+
+
+def encode_element(element: object) -> bytes:
+    """Client side: a set element's bytes, which tell it apart from the set's others.
+
+    As encode_value, but equal elements get equal bytes however they were built: pickle
+    writes an object met twice as a reference to the first, so ("ab", "ab") made of one
+    string and made of two equal strings pickled differently, and a remove of one form
+    missed the other. Equal str, bytes, numbers and tuples inside the element are made one
+    object first. An element stored before this gets the same bytes unless it held equal
+    but separate objects.
+    """
+    try:
+        return encode_value(_shared(element, {}))
+    except RecursionError:
+        raise ValueError("set element is nested too deeply to store") from None
+
+
+def _shared(value: object, seen: dict) -> object:
+    """value, with every equal str, bytes, number and tuple in it replaced by one object
+    (per `seen`, {identity: object}); other objects are left as they are."""
+    kind = type(value)
+    if kind is tuple:
+        value = tuple(_shared(item, seen) for item in value)  # type: ignore[union-attr]
+        identity: object = (tuple, tuple(_identity(item) for item in value))
+    elif kind in _ATOMS:
+        identity = _identity(value)
+    else:
+        return value
+    return seen.setdefault(identity, value)
+
+
+def _identity(value: object) -> object:
+    """What makes two parts of an element the same part: their type and value (a float by
+    its exact bits, so 0.0 and -0.0 stay two), or the object itself for other types."""
+    kind = type(value)
+    if kind is float:
+        return (float, value.hex())  # type: ignore[union-attr]
+    if kind is complex:
+        return (complex, value.real.hex(), value.imag.hex())  # type: ignore[union-attr]
+    if kind is tuple:
+        return (tuple, tuple(_identity(item) for item in value))  # type: ignore[union-attr]
+    if kind in _ATOMS:
+        return (kind, value)
+    return (kind, id(value))
+
+
+_ATOMS = frozenset({str, bytes, int, bool, float, complex, type(None)})
 
 
 def _check_value_size(size: int, value: object) -> None:

@@ -84,8 +84,9 @@ class Context:
             if not isinstance(obj, list) or len(obj) not in (2, 3) or type(obj[1]) is not int:
                 raise ValueError("context payload has the wrong shape")
             stamp = obj[2] if len(obj) == 3 else 0
-            if type(stamp) is not int or stamp < 0:
-                raise ValueError("context stamp must be a non-negative integer")
+            if type(stamp) is not int or not 0 <= stamp < 1 << 63:
+                # (the bound a write takes: records.update; a store never hands out more)
+                raise ValueError("context stamp must be an integer in [0, 2**63)")
             return cls(versions.vv_from_wire(obj[0]), obj[1], stamp)
         except (ValueError, TypeError) as exc:
             raise InvalidContext(f"context payload is malformed: {exc}") from exc

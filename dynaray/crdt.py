@@ -428,6 +428,12 @@ def _apply_map(x: dict, updates: Any, tx: _Tx, where: str, depth: int) -> dict:
         fname, fkind, fop = upd
         if not isinstance(fname, str):
             raise CRDTError(f"{where} update: field {i} name must be a string, got {fname!r}")
+        try:
+            fname.encode("utf-8")  # the record stores it so: refused here, not at its write
+        except UnicodeEncodeError:
+            raise CRDTError(
+                f"{where} update: field name {fname!r} is not text UTF-8 can encode"
+            ) from None
         if fkind not in TYPES:
             raise CRDTError(
                 f"{where} update: field {fname!r} has unknown kind {fkind!r}; "
@@ -435,8 +441,24 @@ def _apply_map(x: dict, updates: Any, tx: _Tx, where: str, depth: int) -> dict:
             )
         key = (fname, fkind)
         current = x[key] if key in x else _empty(fkind)
-        x[key] = _apply(fkind, current, fop, tx, f"{where} field {fname!r} ({fkind})", depth + 1)
+        new = _apply(fkind, current, fop, tx, f"{where} field {fname!r} ({fkind})", depth + 1)
+        # A remove or a disable that found nothing (and has nothing to wait for) adds no
+        # empty field, which nothing could take out again.
+        if key in x or not (_removes(fop) and _is_empty(fkind, new)):
+            x[key] = new
     return x
+
+
+def _removes(op: object) -> bool:
+    """Whether a field's operation only takes away: a set's remove, a flag's disable."""
+    return isinstance(op, list | tuple) and bool(op) and op[0] in ("remove", "disable")
+
+
+def _is_empty(kind: str, x: Any) -> bool:
+    """Whether a working form holds nothing, as _empty(kind) does."""
+    if isinstance(x, _ORSet):
+        return not x.entries and not x.deferred
+    return x == _empty(kind)
 
 
 def _parse_op(kind: str, op: object, where: str) -> tuple[str, list]:

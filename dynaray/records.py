@@ -322,7 +322,10 @@ def actors(record: Record | None) -> list[str]:
 
 def written_context(record: Record, op: list, actor: str) -> list:
     """The causal context a write's answer carries, in wire form: what its writer saw, and
-    the write itself, never a concurrent version the writer did not see.
+    the write itself, never a concurrent version the writer did not see (for siblings
+    records; other kinds answer the record's whole context: lww writes replace whatever
+    they meet, and the CRDT calls drop the answer, taking a fresh read's context for a
+    remove).
 
     The record's whole context (context_of) would cover the siblings that survived the
     write, and a client that wrote again with it would drop them unseen. A version vector

@@ -201,6 +201,8 @@ class Routing:
             # One at random, then the others: a request whose node cannot be reached (or,
             # for a read, is stopping) goes on to the next, as on the partition-aware path.
             nodes = [p for p in self.nodes if self.is_up(p)] or self.nodes
+            if not nodes:
+                return []  # the caller says no node is known
             first = self.rng.choice(nodes)
             return [first, *(p for p in nodes if p != first)]
         preference = [
@@ -229,11 +231,30 @@ class Routing:
                 last = exc
         raise Unavailable(f"{what}: no storage node could be reached ({last})")
 
-    async def put(self, bucket: bytes, key: bytes, op: list, w: int, n: int) -> list:
-        """Apply a write operation; returns [new context (wire), its stamp] or raises."""
+    async def put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        op: list,
+        w: int,
+        n: int,
+        *,
+        after: Exception | None = None,
+    ) -> list:
+        """Apply a write operation; returns [new context (wire), its stamp] or raises.
+        `after`: how an earlier coordinator of this same write failed (a batch's), which
+        the outcome reported must take in (a write that reached it may be stored)."""
         name = _op_name("put", op)
         reply = await self._send(
-            name, "coordinate_put", bucket, key, op, w, n, retry=records.idempotent(op)
+            name,
+            "coordinate_put",
+            bucket,
+            key,
+            op,
+            w,
+            n,
+            retry=records.idempotent(op),
+            after=after,
         )
         return _payload(name, key, reply)
 
@@ -330,8 +351,10 @@ class Routing:
         for index, (bucket, key, *rest) in enumerate(requests):
             partition = ring.partition_of(codec.hash_input(bucket, key))
             if partition not in best:
-                best[partition] = (await self.coordinators(bucket, key, rest[-1]))[0]
+                best[partition] = next(iter(await self.coordinators(bucket, key, rest[-1])), "")
             groups.setdefault(best[partition], []).append(index)
+        # Keys with no node to ask take the one-key path, which says so.
+        nowhere = groups.pop("", [])
         answers: list = [None] * len(requests)
 
         async def send(node: str, indexes: list[int]) -> None:
@@ -350,7 +373,7 @@ class Routing:
                 for i in indexes:
                     answers[i] = exc
                 return
-            again = []
+            again, refused = [], []
             for i, reply in zip(indexes, replies, strict=True):
                 key, rest = requests[i][1], requests[i][2:]
                 name = _op_name(kind, rest[0])
@@ -358,6 +381,8 @@ class Routing:
                     answers[i] = _answer(name, key, reply)
                 elif kind == "get" and _elsewhere(reply[1]):
                     again.append(i)  # a node that is stopping: the one-key read goes on
+                elif kind == "put" and isinstance(reply[1], StorageError):
+                    refused.append(i)  # nothing stored (a full disk, a node leaving)
                 else:
                     answers[i] = reply[1]
             if again:
@@ -366,8 +391,15 @@ class Routing:
                 await asyncio.gather(
                     *(self._one_key(kind, node, failure, answers, i, requests[i]) for i in again)
                 )
+            # As a one-key write does, a refused one goes on to the next coordinator.
+            await asyncio.gather(
+                *(self._one_key(kind, node, None, answers, i, requests[i]) for i in refused)
+            )
 
-        await asyncio.gather(*(send(node, chunk) for node, chunk in _chunks(groups)))
+        await asyncio.gather(
+            *(send(node, chunk) for node, chunk in _chunks(groups)),
+            *(self._one_key(kind, "", None, answers, i, requests[i]) for i in nowhere),
+        )
         return answers
 
     async def _coordinate_get_many(self, requests: list[tuple]) -> list:
@@ -470,23 +502,27 @@ class Routing:
         self,
         kind: str,
         node: str,
-        failure: PeerUnavailable,
+        failure: PeerUnavailable | None,
         answers: list,
         index: int,
         request: tuple,
     ) -> None:
-        """A request of a batch whose coordinator failed: again on the one-key path, unless
-        it is a write that may have been applied and must not be repeated."""
-        if kind == "put":
-            op = request[2]
-            error = self._unrepeatable(
-                _op_name(kind, op), request[1], node, failure, records.idempotent(op)
-            )
-            if error is not None:
-                answers[index] = error
-                return
+        """A request of a batch whose coordinator failed (`failure`; None: it refused the
+        write, storing nothing): again on the one-key path, unless it is a write that may
+        have been applied and must not be repeated."""
         try:
-            answers[index] = await (self.get if kind == "get" else self.put)(*request)
+            if kind == "get":
+                answers[index] = await self.get(*request)
+                return
+            if failure is not None:
+                op = request[2]
+                error = self._unrepeatable(
+                    _op_name(kind, op), request[1], node, failure, records.idempotent(op)
+                )
+                if error is not None:
+                    answers[index] = error
+                    return
+            answers[index] = await self.put(*request, after=failure)
         except Exception as exc:  # noqa: BLE001 - each request keeps its own outcome
             answers[index] = exc
 
@@ -510,17 +546,31 @@ class Routing:
         return None
 
     async def _send(
-        self, op: str, method: str, bucket: bytes, key: bytes, *rest: Any, retry: bool = True
+        self,
+        op: str,
+        method: str,
+        bucket: bytes,
+        key: bytes,
+        *rest: Any,
+        retry: bool = True,
+        after: Exception | None = None,
     ) -> tuple:
         """Ask the best coordinator; on one that cannot be reached, the next (rest ends in n).
 
         A coordinator that died during the request may have done the work: the request goes
         to the next one only if doing it twice is harmless (`retry`; reads always are).
+        `after`: an earlier coordinator's failure of this same request (a batch's).
         """
         candidates = await self.coordinators(bucket, key, rest[-1])
-        last: PeerUnavailable | None = None
+        if not candidates:
+            raise Unavailable(
+                f"{op} of {key_repr(key)}: this client knows no node of the store to ask; "
+                "connect again (dynaray.connect) to learn the store's nodes"
+            )
+        last = after if isinstance(after, PeerUnavailable) else None
         refused: StorageError | None = None  # a coordinator's disk refused: nothing stored
-        maybe_applied = False  # a write reached a coordinator that then failed
+        # A write reached a coordinator that then failed.
+        maybe_applied = bool(last and last.may_have_arrived and method == "coordinate_put")
         for node in candidates[:3]:
             try:
                 if node == "router":

@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 
 # Why a call failed before anything was sent: the peer was not known, a partition stood in
-# the way (fault injection), or its actor had already been seen dead (Ray does not bring an
-# actor that died back under the same handle).
+# the way or the message was dropped (fault injection, which drops a request before it is
+# sent), or its actor had already been seen dead (Ray does not bring an actor that died
+# back under the same handle).
 UNKNOWN_PEER = "unknown peer"
 PARTITIONED = "partitioned"
+DROPPED = "message dropped"
 DEAD = "actor seen dead before"
-NOTHING_SENT = (UNKNOWN_PEER, PARTITIONED, DEAD)
+NOTHING_SENT = (UNKNOWN_PEER, PARTITIONED, DROPPED, DEAD)
 
 
 class PeerUnavailable(PortableError):
@@ -216,7 +218,7 @@ class Transport:
             raise PeerUnavailable(peer, PARTITIONED)
         if faults.dropped(self.node_id, peer, self.rng):
             self.failed["dropped"] += 1
-            raise PeerUnavailable(peer, "message dropped")
+            raise PeerUnavailable(peer, DROPPED)
 
 
 def _fail(future: asyncio.Future, failure: BaseException) -> None:

@@ -401,3 +401,14 @@ def test_map_arguments_of_the_wrong_shape_are_refused(cluster, client):
     with pytest.raises(TypeError, match="takes a dict"):
         profiles.update("u", increment=["visits"])
     assert cluster.replica_state("u", bucket="profiles-shapes") == {}  # nothing was written
+
+
+def test_a_map_field_name_utf8_cannot_encode_is_refused_before_anything_is_sent():
+    """The node could not store it: the write failed there as "may or may not be stored",
+    and failed the writes batched with it."""
+    from dynaray.buckets import map_ops
+
+    with pytest.raises(ValueError, match="UTF-8 cannot encode"):
+        map_ops({"\ud800": 1}, None, None, None, None, None, None)
+    with pytest.raises(ValueError, match="UTF-8 cannot encode"):
+        map_ops(None, None, None, {"ok": 1, "\udfff": 2}, None, None, None)

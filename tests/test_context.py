@@ -43,7 +43,7 @@ def test_bytes_round_trip(vv, tag):
     assert out.tag == tag
 
 
-@given(vvs, tags, st.integers(0, 2**64 - 1))
+@given(vvs, tags, st.integers(0, 2**63 - 1))
 def test_a_stamp_round_trips_and_a_context_without_one_reads_as_before(vv, tag, stamp):
     ctx = Context(vv, tag, stamp)
     out = Context.from_bytes(bytes(ctx))
@@ -53,7 +53,7 @@ def test_a_stamp_round_trips_and_a_context_without_one_reads_as_before(vv, tag, 
     assert Context.from_bytes(plain) == Context(vv, tag)
 
 
-@pytest.mark.parametrize("stamp", [-1, "5", 1.5, True])
+@pytest.mark.parametrize("stamp", [-1, "5", 1.5, True, 2**63, 2**64 - 1])
 def test_a_bad_stamp_is_refused(stamp):
     with pytest.raises(InvalidContext, match="stamp"):
         Context.from_bytes(signed(codec.pack([[["n1", 1]], 5, stamp]), fmt=2))

@@ -149,9 +149,10 @@ def test_local_effects_of_ops(data):
     got = crdt.value("map", after)
     assert got["count"] == before.get("count", 0) + delta
     assert set(elems[:1]) <= got["added"]
-    assert not set(elems) & got["removed"]
+    # (a remove or disable that found nothing adds no field: read as the empty one)
+    assert not set(elems) & got.get("removed", frozenset())
     assert got["on"] is True
-    assert got["off"] is False
+    assert got.get("off", False) is False
     # and again on top of the result, where these fields already exist
     again = crdt.apply(
         "map",
@@ -394,6 +395,25 @@ def test_map_deferred_remove_in_a_field():
     read = crdt.context("map", a)
     b = crdt.apply("map", None, ["update", [["s", "set", ["remove", [b"x"], read]]]], "n2")
     assert crdt.value("map", crdt.merge("map", b, a)) == {"s": frozenset()}
+
+
+def test_map_remove_or_disable_that_finds_nothing_adds_no_field():
+    """Fields cannot be removed: a remove from a set field, or a disable of a flag, that
+    the map never had (and that has nothing to wait for) must not leave an empty one."""
+    m = crdt.apply("map", None, ["update", [["tags", "set", ["add", [b"t"]]]]], "n1")
+    seen = crdt.context("map", m)
+    ops = [["name", "set", ["remove", [b"q"], seen]], ["vip", "flag", ["disable", seen]]]
+    m = crdt.apply("map", m, ["update", ops], "n1")
+    assert crdt.value("map", m) == {"tags": frozenset({b"t"})}
+    # One that waits for what its context saw and this copy lacks is kept (deferred).
+    later = crdt.apply("map", None, ["update", ops], "n2")
+    assert crdt.value("map", later) == {"name": frozenset(), "vip": False}
+
+
+def test_map_field_names_utf8_cannot_encode_are_refused():
+    op = ["update", [["\ud800", "counter", ["increment", 1]]]]
+    with pytest.raises(CRDTError, match="UTF-8"):
+        crdt.apply("map", None, op, "n1")
 
 
 def test_map_shared_field_names_are_keyed_by_kind():

@@ -501,3 +501,114 @@ def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
 
     asyncio.run(main())
     assert sent == [["a"], ["c"]]
+
+
+def _first_owned_by(ring: Ring, node: str) -> bytes:
+    return next(
+        k
+        for k in (f"k{i}".encode() for i in range(1000))
+        if ring.preference_list(quorum.locate(ring, BUCKET, k)[0])[0] == node
+    )
+
+
+def test_put_many_after_its_coordinator_died_mid_call_says_the_write_may_be_stored():
+    """The batch's coordinator died during the call (it may have stored the write); every
+    other coordinator was already known dead, so the write went nowhere else. As a one-key
+    put says, the outcome is unknown: not "no coordinator could be reached"."""
+    routing, _, ring = _routing()
+    key = _first_owned_by(ring, "n1")
+
+    class Dies:
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, *args):
+            async def died():
+                raise ActorDiedError()
+
+            return died()
+
+    handles = {name: Dies() for name in NODES}
+    routing.transport.set_peers(handles)
+    for name in NODES[1:]:
+        routing.transport.dead[name] = actor_of(handles[name])
+    op = ["siblings", [], codec.encode_value("v")]
+    [answer] = asyncio.run(routing.many("put", [(BUCKET, key, op, 2, 3)]))
+    assert isinstance(answer, RequestTimeout), answer
+    assert "may or may not" in str(answer)
+
+
+def test_put_many_goes_on_from_a_coordinator_that_refused_its_write():
+    """A coordinator that stores nothing of a write (a node leaving the store, a full disk)
+    answers StorageError; a one-key put goes on to the next coordinator, and so does each
+    key of a batch."""
+    from dynaray.errors import StorageError
+
+    routing, _, ring = _routing()
+    key = _first_owned_by(ring, "n1")
+    asked: list[str] = []
+
+    class Coordinator:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getattr__(self, method):
+            assert method == "coordinate_batch"
+            return self
+
+        def remote(self, sender, batch):
+            asked.append(self.name)
+
+            async def answer():
+                if self.name == "n1":
+                    refusal = StorageError("node n1 is leaving the store: nothing was written")
+                    return [["error", refusal] for _ in batch]
+                return [["ok", [[], 0]] for _ in batch]
+
+            return answer()
+
+    routing.transport.set_peers({name: Coordinator(name) for name in NODES})
+    op = ["siblings", [], codec.encode_value("v")]
+    assert asyncio.run(routing.put(BUCKET, key, op, 2, 3)) == [[], 0]
+    assert asked[0] == "n1" and len(asked) == 2
+    asked.clear()
+    assert asyncio.run(routing.many("put", [(BUCKET, key, op, 2, 3)])) == [[[], 0]]
+    assert asked[0] == "n1" and asked[-1] != "n1"  # (the one-key put asks n1 again first)
+
+
+def test_a_client_that_knows_no_node_says_so_on_every_path():
+    """A client limited to nodes that all left has no coordinator to ask: put_many and the
+    "any" path said IndexError."""
+    routing, _, _ = _routing()
+    routing.transport.set_peers({})
+    op = ["siblings", [], codec.encode_value("v")]
+    [answer] = asyncio.run(routing.many("put", [(BUCKET, b"k", op, 2, 3)]))
+    assert isinstance(answer, Unavailable) and "knows no node" in str(answer)
+    anywhere = Routing({}, path="any", rng=random.Random(1))
+    anywhere.adopt({"ring": Ring.create(NODES, 16).to_wire(), "config": {"n": 3}})
+    with pytest.raises(Unavailable, match="knows no node"):
+        asyncio.run(anywhere.put(BUCKET, b"k", op, 2, 3))
+
+
+def test_a_dropped_message_was_never_sent():
+    """Fault injection drops a request before it is sent: the failure says nothing
+    arrived, so a write dropped so may go on to the next coordinator, as after a
+    partition, instead of being reported as "may or may not"."""
+    from dynaray.faults import Faults
+
+    transport = Transport("client", rng=random.Random(1))
+    sent: list = []
+
+    class Node:
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, *args):
+            sent.append(args)
+            raise AssertionError("a dropped message is not sent")
+
+    transport.set_peers({"n1": Node()})
+    transport.set_faults(Faults(drop={"client>n1": 1.0}))
+    with pytest.raises(PeerUnavailable) as caught:
+        asyncio.run(transport.call("n1", "coordinate_batch", [], timeout=1))
+    assert not caught.value.may_have_arrived and not sent
