@@ -13,8 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dynaray import codec, merkle, records
+from dynaray.codec import CALL_BYTES
 
 Call = Callable[..., Awaitable[Any]]
+
+# How much of a differing range one call carries: the item hashes of this many segments
+# (of 1,024), and the records of at most this many keys (and about CALL_BYTES of them).
+SEGMENTS_PER_CALL = 32
+KEYS_PER_CALL = 500
 
 
 @dataclass
@@ -73,16 +79,31 @@ class Exchange:
             if not indices:
                 self.figures.ranges_in_sync = 1
                 return self.figures
-        their_items = {bytes(k): v for k, v in (await self._ask("segment_items", indices))}
-        my_items = dict(self.local.segment_items(self.partition, indices))
-        self.figures.hashes_exchanged += len(their_items) + len(my_items)
-        keys = merkle.differing_items(my_items, their_items)
-        if keys:
-            await self._repair(keys)
+        # The differing segments a few at a time, each lot repaired before the next: a
+        # range that differs everywhere (a replica that missed a long stretch) is then many
+        # calls of bounded size, each within the call's deadline, not one that never is.
+        for start in range(0, len(indices), SEGMENTS_PER_CALL):
+            segments = indices[start : start + SEGMENTS_PER_CALL]
+            their_items = {bytes(k): v for k, v in (await self._ask("segment_items", segments))}
+            my_items = dict(self.local.segment_items(self.partition, segments))
+            self.figures.hashes_exchanged += len(their_items) + len(my_items)
+            keys = merkle.differing_items(my_items, their_items)
+            if keys:
+                await self._repair(keys)
         return self.figures
 
     async def _repair(self, keys: list[bytes]) -> None:
-        theirs = await self._ask("read_records", keys)
+        """Merge the copies of keys on both sides, KEYS_PER_CALL keys (and about
+        CALL_BYTES of records) a call."""
+        while keys:
+            asked = keys[:KEYS_PER_CALL]
+            theirs = await self._ask("read_records", asked, CALL_BYTES)
+            if not theirs:
+                raise ValueError(f"the peer answered no record of {len(asked)} asked for")
+            asked, keys = asked[: len(theirs)], keys[len(theirs) :]
+            await self._repair_some(asked, theirs)
+
+    async def _repair_some(self, keys: list[bytes], theirs: list[bytes | None]) -> None:
         mine = self.local.read_records(self.partition, keys)
         to_me, to_them = [], []
         for key, my_raw, their_raw in zip(keys, mine, theirs, strict=True):
@@ -102,6 +123,19 @@ class Exchange:
                 to_them.append((key, merged, None))
         if to_me:
             await self._apply(to_me)
-        if to_them:
-            await self._ask("apply", to_them)
+        for part in _by_bytes(to_them):
+            await self._ask("apply", part)
         self.figures.keys_repaired += len({k for k, _, _ in to_me} | {k for k, _, _ in to_them})
+
+
+def _by_bytes(items: list[tuple]) -> list[list[tuple]]:
+    """(key, record, hint) items in lots of about CALL_BYTES of records each."""
+    lots: list[list[tuple]] = []
+    size = CALL_BYTES
+    for item in items:
+        if size >= CALL_BYTES:
+            lots.append([])
+            size = 0
+        lots[-1].append(item)
+        size += len(item[1])
+    return lots

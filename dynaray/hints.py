@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dynaray.storage import CALL_BYTES, HINTS, Store, Txn
+from dynaray.codec import CALL_BYTES
+from dynaray.storage import HINTS, Store, Txn
 
 
 def hint_key(owner: str, dkey: bytes) -> bytes:

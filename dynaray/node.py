@@ -35,7 +35,7 @@ from dynaray.metrics import NodeMetrics
 from dynaray.names import NAMESPACE, node_name
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
-from dynaray.storage import DATA, HINTS, META, REFILL, Store, Txn, peek
+from dynaray.storage import DATA, HINTS, META, REFILL, REFILL_EMPTY, Store, Txn, peek
 from dynaray.transport import PeerUnavailable, Refused, Transport, actor_of
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ _FLOORS_OF = b"floors-of"
 _TAKING = b"taking:"
 # How many keys written as two kinds a node logs by name (each once); `unmergeable` counts all.
 _UNMERGEABLE_LOGGED = 1000
+# Records the reaper looks at between two chances for the event loop to run other work.
+_REAP_SCAN_STEP = 1000
 # How long a leaving node waits for a delivery under way before it passes hints on.
 PASS_ON_WAIT = 30.0
 # A record stamped this many seconds past the wall clock says a clock in the store runs
@@ -160,7 +162,13 @@ class StorageNode:
         # back in time (Store._gone_back): every range is taken over from its replicas when
         # the ring arrives (configure), merged into what it holds, and until then (or a
         # restart in the middle of it) its reads go to them. Kept on disk until done.
-        self.refill = self.store.get(META, REFILL) is not None
+        mark = self.store.get(META, REFILL)
+        self.refill = mark is not None
+        # Started on an empty directory: until a range is refilled, this node's copy of it
+        # is no copy at all, and a node taking the range over must copy it from another.
+        # (A copy whose data went back is served: whole up to some moment, and every node
+        # of a store restored from backups refills at once.)
+        self._refill_empty = mark == REFILL_EMPTY
         if self.store.created and not fresh:
             log.warning(
                 "node %s starts with an empty directory and may have written before (a "
@@ -443,6 +451,7 @@ class StorageNode:
                     await self.store.write(lambda txn, key=key: txn.delete(META, key))
         if marked:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
+            self._refill_empty = False
 
     async def _take_range(self, partition: int, sources: list[str], refill: bool) -> None:
         """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
@@ -505,10 +514,14 @@ class StorageNode:
     async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
         """One batch of a range for a node taking it over: [(data key, encoded record)];
         None while this node is still receiving the range it gained (its copy is partial).
-        A range being refilled is served: its copy is whole up to some moment, and every
-        node of a store restored from backups refills at once."""
+        So too while this node refills it after starting on an empty directory (or, so
+        started, before it has a ring). A range being refilled otherwise is served: its
+        copy is whole up to some moment, and every node of a store restored from backups
+        refills at once."""
         self._check_sender(sender)
         if partition in self._gaining:
+            return None
+        if self._refill_empty and (self.ring is None or partition in self.pending):
             return None
         return self.ranges.scan(partition, after, limit)
 
@@ -556,7 +569,9 @@ class StorageNode:
         """The peer side of an Exchange: answer about our copy of a range, or apply repairs."""
         self._check_sender(sender)
         if method == "apply":
-            return await self._apply(args[0])
+            # Not into a range our ring took from us: a peer on an older ring would put
+            # back a copy we dropped, which no exchange or reaping here ever looks at.
+            return await self._apply([item for item in args[0] if self._keeps(item)])
         if method == "reap":
             return await self._reap_local(args[0])
         if method in ("merkle_hashes", "segment_items", "read_records"):
@@ -568,7 +583,15 @@ class StorageNode:
                 return None
             return self.ranges.read_records(partition, *args)
         if method == "hinted":
-            return self.handoff.hinted(args[0])
+            # And with `copies` (asked of a node that is not an owner): keys of which this
+            # node holds a copy of its own, one it kept from an earlier ownership of the
+            # range (not dropped yet) that would come back if the range came back to it.
+            keys, copies = args[0], len(args) > 1 and args[1]
+            held = self.handoff.hinted(keys)
+            if copies:
+                stored = self.store.get_many(DATA, keys)
+                held += [k for k, raw in zip(keys, stored, strict=True) if raw is not None]
+            return held
         raise ValueError(f"unknown anti-entropy call {method!r}")
 
     async def anti_entropy_round(self) -> dict:
@@ -618,11 +641,15 @@ class StorageNode:
         copy is still exactly the one compared, so a write that raced the reaper survives.
         """
         cutoff = (time.time() - self.options.tombstone_grace) * 1000
-        candidates = [
-            (dkey, raw)
-            for dkey, raw in self.store.iterate(DATA, codec.partition_prefix(partition))
-            if _old_tombstone(raw, cutoff)
-        ]
+        candidates = []
+        prefix = codec.partition_prefix(partition)
+        for count, (dkey, raw) in enumerate(self.store.iterate(DATA, prefix), 1):
+            if _old_tombstone(raw, cutoff):
+                candidates.append((dkey, raw))
+            if count % _REAP_SCAN_STEP == 0:
+                # A range can hold millions of keys, each decoded here: the loop lets gossip
+                # and requests in between, or peers would call the node down meanwhile.
+                await asyncio.sleep(0)
         if not candidates:
             return 0
         keys = [dkey for dkey, _ in candidates]
@@ -642,8 +669,12 @@ class StorageNode:
         # an owner that was down then): delivered after the reap, it would bring the key
         # back. Every node of the ring is asked, as any may have stood in, and a node that
         # left it but still runs (its leave stopped before it passed its hints on); a node
-        # that does not answer could hold one, so nothing is reaped this round.
+        # that does not answer could hold one, so nothing is reaped this round. A node
+        # that is not an owner is asked for copies of its own too: one kept from an
+        # earlier ownership (a ring change that ended before old copies were dropped)
+        # would come back with the range, were it given back to that node.
         agreed -= set(self.handoff.hinted(sorted(agreed)))
+        owners = {self.id, *peers}
         ring = self.ring.nodes()
         leaving = [p for p in self.transport.peers if p not in ring and self.transport.live(p)]
         # Leaving nodes first: one passes its hints on to ring nodes (never the other way),
@@ -655,7 +686,12 @@ class StorageNode:
                 return 0  # asked, it could not answer either (and the call would wait)
             try:
                 hinted = await self._call(
-                    other, "anti_entropy_call", "hinted", partition, sorted(agreed)
+                    other,
+                    "anti_entropy_call",
+                    "hinted",
+                    partition,
+                    sorted(agreed),
+                    other not in owners,
                 )
             except (PeerUnavailable, StorageError):
                 return 0
@@ -1216,6 +1252,9 @@ class StorageNode:
                     out.append(self._update(txn, req.dkey, me, req.op, stamp))
                 except DynarayError as exc:  # this key's write is refused, not its neighbours'
                     out.append(exc)
+                except Exception as exc:  # noqa: BLE001 - as the one-key path does
+                    log.exception("coordinating a put failed")
+                    out.append(self._fault("put", exc))
             return out
 
         try:
@@ -1300,10 +1339,13 @@ class StorageNode:
             if not req.tally.reached:
                 again.append(self._coordinate_into(answers, req.index, sender, requests[req.index]))
                 continue
-            answers[req.index] = [
-                "ok",
-                self._answer(records.merge_encoded([raw for _, raw in req.replies.values()])),
-            ]
+            try:
+                merged = records.merge_encoded([raw for _, raw in req.replies.values()])
+            except ValueError as exc:  # copies of two kinds, or one that does not decode:
+                answers[req.index] = ["error", exc]  # that key fails, not its neighbours
+                self.metrics.request("get", "error", elapsed)
+                continue
+            answers[req.index] = ["ok", self._answer(merged)]
             self.metrics.request("get", "ok", elapsed)
         if self.options.read_repair:
             self._spawn(self._repair_batch(batch, asks))
@@ -1329,7 +1371,8 @@ class StorageNode:
         stale: dict[str, list] = {}
         for req in batch:
             if req.tally.reached:
-                reads.stale_replicas(req.dkey, req.replies, stale)
+                with contextlib.suppress(ValueError):  # unmergeable: failed its own read
+                    reads.stale_replicas(req.dkey, req.replies, stale)
         await self._send_repairs(stale)
 
     async def _send_repairs(self, stale: dict[str, list]) -> None:
@@ -1477,8 +1520,8 @@ class StorageNode:
             _warn_of_siblings(dkey, stored, record)
         encoded = records.encode(record)
         records.check_size(record.kind, encoded, len(raw) if raw is not None else 0)
-        txn.put(db, rkey, encoded)
         context = [records.written_context(record, op, actor), records.context_stamp(record)]
+        txn.put(db, rkey, encoded)  # last: a key that failed above left nothing in the batch
         return context, encoded
 
     def _takers(self, routed: list[quorum.Target], asked: bool) -> list[quorum.Target]:
@@ -1641,8 +1684,14 @@ class StorageNode:
                 owners.update(self._owners(dkey))
             for owner in sorted(owners):
                 raw = self.store.get(HINTS, hint_key(owner, dkey))
-                if raw is not None:
+                if raw is None:
+                    continue
+                try:
                     record = records.merge(record, records.decode(raw))
+                except records.KindMismatch as exc:
+                    # One key's hint of another kind fails no read batched with it; the
+                    # copy of the other kind is the reader's to meet, key by key.
+                    self._note_unmergeable(dkey, exc)
         return record
 
     async def _read_repair(self, request: reads.Read) -> None:
@@ -1694,13 +1743,7 @@ class StorageNode:
                 try:
                     new = records.merge_into(txn.get(db, rkey), incoming)
                 except records.KindMismatch as exc:
-                    self.metrics.count("unmergeable")
-                    # Once per key (hints of it come every round), for a bounded number of
-                    # keys: past that, the count alone goes on.
-                    logged = self._unmergeable
-                    if dkey not in logged and len(logged) < _UNMERGEABLE_LOGGED:
-                        logged.add(dkey)
-                        log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
+                    self._note_unmergeable(dkey, exc)
                     held.append(False)
                     continue
                 if new is not None:  # an unchanged record costs no write (and no Merkle update)
@@ -1709,6 +1752,16 @@ class StorageNode:
             return held
 
         return await self.store.write(op)
+
+    def _note_unmergeable(self, dkey: bytes, exc: Exception) -> None:
+        """Count a copy of dkey that cannot be merged with ours (a key written as two kinds
+        across a partition); ours is kept. Logged once per key (copies of it come every
+        round), for a bounded number of keys: past that, the count alone goes on."""
+        self.metrics.count("unmergeable")
+        logged = self._unmergeable
+        if dkey not in logged and len(logged) < _UNMERGEABLE_LOGGED:
+            logged.add(dkey)
+            log.warning("key %s: %s; ours is kept", _key_text(dkey), exc)
 
     @ray.method(enable_task_events=False)
     async def replica_repair(self, sender: str, items: list) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dynaray import codec, merkle
-from dynaray.storage import CALL_BYTES, DATA, Store, Txn
+from dynaray.codec import CALL_BYTES
+from dynaray.storage import DATA, Store, Txn
 
 
 class KeyRanges:
@@ -61,9 +62,13 @@ class KeyRanges:
                 items.append((dkey, merkle.item_hash(dkey, record)))
         return items
 
-    def read_records(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
-        """The stored records (encoded) of data keys of one range; None where absent."""
-        return self.store.get_many(DATA, keys)
+    def read_records(
+        self, partition: int, keys: list[bytes], max_bytes: int | None = None
+    ) -> list[bytes | None]:
+        """The stored records (encoded) of data keys of one range; None where absent. With
+        `max_bytes`, those of the first keys only, up to about that many bytes (at least
+        one): an answer that goes out in one call."""
+        return self.store.get_many(DATA, keys, max_bytes)
 
     def scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (data key, record) of a range, after key `after`, and no more than

@@ -53,14 +53,14 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # In META while a directory created for a node that may have had data elsewhere has not yet
 # copied its ranges back from their other replicas (the node clears it when it has).
 REFILL = b"refill"
+# The REFILL mark's value for a directory that started empty (its copy of a range is no
+# copy at all until refilled), and for one whose data went back in time.
+REFILL_EMPTY = b"empty"
+REFILL_OLDER = b"1"
 _INITIAL_MAP_SIZE = 64 << 20
 # How long close() waits for the writer to finish the writes queued before it.
 _CLOSE_WAIT = 30.0
 _MAX_BATCH = 2048
-# A batch of records read to go out in one call (hints, a range being handed over) stops
-# at about this many bytes, whatever its count: values of up to a MiB would make a
-# 500-record batch half a gigabyte.
-CALL_BYTES = 4 << 20
 _STOP = object()
 
 
@@ -199,7 +199,7 @@ class Store:
                     txn.put(_STAMP, self.node_id.encode(), db=meta)
                     txn.put(_ACTOR, actor.encode(), db=meta)
                     if not fresh:
-                        txn.put(REFILL, b"1", db=meta)
+                        txn.put(REFILL, REFILL_EMPTY, db=meta)
                 elif stamp.decode() != self.node_id:
                     raise NodeError(
                         f"directory {self.path!r} belongs to node {stamp.decode()!r}, not "
@@ -214,7 +214,7 @@ class Store:
                         actor = _new_life(self.node_id)
                         new_actor = True
                         txn.put(_ACTOR, actor.encode(), db=meta)
-                        txn.put(REFILL, b"1", db=meta)
+                        txn.put(REFILL, REFILL_OLDER, db=meta)
                         log.warning(
                             "node %s: %s; its data may be older than what it last wrote, so "
                             "it now writes under the actor id %s, and merges its ranges back "
@@ -311,9 +311,24 @@ class Store:
         with self._open(db) as txn:
             return txn.get(key)
 
-    def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+    def get_many(
+        self, db: bytes, keys: list[bytes], max_bytes: int | None = None
+    ) -> list[bytes | None]:
+        """The values of keys (None where absent), read in one transaction. With
+        `max_bytes`, those of the first keys only, up to about that many bytes (at least
+        one): an answer that goes out in one call."""
         with self._open(db) as txn:
-            return [txn.get(key) for key in keys]
+            if max_bytes is None:
+                return [txn.get(key) for key in keys]
+            values: list[bytes | None] = []
+            size = 0
+            for key in keys:
+                if size >= max_bytes:
+                    break
+                value = txn.get(key)
+                values.append(value)
+                size += len(value) if value is not None else 0
+            return values
 
     def seek(self, db: bytes, key: bytes) -> bytes | None:
         """The first key at or after `key`, or None."""

@@ -526,3 +526,51 @@ def test_exchange_leaves_a_key_written_as_two_kinds_and_repairs_the_rest(tmp_pat
     assert figures.unmergeable == 1 and figures.keys_repaired == 1
     assert (kind_a, kind_b) == ("siblings", "counter")
     assert versions.values(behind_b.state) == [b"new"]
+
+
+def test_a_range_that_differs_everywhere_is_repaired_in_calls_of_bounded_size(
+    tmp_path, monkeypatch
+):
+    """A replica that missed a long stretch differs in most segments: every answer and
+    every repair sent travels in calls of about CALL_BYTES or less (here made 64 KiB), not
+    in one call the peer's deadline could never fit."""
+    from dynaray import anti_entropy
+
+    limit = 64 << 10
+    monkeypatch.setattr(anti_entropy, "CALL_BYTES", limit)
+    value = b"v" * 1024
+    theirs = {
+        _key(bench.PARTITION, (i * 7) % SEGMENTS, f"theirs-{i}"): bench._record(value)
+        for i in range(1500)
+    }
+    mine = {
+        _key(bench.PARTITION, (i * 11) % SEGMENTS, f"mine-{i}"): bench._record(value)
+        for i in range(300)
+    }
+    sizes: dict[str, list[int]] = {}
+
+    async def scenario():
+        a, b = _pair(tmp_path)
+        try:
+            await a.load(mine)
+            await b.load(theirs)
+
+            async def call(method, partition, *args):
+                answer = await b.answer(method, partition, *args)
+                sent = args[0] if method == "apply" else answer
+                sizes.setdefault(method, []).append(len(codec.pack(sent)))
+                if method == "segment_items":
+                    assert len(args[0]) <= anti_entropy.SEGMENTS_PER_CALL
+                return answer
+
+            figures = await Exchange(bench.PARTITION, call, a.ranges, a.apply).run()
+            return figures, _root(a), _root(b)
+        finally:
+            a.store.close()
+            b.store.close()
+
+    figures, root_a, root_b = asyncio.run(scenario())
+    assert root_a == root_b and figures.keys_repaired == len(theirs) + len(mine)
+    assert len(sizes["read_records"]) > 1 and len(sizes["apply"]) > 1
+    for method in ("read_records", "apply"):
+        assert max(sizes[method]) <= limit + 2 * len(value) + 4096, (method, sizes[method])

@@ -490,6 +490,22 @@ def test_a_tombstone_is_not_reaped_while_any_node_holds_a_hint_of_its_key(node, 
     hinting["n9"] = [dkey]
     assert asyncio.run(node._reap(partition)) == 0
     del node.transport.peers["n9"]  # its leave finished: it is no longer a peer
+    # n4 holds a copy of its own from an earlier ownership of the range (a ring change
+    # that ended before old copies were dropped): asked for it as a non-owner, it says so.
+    copies = {"n4": [dkey]}
+    asked_copies: dict[str, bool] = {}
+
+    async def call_with_copies(peer, method, *args):
+        if args[0] == "hinted":
+            asked_copies[peer] = args[3]
+            return copies.get(peer, []) if args[3] else []
+        return await call(peer, method, *args)
+
+    monkeypatch.setattr(node, "_call", call_with_copies)
+    assert asyncio.run(node._reap(partition)) == 0
+    owners = set(node.ring.preference_list(partition)[:3])
+    assert {p for p, flag in asked_copies.items() if flag} == set(node.ring.nodes()) - owners
+    copies.clear()  # dropped by the next change
     assert asyncio.run(node._reap(partition)) == 3  # two peers and n1
     assert node.store.get(DATA, dkey) is None
     # The peer's side: a node taking a range over answers None for it.
@@ -810,6 +826,7 @@ def test_a_node_still_receiving_a_range_does_not_serve_it_to_another(node):
     _ready(node)
     node.pending.update({3, 5})
     node._gaining.add(3)  # 5 is being refilled: whole up to some moment
+    node._refill_empty = False  # (its data went back; an empty directory's is no copy)
     assert asyncio.run(node.range_items("n2", 3, None, 10)) is None
     assert asyncio.run(node.range_items("n2", 5, None, 10)) == []
     assert asyncio.run(node.range_items("n2", 4, None, 10)) == []
@@ -1125,3 +1142,190 @@ class _Nothing:
         from dynaray.anti_entropy import Figures
 
         return Figures()
+
+
+def test_a_node_refilling_an_empty_directory_gives_no_range_to_a_taker(tmp_path) -> None:
+    """Back on an empty directory, a node's copy of its ranges is no copy until refilled:
+    a joiner that copied a range from it would count the range as copied (and the old
+    replica would drop its copy) with nothing in it. It answers None, so the joiner asks
+    another replica; once the range is in, it serves it."""
+    path = str(tmp_path / "n1")
+    ring = Ring.create(["n1", "n2", "n3"], 16)
+    partition = sorted(ring.replicated_partitions("n1", 2))[0]
+
+    async def life() -> tuple:
+        node = StorageNode("n1", path)  # not fresh: it may have had data
+        before_ring = await node.range_items("n4", partition, None, 10)
+        await node.configure(ring.to_wire(), {"n": 2})
+        refilling = await node.range_items("n4", partition, None, 10)
+        node.pending.discard(partition)  # as when the range is in
+        refilled = await node.range_items("n4", partition, None, 10)
+        await node.stop()
+        return before_ring, refilling, refilled
+
+    assert asyncio.run(life()) == (None, None, [])
+
+
+def test_a_directory_whose_data_went_back_still_serves_the_ranges_it_refills(tmp_path):
+    """Its copy is whole up to some moment, and a store restored from backups refills
+    every node at once: were they all to refuse, no range could be taken over."""
+    from dynaray.storage import META, REFILL, REFILL_OLDER, Store
+
+    path = str(tmp_path / "n1")
+    ring = Ring.create(["n1", "n2", "n3"], 16)
+    partition = sorted(ring.replicated_partitions("n1", 2))[0]
+    store = Store(path, "n1", sync=False, fresh=True)
+    asyncio.run(store.write(lambda txn: txn.put(META, REFILL, REFILL_OLDER)))
+    store.close()
+
+    async def life() -> list:
+        node = StorageNode("n1", path)
+        await node.configure(ring.to_wire(), {"n": 2})
+        assert partition in node.pending
+        served = await node.range_items("n4", partition, None, 10)
+        await node.stop()
+        return served
+
+    assert asyncio.run(life()) == []
+
+
+def test_a_node_asked_as_a_non_owner_names_the_copies_it_kept(node):
+    """The peer side of the reaper's question: hints only from an owner (its data copy is
+    compared apart), hints and copies of its own from a node that is not one."""
+    _ready(node)
+    key, _ = _owned_first(node)
+    partition, dkey = quorum.locate(node.ring, BUCKET, key)
+    _write(node, dkey, _blind(b"\x00v"))
+    absent = quorum.locate(node.ring, BUCKET, b"never-written")[1]
+    ask = node.anti_entropy_call
+    assert asyncio.run(ask("n2", "hinted", partition, [dkey, absent])) == []
+    assert asyncio.run(ask("n2", "hinted", partition, [dkey, absent], False)) == []
+    assert asyncio.run(ask("n2", "hinted", partition, [dkey, absent], True)) == [dkey]
+
+
+def test_an_anti_entropy_repair_into_a_range_our_ring_took_from_us_is_not_kept(node):
+    """A peer still on an older ring compares a range with us that we dropped: its repair
+    would put back a copy no exchange or reaping of ours looks at any more."""
+    _ready(node)
+    mine, not_mine = _keys_by_role(node.ring, 3)
+    record = records.encode(records.update(None, _blind(b"\x00v"), "n2", 1))
+    items = [[mine[0], record, None], [not_mine[0], record, None]]
+    asyncio.run(node.anti_entropy_call("n2", "apply", 0, items))
+    assert node.store.get(DATA, mine[0]) == record
+    assert node.store.get(DATA, not_mine[0]) is None
+
+
+def test_the_reaper_lets_other_work_run_while_it_scans_a_large_range(node):
+    """The scan of a range for old tombstones decodes every record: with no tombstone to
+    reap (the usual case) it never awaited anything, so a node holding millions of keys
+    answered no gossip for seconds and its peers called it down."""
+    _ready(node)
+    key, _ = _owned_first(node)
+    partition, _ = quorum.locate(node.ring, BUCKET, key)
+    record = records.encode(records.update(None, _blind(b"\x00v"), "n1", 1))
+    keys = [codec.data_key(partition, i % 1024, BUCKET, b"k%d" % i) for i in range(3000)]
+
+    def op(txn) -> None:
+        for dkey in keys:
+            txn.put(DATA, dkey, record)
+
+    asyncio.run(node.store.write(op))
+
+    async def scenario() -> tuple[int, int]:
+        woke = 0
+        done = False
+
+        async def other_work() -> None:
+            nonlocal woke
+            while not done:
+                woke += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        reaped = await node._reap(partition)
+        done = True
+        await task
+        return reaped, woke
+
+    reaped, woke = asyncio.run(scenario())
+    assert reaped == 0 and woke >= 3
+
+
+def _first_keys(node: StorageNode, count: int) -> list[bytes]:
+    """Keys whose preference list starts with n1."""
+    found = []
+    for i in range(5000):
+        key = f"b{i}".encode()
+        if node.ring.preference_list(quorum.locate(node.ring, BUCKET, key)[0])[0] == "n1":
+            found.append(key)
+            if len(found) == count:
+                return found
+    raise AssertionError("too few keys owned first by n1")
+
+
+def test_a_key_whose_copies_cannot_be_merged_fails_alone_in_a_coordinated_batch(node, monkeypatch):
+    """Copies of two kinds (a bucket created with two policies across a partition) make a
+    read of that key fail; the other reads of the batch are answered as usual."""
+    _ready(node)
+    bad, good = _first_keys(node, 2)
+    bad_dkey = quorum.locate(node.ring, BUCKET, bad)[1]
+    _write(node, bad_dkey, _blind(b"\x00v"))  # a siblings copy here
+    counter = records.encode(records.update(None, ["counter", ["increment", 1]], "n3", 1))
+
+    async def call(peer, method, items):
+        assert method == "replica_get"
+        return [counter if item == bad_dkey else None for item in items]
+
+    monkeypatch.setattr(node, "_call", call)
+    monkeypatch.setattr(node, "is_up", lambda peer: True)
+    monkeypatch.setattr(node.options, "read_repair", False, raising=False)
+    gets = [["get", BUCKET, key, 3, 3] for key in (bad, good)]
+    answers = asyncio.run(node.coordinate_batch("client", gets))
+    assert answers[0][0] == "error" and isinstance(answers[0][1], records.KindMismatch)
+    assert answers[1] == ["ok", None]
+
+
+def test_a_write_that_fails_unexpectedly_fails_alone_in_a_coordinated_batch(node, monkeypatch):
+    """A stored record that does not decode fails the write of its key (which may or may
+    not be stored, as on the one-key path); the batch's other writes are stored."""
+    _ready(node)
+    bad, good = _first_keys(node, 2)
+    bad_dkey = quorum.locate(node.ring, BUCKET, bad)[1]
+    asyncio.run(node.store.write(lambda txn: txn.put(DATA, bad_dkey, b"\xc1 not a record")))
+
+    async def call(peer, method, items):
+        assert method == "replica_put"
+        return [True] * len(items)
+
+    monkeypatch.setattr(node, "_call", call)
+    monkeypatch.setattr(node, "is_up", lambda peer: True)
+    puts = [["put", BUCKET, key, _blind(b"\x00w"), 2, 3] for key in (bad, good)]
+    answers = asyncio.run(node.coordinate_batch("client", puts))
+    assert answers[0][0] == "error" and "may or may not be stored" in str(answers[0][1])
+    assert answers[1][0] == "ok"
+    good_dkey = quorum.locate(node.ring, BUCKET, good)[1]
+    assert node.store.get(DATA, good_dkey) is not None
+    assert node.store.get(DATA, bad_dkey) == b"\xc1 not a record"
+
+
+def test_a_stand_ins_hint_of_another_kind_fails_no_read_batched_with_it(node):
+    """A stand-in answers a read with its copy merged with its hints of the key; a hint of
+    another kind is left out (and counted), and the other keys of the call are answered."""
+    from dynaray.hints import hint_key
+    from dynaray.storage import HINTS
+
+    _ready(node)
+    a, b = (quorum.locate(node.ring, BUCKET, k)[1] for k in (b"hinted-a", b"hinted-b"))
+    siblings = records.encode(records.update(None, _blind(b"\x00v"), "n2", 1))
+    counter = records.encode(records.update(None, ["counter", ["increment", 1]], "n3", 1))
+
+    def op(txn) -> None:
+        txn.put(DATA, a, siblings)
+        txn.put(HINTS, hint_key("n4", a), counter)
+        txn.put(HINTS, hint_key("n4", b), siblings)
+
+    asyncio.run(node.store.write(op))
+    answers = asyncio.run(node.replica_get("n2", [[a, "n4"], [b, "n4"]]))
+    assert answers == [siblings, siblings]
+    assert a in node._unmergeable
