@@ -166,7 +166,12 @@ class Transport:
             task = asyncio.ensure_future(self._flush(slot, batch, timeout))
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
-        return await future
+        try:
+            # The deadline counts from now, the wait for the call ahead included; a request
+            # still waiting then is not sent (_flush skips it), one in flight may arrive.
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s") from None
 
     async def _flush(self, slot: tuple[str, str, int], batch: _Batch, timeout: float) -> None:
         peer, method, _ = slot

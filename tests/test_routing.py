@@ -363,8 +363,15 @@ def test_a_write_to_coordinators_already_seen_dead_says_it_was_never_sent():
     async def put():
         return await routing.put(BUCKET, b"k", op, 2, 3)
 
+    async def put_then_settle():
+        try:
+            return await put()
+        finally:
+            await asyncio.sleep(0.05)  # the ring refresh a dead node set off ends too
+
     with pytest.raises(RequestTimeout, match="may or may not"):
-        asyncio.run(put())
+        asyncio.run(put_then_settle())
+    assert set(routing.transport.dead) == set(NODES)  # every actor is now known dead
     tried = len(calls)
     assert tried > 0
     with pytest.raises(Unavailable, match="no coordinator could be reached"):
@@ -612,3 +619,38 @@ def test_a_dropped_message_was_never_sent():
     with pytest.raises(PeerUnavailable) as caught:
         asyncio.run(transport.call("n1", "coordinate_batch", [], timeout=1))
     assert not caught.value.may_have_arrived and not sent
+
+
+def test_a_request_waiting_for_the_call_ahead_keeps_its_own_deadline():
+    """Its deadline counts from when it was asked, the wait for the call ahead of it to
+    the same node included (it waited for that call's whole deadline, then its own); one
+    never sent is not sent after it gave up."""
+    transport = Transport("client")
+    sent: list = []
+    release = asyncio.Event()
+
+    class Node:
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, sender, items):
+            async def answer():
+                sent.append(list(items))
+                await release.wait()
+                return items
+
+            return answer()
+
+    transport.set_peers({"n1": Node()})
+
+    async def main():
+        first = asyncio.ensure_future(transport.call_batched("n1", "m", "a", timeout=30))
+        await asyncio.sleep(0.01)  # "a" is in flight
+        with pytest.raises(PeerUnavailable, match="no answer to m within") as caught:
+            await transport.call_batched("n1", "m", "b", timeout=0.05)
+        assert caught.value.may_have_arrived  # (as far as its caller can tell)
+        release.set()
+        assert await first == "a"
+
+    asyncio.run(main())
+    assert sent == [["a"]]
