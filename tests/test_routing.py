@@ -473,10 +473,9 @@ def test_a_read_goes_on_after_a_coordinator_that_is_stopping():
     assert answers == [stored, stored]
 
 
-def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
-    """It waited for the call ahead of it to the same node; its caller's deadline passed
-    meanwhile. Sent later, a write would be applied after its caller was told it timed out
-    (and, for lww, stamped after writes acknowledged since)."""
+def _held_transport() -> tuple[Transport, list, asyncio.Event]:
+    """A client transport to one node "n1" that records each call's items and answers
+    them (echoed) once the event is set; made inside the loop that uses it."""
     transport = Transport("client")
     sent: list = []
     release = asyncio.Event()
@@ -494,6 +493,14 @@ def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
             return answer()
 
     transport.set_peers({"n1": Node()})
+    return transport, sent, release
+
+
+def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
+    """It waited for the call ahead of it to the same node; its caller's deadline passed
+    meanwhile. Sent later, a write would be applied after its caller was told it timed out
+    (and, for lww, stamped after writes acknowledged since)."""
+    transport, sent, release = _held_transport()
 
     async def main():
         first = asyncio.ensure_future(transport.call_batched("n1", "m", "a", timeout=5))
@@ -625,23 +632,7 @@ def test_a_request_waiting_for_the_call_ahead_keeps_its_own_deadline():
     """Its deadline counts from when it was asked, the wait for the call ahead of it to
     the same node included (it waited for that call's whole deadline, then its own); one
     never sent is not sent after it gave up."""
-    transport = Transport("client")
-    sent: list = []
-    release = asyncio.Event()
-
-    class Node:
-        def __getattr__(self, method):
-            return self
-
-        def remote(self, sender, items):
-            async def answer():
-                sent.append(list(items))
-                await release.wait()
-                return items
-
-            return answer()
-
-    transport.set_peers({"n1": Node()})
+    transport, sent, release = _held_transport()
 
     async def main():
         first = asyncio.ensure_future(transport.call_batched("n1", "m", "a", timeout=30))
