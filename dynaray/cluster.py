@@ -56,6 +56,8 @@ _ROUTER_WAIT = 10.0
 # How long a node of a new ring may go without answering while ranges are handed over
 # before the change stops, with every old copy kept (Cluster._reshape).
 HANDOFF_SILENCE = 60.0
+# Seconds between giving the new ring again to a node of it that has not taken it yet.
+RING_RESEND = 10.0
 # Seconds a driver's hold on membership changes lasts unless renewed (Router.hold_change):
 # a driver that dies in the middle of one holds up the next for at most this long.
 CHANGE_LEASE = 120.0
@@ -1337,17 +1339,23 @@ class Cluster:
         nodes = list(ring.nodes())
         before = self._ask("handoff_status", nodes=nodes)
         self._check_hold()
-        self._ask("configure", ring.to_wire(), config, old.to_wire(), nodes=nodes)
+        give = (ring.to_wire(), config, old.to_wire())
+        self._ask("configure", *give, nodes=nodes)
         self._members = sorted(ring.nodes(), key=_node_sort_key)  # even if the rest fails
-        return self._settle(ring, before, progress)
+        return self._settle(ring, before, progress, give)
 
-    def _settle(self, ring: Ring, before: dict[str, dict], progress) -> dict[str, int]:
+    def _settle(
+        self, ring: Ring, before: dict[str, dict], progress, give: tuple | None = None
+    ) -> dict[str, int]:
         """Wait until every node of `ring` has received the ranges it gained, then let each
         drop the ranges it no longer replicates. Ranges are dropped only once every node
-        of the ring has said it holds what it gained: a node that does not answer, or
+        of the ring has said it holds what it gained: a node that does not answer, that
+        has not taken the ring yet (its configure call timed out: gossip or `give`, the
+        configure call's arguments, sent again every RING_RESEND seconds, brings it), or
         could not copy a range, leaves every old copy where it is. `before`: the nodes'
         handoff figures when the change began."""
         nodes = list(ring.nodes())
+        resent = time.monotonic()
 
         def since_before(status: dict[str, dict], counter: str) -> int:
             """A counter's growth since the change began, summed over the nodes; a node
@@ -1364,7 +1372,8 @@ class Cluster:
         heard = {node: time.monotonic() for node in nodes}  # when each last answered
         while True:
             status = self._ask("handoff_status", nodes=nodes)
-            pending = sum(s["pending"] for s in status.values())
+            behind = sorted(n for n, s in status.items() if s.get("ring", 0) < ring.version)
+            pending = sum(s["pending"] for s in status.values()) + len(behind)
             received = since_before(status, "keys_received")
             if progress is not None:
                 progress(pending, received)
@@ -1382,6 +1391,9 @@ class Cluster:
                 )
             if now > deadline:
                 raise DynarayError("ownership handoff did not finish within an hour")
+            if behind and give is not None and now - resent > RING_RESEND:
+                resent = now
+                self._ask("configure", *give, nodes=behind)
             time.sleep(0.2)
         failed = since_before(status, "ranges_failed")
         if failed:
@@ -1555,11 +1567,12 @@ class Cluster:
             self._remove_node(node, progress)
 
     def _remove_node(self, node: str, progress) -> None:
-        ring, _ = self._ring()
+        ring, config = self._ring()
         if node not in ring.nodes() and self._left_running(node):
             # Out of the ring already: an earlier remove_node stopped before its end.
             live = self._running()
-            self.last_change = self._settle(ring, self._ask("handoff_status"), progress)
+            give = (ring.to_wire(), config, None)
+            self.last_change = self._settle(ring, self._ask("handoff_status"), progress, give)
         else:
             old, config, live = self._check_leave(node)
             if not self._ask("ping", nodes=[node], timeout=5.0):

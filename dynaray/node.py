@@ -526,8 +526,11 @@ class StorageNode:
         return self.ranges.scan(partition, after, limit)
 
     async def handoff_status(self) -> dict:
-        # `life`: the counters start again at each restart.
-        return {"pending": len(self.pending), "life": self.life, **self.transfer}
+        # `life`: the counters start again at each restart. `ring`: the version of the
+        # ring this node has taken (0: none yet): until it has the new one, its gains
+        # are not even pending.
+        ring = self.ring.version if self.ring is not None else 0
+        return {"pending": len(self.pending), "life": self.life, "ring": ring, **self.transfer}
 
     async def drop_foreign(self) -> int:
         """Delete ranges this node no longer replicates (after the new owners have them)."""

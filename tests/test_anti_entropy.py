@@ -296,6 +296,38 @@ def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkey
         cluster.shutdown()
 
 
+def test_a_join_waits_for_a_node_whose_configure_call_was_lost(ray_session, monkeypatch):
+    """The joiner's configure call timed out (here: never sent), so it had no ring and
+    answered "nothing pending": the change dropped the old copies at once, and the joiner
+    served ranges it never took over. It now counts as pending until it has the ring,
+    which the driver gives it again."""
+    from dynaray import cluster as cluster_module
+
+    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="late-joiner")
+    try:
+        client = cluster.client()
+        for i in range(20):
+            client.put(f"k{i}", None, i, w=3)
+        monkeypatch.setattr(cluster_module, "RING_RESEND", 0.5)
+        asked = cluster._ask
+        lost: list = []
+
+        def ask(method, *args, nodes=None, timeout=10.0):
+            if method == "configure" and not lost and nodes and "n4" in nodes:
+                lost.append(True)  # the first one to the joiner never arrives
+                nodes = [n for n in nodes if n != "n4"]
+            return asked(method, *args, nodes=nodes, timeout=timeout)
+
+        monkeypatch.setattr(cluster, "_ask", ask)
+        assert cluster.add_node() == "n4"
+        monkeypatch.setattr(cluster, "_ask", asked)
+        assert lost
+        for i in range(20):  # every owner of the new ring holds every key it owns
+            assert set(owners(cluster, f"k{i}")[:3]) <= set(cluster.replica_state(f"k{i}"))
+    finally:
+        cluster.shutdown()
+
+
 def test_an_add_node_that_stops_before_the_ring_changes_leaves_no_node_behind(
     ray_session, monkeypatch
 ):
