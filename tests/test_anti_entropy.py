@@ -261,17 +261,23 @@ def test_membership_changes_check_their_input(loaded):
         cluster.remove_node("n5")
 
 
+def _three_nodes_with_keys(store: str) -> tuple:
+    """A 3-node store (no background repair) holding k0..k19 on every node, and a client."""
+    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store=store)
+    client = cluster.client()
+    for i in range(20):
+        client.put(f"k{i}", None, i, w=3)
+    return cluster, client
+
+
 def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkeypatch):
     """Ranges are dropped only once every node of the new ring said it holds what it
     gained: here the joiner stops answering (its answers are lost), so the change stops
     with an error that says so, and every key keeps its old copies."""
     from dynaray import cluster as cluster_module
 
-    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="silent-joiner")
+    cluster, client = _three_nodes_with_keys("silent-joiner")
     try:
-        client = cluster.client()
-        for i in range(20):
-            client.put(f"k{i}", None, i, w=3)
         monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
         asked = cluster._ask
         dropped: list = []
@@ -303,11 +309,8 @@ def test_a_join_waits_for_a_node_whose_configure_call_was_lost(ray_session, monk
     which the driver gives it again."""
     from dynaray import cluster as cluster_module
 
-    cluster = dynaray.start(nodes=3, node_options=ALONE, partitions=16, store="late-joiner")
+    cluster, client = _three_nodes_with_keys("late-joiner")
     try:
-        client = cluster.client()
-        for i in range(20):
-            client.put(f"k{i}", None, i, w=3)
         monkeypatch.setattr(cluster_module, "RING_RESEND", 0.5)
         asked = cluster._ask
         lost: list = []
