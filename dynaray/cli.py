@@ -192,7 +192,7 @@ def _keys_of(args: argparse.Namespace):
 
 def cmd_get(args: argparse.Namespace) -> int:
     res = _keys_of(args).get(args.key)
-    if not res.values:
+    if not res.exists:  # (a counter, set or map never written reads as 0, set(), {})
         print(f"{args.key}: (absent)")
         return 1
     for value in res.values:

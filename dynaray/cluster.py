@@ -222,7 +222,11 @@ def start(
     # Everything a node would refuse at its start is checked here, before Ray starts. A
     # store started again without `nodes` has as many as it kept: checked once known.
     count = nodes or (DEFAULT_NODES if data_dir is None else None)
-    given_r, given_w = DEFAULT_R if r is None else r, DEFAULT_W if w is None else w
+    # R and W not given: the defaults for a new store, and for one started again what it
+    # kept (not known yet: checked with the ring, _ring_for; the defaults may not fit n).
+    unknown = data_dir is not None
+    given_r = (min(DEFAULT_R, n) if unknown else DEFAULT_R) if r is None else r
+    given_w = (min(DEFAULT_W, n) if unknown else DEFAULT_W) if w is None else w
     quorum.check_quorum(n, given_r, given_w, count or n)
     if (count or 0) > check_partitions(partitions):
         raise ValueError(f"{count} nodes need at least as many partitions; got {partitions}")
@@ -760,6 +764,7 @@ def _ring_for(
     kept = newest["config"] if newest is not None else {}
     r = kept.get("r", DEFAULT_R) if r is None else r
     w = kept.get("w", DEFAULT_W) if w is None else w
+    quorum.check_quorum(n, r, w, len(node_ids))
     # "id": this store's, made once (a store restarted keeps it): contexts are tied to it,
     # so a context of another store, or of one made anew under this name, is refused.
     kept_id = kept.get("id")
@@ -1003,9 +1008,11 @@ class Cluster:
         return out
 
     def stats(self) -> dict[str, dict]:
-        """Per live node: requests and latency by operation and outcome, quorum failures,
-        sloppy-quorum writes, hints held and delivered, read repairs, anti-entropy, handoff,
-        siblings per read, LMDB size: the figures exported to Ray's metrics."""
+        """Per live node: requests it coordinated and their latency by operation and
+        outcome (reads only on the "any" path: clients coordinate theirs, counted here as
+        `replica_reads`), sloppy-quorum writes, hints held and delivered, read repairs made
+        on it, anti-entropy, handoff, the most siblings a key held, LMDB size: the figures
+        exported to Ray's metrics (docs/operations.md)."""
         return self._ask("stats")
 
     def info(self) -> dict[str, dict]:
@@ -1164,8 +1171,9 @@ class Cluster:
                 f"{lost}, and no running machine holds its directory; nothing was started. "
                 "If its machine is only restarting, restart the node once `ray status` "
                 "shows the machine again. If its disk is lost for good, restart it with "
-                "empty=True (`dynaray restart --empty`): it starts empty on a free machine "
-                "and copies its ranges back from their other replicas"
+                f"empty=True (`dynaray restart{store_option(self.store)} {node} --empty`): "
+                "it starts empty on a free machine and copies its ranges back from their "
+                "other replicas"
             )
         pinned = homes_for([node], holding).get(node) if kept_somewhere else None
         if pinned is not None:
@@ -1386,8 +1394,9 @@ class Cluster:
                 raise DynarayError(
                     f"node(s) {', '.join(silent)} stopped answering while ranges were handed "
                     "over; the ring has changed, and no node dropped a range, so every key "
-                    "keeps its old copies. Bring them back (dynaray restart NODE); "
-                    "anti-entropy then fills in what they miss"
+                    "keeps its old copies. Bring them back (`dynaray restart"
+                    f"{store_option(self.store)} NODE`); anti-entropy then fills in what they "
+                    "miss"
                 )
             if now > deadline:
                 raise DynarayError("ownership handoff did not finish within an hour")
@@ -1585,7 +1594,7 @@ class Cluster:
                 f"node {node!r} has left the ring, but {what} the hints it holds (writes "
                 "for nodes that were down) that no other node took; it keeps running to hold "
                 f"them. Once the other nodes are up, remove_node({node!r}) again "
-                "(`dynaray leave`) finishes the leave"
+                f"(`dynaray leave{store_option(self.store)} {node}`) finishes the leave"
             )
         self._ask("stop", nodes=[node], timeout=30.0)
         self._drop(node, live)

@@ -109,6 +109,7 @@ class NodeMetrics:
             metrics["latency"].observe(seconds, tags={**tags, "op": op, "outcome": outcome})
         for name, value in self.gauges.items():
             metrics["gauge"].set(value, tags={**tags, "figure": name})
+        metrics["gauge"].set(self.max_siblings, tags={**tags, "figure": "max_siblings_per_read"})
         metrics["gauge"].set(late, tags={**tags, "figure": "loop_late_max_seconds"})
 
     def _create(self) -> dict:

@@ -26,7 +26,7 @@ from dynaray import actors, codec, hlc, quorum, reads, records, versions
 from dynaray.anti_entropy import Exchange, Figures
 from dynaray.catalog import Catalog
 from dynaray.codec import key_repr
-from dynaray.errors import DynarayError, InvalidRequest, NodeError, RequestTimeout, StorageError
+from dynaray.errors import DynarayError, InvalidRequest, RequestTimeout, StorageError
 from dynaray.faults import Faults
 from dynaray.hints import HintedHandoff, hint_key
 from dynaray.hlc import HybridClock
@@ -1115,9 +1115,15 @@ class StorageNode:
         return quorum.locate(self._ring(), bucket, key)
 
     def _ring(self) -> Ring:
-        """Our ring, for coordinating a request; NodeError while the store is starting."""
+        """Our ring, for coordinating a request. Without one yet (the store is starting,
+        or the node is back on an empty disk and found by name before the driver gave it
+        the ring) StorageError: nothing was done, so a client goes on to another node, for
+        a write too."""
         if self.ring is None:
-            raise NodeError(f"node {self.id} has no ring yet; the store is still starting")
+            raise StorageError(
+                f"node {self.id} has no ring yet (the store is still starting): nothing was "
+                "written or read here; another node coordinates the request"
+            )
         return self.ring
 
     def _plan(
@@ -1382,9 +1388,9 @@ class StorageNode:
         """Send each stale replica its merged versions ({node: [(dkey, encoded, hint)]}), one
         call per replica; one that cannot be reached is left to hints and anti-entropy."""
         for node, items in stale.items():
-            self.metrics.count("read_repairs", len(items))
             with contextlib.suppress(PeerUnavailable, StorageError):  # repair is a shortcut
                 if node == self.id:
+                    self.metrics.count("read_repairs", len(items))  # (others count theirs)
                     await self._apply(items)
                 else:
                     await self._call(node, "replica_repair", items)
@@ -1520,7 +1526,7 @@ class StorageNode:
             actor = f"{self.actor}~{self.life:x}.{stamp:x}"
         record = records.update(stored, op, actor, stamp, self.options.sibling_limit)
         if record.kind == "siblings":
-            _warn_of_siblings(dkey, stored, record)
+            self.metrics.siblings(_note_siblings(dkey, stored, record))
         encoded = records.encode(record)
         records.check_size(record.kind, encoded, len(raw) if raw is not None else 0)
         context = [records.written_context(record, op, actor), records.context_stamp(record)]
@@ -1775,7 +1781,10 @@ class StorageNode:
         self._check_sender(sender)
         for _, raw, _ in items:
             records.decode(raw)  # a repair may come from a client: check it all, not the envelope
-        return sum(await self._apply([item for item in items if self._keeps(item)]))
+        kept = [item for item in items if self._keeps(item)]
+        # Counted where repaired: a client coordinating its reads keeps no figures.
+        self.metrics.count("read_repairs", len(kept))
+        return sum(await self._apply(kept))
 
     def _clock_ahead(self, seconds: float) -> None:
         """A record arrived stamped well past our wall clock: some node's clock runs ahead.
@@ -1984,9 +1993,11 @@ def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> l
     return [p for p in preference[:n] if p not in covered]
 
 
-def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: records.Record) -> None:
-    """Log a key whose siblings pile up: past SIBLING_WARNING, and again each time their
-    number doubles (not at every write: a key written in a loop would flood the log)."""
+def _note_siblings(dkey: bytes, stored: records.Record | None, record: records.Record) -> int:
+    """The most versions the key held, before or after a write (what a read of it
+    returned, or would); logged when its siblings pile up: past SIBLING_WARNING, and again
+    each time their number doubles (not at every write: a key written in a loop would flood
+    the log)."""
 
     def level(count: int) -> int:
         return 0 if count <= SIBLING_WARNING else (count // SIBLING_WARNING).bit_length()
@@ -2000,6 +2011,7 @@ def _warn_of_siblings(dkey: bytes, stored: records.Record | None, record: record
             _key_text(dkey),
             count,
         )
+    return max(count, before)
 
 
 def _old_tombstone(raw: bytes, cutoff: float) -> bool:

@@ -508,6 +508,25 @@ def test_a_store_started_again_keeps_its_quorums_unless_given_others(ray_session
         cluster.shutdown()
 
 
+def test_a_one_replica_store_starts_again_with_its_own_quorums(ray_session, tmp_path):
+    """n=1 keeps R=W=1: the defaults (2) were checked against n before the kept values
+    were read, so `dynaray up -n 1` refused to start it again. A new store given no R or
+    W still gets the defaults, and n=1 cannot take them."""
+    kw = {"data_dir": str(tmp_path / "data"), "node_options": FAST, "partitions": 16}
+    cluster = dynaray.start(nodes=1, n=1, r=1, w=1, store="single", **kw)
+    cluster.shutdown()
+    cluster = dynaray.start(n=1, store="single", **kw)
+    try:
+        config = cluster._ring()[1]
+        assert (config["r"], config["w"]) == (1, 1)
+    finally:
+        cluster.shutdown()
+    new = {**kw, "data_dir": str(tmp_path / "new")}
+    with pytest.raises(ValueError, match="must not exceed n=1"):
+        dynaray.start(nodes=1, n=1, store="single-new", **new)
+    dynaray.start(nodes=1, n=1, r=1, w=1, store="single-new", **new).shutdown()  # none left
+
+
 def test_a_store_that_changed_its_nodes_starts_again_and_never_reuses_an_id(ray_session, tmp_path):
     data = str(tmp_path / "data")
     kw = {"data_dir": data, "node_options": FAST, "partitions": 16, "store": "renumbered"}

@@ -86,6 +86,8 @@ def test_store_survives_down_and_up(tmp_path):
         assert gone.returncode == 1 and "(absent)" in gone.stdout
         wrong = _dynaray(["put", "--bucket", "likes", "k", "1"], home, check=False)
         assert wrong.returncode == 2 and "policy siblings or lww" in wrong.stderr
+        never = _dynaray(["get", "--bucket", "likes", "never-counted"], home, check=False)
+        assert never.returncode == 1 and "(absent)" in never.stdout  # not a stored 0
         repair = json.loads(_dynaray(["repair", "--json"], home).stdout)
         assert repair["keys_repaired"] == 0 and repair["ranges_compared"] > 0
         running = _dynaray(["restart", "n2"], home, check=False)

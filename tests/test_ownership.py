@@ -1329,3 +1329,29 @@ def test_a_stand_ins_hint_of_another_kind_fails_no_read_batched_with_it(node):
     answers = asyncio.run(node.replica_get("n2", [[a, "n4"], [b, "n4"]]))
     assert answers == [siblings, siblings]
     assert a in node._unmergeable
+
+
+def test_siblings_and_read_repairs_show_in_a_nodes_figures_with_reads_on_the_client(node):
+    """Clients coordinate their own reads, so a node sees no read of theirs: the siblings
+    a key holds are noted where it is written, and a read repair where it is applied."""
+    _ready(node)
+    key, _ = _owned_first(node)
+    _, dkey = quorum.locate(node.ring, BUCKET, key)
+    _write(node, dkey, _blind(b"\x00a"))
+    _write(node, dkey, _blind(b"\x00b"))  # no context: a sibling
+    assert node.metrics.snapshot()["max_siblings_per_read"] == 2
+    repaired = records.encode(records.update(None, _blind(b"\x00c"), "n2", 1))
+    assert asyncio.run(node.replica_repair("client", [[dkey, repaired, None]])) == 1
+    assert node.metrics.counts["read_repairs"] == 1
+
+
+def test_a_node_with_no_ring_yet_says_nothing_was_written(node):
+    """Found by name before the driver gave it the ring (back on an empty disk): a write
+    sent to it is refused as one that stored nothing, so the client goes on to another
+    coordinator instead of reporting that the write may or may not be stored."""
+    with pytest.raises(StorageError, match="no ring yet.*nothing was written"):
+        asyncio.run(node.coordinate_put("client", BUCKET, b"k", _blind(b"\x00v"), 2, 3))
+    [answer] = asyncio.run(
+        node.coordinate_batch("client", [["put", BUCKET, b"k", _blind(b"\x00v"), 2, 3]])
+    )
+    assert answer[0] == "error" and isinstance(answer[1], StorageError)
