@@ -79,13 +79,19 @@ class Router:
         self.layout = {"members": sorted(nodes, key=_node_sort_key), **(layout or {})}
         self.change: dict | None = None  # the membership change under way (hold_change)
 
-    async def hold_change(self, holder: str, doing: str, lease: float) -> list | None:
+    async def hold_change(
+        self, holder: str, doing: str, lease: float, renew: bool = False
+    ) -> list | None:
         """Take, or renew, the store's one hold on membership changes for `holder`: two
         changes made at once, from two drivers, would each make the ring's next version,
         and the nodes would never agree on one. None: `holder` has it now; else [what the
-        holder is doing, seconds since it began]. A hold not renewed lapses after `lease`."""
+        holder is doing, seconds since it began]. A hold not renewed lapses after `lease`;
+        `renew`: the holder had it, and is refused if it lapsed meanwhile (another change
+        may have been made since, even one that has ended)."""
         now = time.monotonic()
         held = self.change
+        if renew and (held is None or held["holder"] != holder):
+            return ["its hold lapsed; another change may have been made meanwhile", 0.0]
         if held is not None and held["holder"] != holder and held["until"] > now:
             return [held["doing"], now - held["since"]]
         since = held["since"] if held is not None and held["holder"] == holder else now
@@ -280,6 +286,9 @@ def start(
                 )
             if resources:
                 homes = homes_for(node_ids, _fingerprints(found), empty)
+        if fresh:  # a new store: R and W not given are the defaults, which must fit n
+            new_r, new_w = DEFAULT_R if r is None else r, DEFAULT_W if w is None else w
+            quorum.check_quorum(n, new_r, new_w, len(node_ids))
         if count is None:  # as many as the data directory holds: checked now
             quorum.check_quorum(n, given_r, given_w, len(node_ids))
             _placement(len(node_ids))
@@ -1124,7 +1133,8 @@ class Cluster:
                     "give it the ring; restart the other nodes first, then this one"
                 )
             home = ray.get(handle.info.remote(), timeout=_CALL_TIMEOUT)
-            ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_CALL_TIMEOUT)
+            peers = {**self._left_known(), **live, node: handle}
+            ray.get(handle.set_peers.remote(peers), timeout=_CALL_TIMEOUT)
             ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
         except BaseException as exc:
             # Not left half started, holding the node's name: a later restart can take it.
@@ -1440,7 +1450,7 @@ class Cluster:
         def renew() -> None:
             try:
                 while not stop.wait(CHANGE_LEASE / 12):
-                    if (other := self._take_hold()) is not None:
+                    if (other := self._take_hold(renew=True)) is not None:
                         self._lapsed = other
             except Exception as exc:  # noqa: BLE001 - a hold no longer renewed may lapse
                 self._lapsed = [f"unknown: this driver stopped renewing ({exc!r})", 0.0]
@@ -1457,7 +1467,7 @@ class Cluster:
                     ray.get(self._router.release_change.remote(self._holder), timeout=_CALL_TIMEOUT)
             self._holder = None
 
-    def _take_hold(self) -> list | None:
+    def _take_hold(self, renew: bool = False) -> list | None:
         """Take or renew this change's hold: None when it has it, else [what the holder
         does, seconds since it began]. Without a Router that answers (gone with its
         machine) nothing can be held: the change goes on, with a warning."""
@@ -1465,7 +1475,7 @@ class Cluster:
             if self._router is None:
                 raise ActorDiedError()
             return ray.get(
-                self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE),
+                self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE, renew),
                 timeout=_CALL_TIMEOUT,
             )
         except (RayError, AttributeError) as exc:  # AttributeError: a Router of 0.1.0
@@ -1482,7 +1492,9 @@ class Cluster:
 
     def _check_hold(self, then: str = "nothing was changed") -> None:
         """Before the nodes are given a new ring, and before they drop what they lost: the
-        hold is still this change's."""
+        hold is still this change's (asked now, not only as the renewer last heard)."""
+        if self._lapsed is None and self._holder is not None:
+            self._lapsed = self._take_hold(renew=True)
         if self._lapsed is not None:
             raise DynarayError(
                 f"this membership change's hold lapsed (the driver stalled for over "
@@ -1532,7 +1544,8 @@ class Cluster:
         self._handles[node] = handle
         self._members = sorted([*self._members, node], key=_node_sort_key)
         try:
-            ray.get(handle.set_peers.remote({**live, node: handle}), timeout=_STARTUP_TIMEOUT)
+            peers = {**self._left_known(), **live, node: handle}
+            ray.get(handle.set_peers.remote(peers), timeout=_STARTUP_TIMEOUT)
             ray.get(handle.set_faults.remote(self._faults.to_wire()), timeout=_CALL_TIMEOUT)
             self._ask("update_peer", node, handle, nodes=list(live))
             self._homes[node] = _home_of(ray.get(handle.info.remote(), timeout=60))
@@ -1598,6 +1611,12 @@ class Cluster:
             )
         self._ask("stop", nodes=[node], timeout=30.0)
         self._drop(node, live)
+
+    def _left_known(self) -> dict[str, Any]:
+        """{node: handle} of nodes out of the ring that this handle knows (a leave cut
+        short leaves one running, holding hints): a node started now must know them too,
+        as its tombstone reaper asks them (the others keep theirs, StorageNode.set_peers)."""
+        return {n: h for n, h in self._handles.items() if n not in self._members and h is not None}
 
     def _left_running(self, node: str) -> bool:
         """Whether `node`, not in the ring, still runs as this store's node."""

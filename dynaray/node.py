@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import lmdb
 import ray
 
 from dynaray import actors, codec, hlc, quorum, reads, records, versions
@@ -212,8 +213,9 @@ class StorageNode:
         self._unfinished: dict[int, list[str]] = self._per_range(_TAKING, codec.unpack)
         self.pending.update(self._unfinished)
         # Of those, the ranges gained in a ring change (not refilled): this node's copy of
-        # them is partial, so another node taking one over copies it from elsewhere.
-        self._gaining: set[int] = set()
+        # them is partial, so another node taking one over copies it from elsewhere. So
+        # from the start for the ranges an earlier life was still copying.
+        self._gaining: set[int] = set(self._unfinished)
         # {range: the take-over now answerable for it}: of two that take one range (a
         # resumed one and a refill), only the later clears its pending mark (_take_over).
         self._claims: dict[int, object] = {}
@@ -360,6 +362,19 @@ class StorageNode:
         if self.ring is not None and ring.version < self.ring.version:
             self._resume({})
             return False
+        if (
+            self.ring is not None
+            and ring.version == self.ring.version
+            and ring.to_wire() != self.ring.to_wire()
+        ):
+            # Two changes made from the same ring (a driver that stalled past its hold while
+            # another made a change): taking this one would hand no range over, and the
+            # nodes would hold two rings of one version for good.
+            raise DynarayError(
+                f"node {self.id} holds another ring of version {ring.version}: two "
+                "membership changes were made from the same ring; this one was not taken "
+                "here. Look at the ring (`dynaray ring`) before changing it again"
+            )
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
         n = int(config.get("n", 3))
@@ -462,7 +477,7 @@ class StorageNode:
         attempt = 0
         while copied is None and sources and (refill or attempt < 30):
             for source in sources:
-                if await self._pull(source, partition):
+                if await self._pull(source, partition, refill):
                     copied = source
                     break
             if copied is None:
@@ -488,14 +503,14 @@ class StorageNode:
                 except Exception:  # as for a pull: this source failed, the others go on
                     log.exception("comparing range %d with %s failed", partition, source)
 
-    async def _pull(self, source: str, partition: int) -> bool:
+    async def _pull(self, source: str, partition: int, refill: bool = False) -> bool:
         """Copy one range from one source; False if the source could not be reached or
         failed (the caller tries another: the range must not count as copied)."""
         after = None
         try:
             while True:
                 items = await self._call(
-                    source, "range_items", partition, after, self.options.transfer_batch
+                    source, "range_items", partition, after, self.options.transfer_batch, refill
                 )
                 if items is None:
                     return False  # the source is still receiving the range itself
@@ -511,26 +526,35 @@ class StorageNode:
             return False
 
     @ray.method(enable_task_events=False)
-    async def range_items(self, sender: str, partition: int, after: bytes | None, limit: int):
+    async def range_items(
+        self, sender: str, partition: int, after: bytes | None, limit: int, refilling: bool = False
+    ):
         """One batch of a range for a node taking it over: [(data key, encoded record)];
         None while this node is still receiving the range it gained (its copy is partial).
-        So too while this node refills it after starting on an empty directory (or, so
-        started, before it has a ring). A range being refilled otherwise is served: its
-        copy is whole up to some moment, and every node of a store restored from backups
-        refills at once."""
+        So too, to a node taking the range over in a ring change, while this node refills
+        it after starting on an empty directory (or, so started, before it has a ring).
+        A range being refilled is otherwise served: its copy is whole up to some moment,
+        every node of a store restored from backups refills at once, and nodes that all
+        lost their disks (`refilling` takers) must not wait on each other for good."""
         self._check_sender(sender)
         if partition in self._gaining:
             return None
-        if self._refill_empty and (self.ring is None or partition in self.pending):
+        if (
+            self._refill_empty
+            and not refilling
+            and (self.ring is None or partition in self.pending)
+        ):
             return None
         return self.ranges.scan(partition, after, limit)
 
     async def handoff_status(self) -> dict:
-        # `life`: the counters start again at each restart. `ring`: the version of the
+        # `life`: the counters start again at each restart; with the actor id, as a node
+        # back on an empty disk counts its lives from 1 again. `ring`: the version of the
         # ring this node has taken (0: none yet): until it has the new one, its gains
         # are not even pending.
         ring = self.ring.version if self.ring is not None else 0
-        return {"pending": len(self.pending), "life": self.life, "ring": ring, **self.transfer}
+        life = f"{self.actor}:{self.life}"
+        return {"pending": len(self.pending), "life": life, "ring": ring, **self.transfer}
 
     async def drop_foreign(self) -> int:
         """Delete ranges this node no longer replicates (after the new owners have them)."""
@@ -750,12 +774,22 @@ class StorageNode:
         }
 
     async def set_peers(self, peers: dict[str, Any]) -> None:
-        """Take the peers' actor handles (resolved once, cached) and start background work."""
-        self.transport.set_peers({p: h for p, h in peers.items() if p != self.id})
+        """Take the peers' actor handles (resolved once, cached) and start background work.
+        A node known here that is out of the ring (a leave cut short: it still runs, holding
+        hints) is kept even if not given: the tombstone reaper must ask it."""
+        given = {p: h for p, h in peers.items() if p != self.id}
+        ring = set(self.ring.nodes()) if self.ring is not None else set()
+        for peer, handle in self.transport.peers.items():
+            if peer not in given and peer not in ring and self.transport.live(peer):
+                given[peer] = handle
+        self.transport.set_peers(given)
         if self.refill and self.ring is not None:
             # Restarted halfway through a refill with no ring handed to it (no other node
             # answered the restart): carry on with the ring it kept.
             self._spawn(self.configure(self.ring.to_wire(), self.config))
+        elif self._unfinished and self.ring is not None:
+            # Restarted halfway through copying ranges, with no ring handed to it: copy on.
+            self._resume({})
         if not self._loops_started:
             self._loops_started = True
             self._spawn(self._every(self.options.gossip_interval, self._gossip_round))
@@ -1261,6 +1295,8 @@ class StorageNode:
                     out.append(self._update(txn, req.dkey, me, req.op, stamp))
                 except DynarayError as exc:  # this key's write is refused, not its neighbours'
                     out.append(exc)
+                except lmdb.Error:
+                    raise  # the transaction's (a full map: the store grows it and retries)
                 except Exception as exc:  # noqa: BLE001 - as the one-key path does
                     log.exception("coordinating a put failed")
                     out.append(self._fault("put", exc))

@@ -524,6 +524,7 @@ def test_a_one_replica_store_starts_again_with_its_own_quorums(ray_session, tmp_
     new = {**kw, "data_dir": str(tmp_path / "new")}
     with pytest.raises(ValueError, match="must not exceed n=1"):
         dynaray.start(nodes=1, n=1, store="single-new", **new)
+    assert not os.path.exists(new["data_dir"]) or not os.listdir(new["data_dir"])  # refused first
     dynaray.start(nodes=1, n=1, r=1, w=1, store="single-new", **new).shutdown()  # none left
 
 

@@ -19,7 +19,7 @@ from dynaray.errors import InvalidRequest, RequestTimeout, StorageError
 from dynaray.node import StorageNode
 from dynaray.ring import Ring
 from dynaray.storage import DATA
-from dynaray.transport import PeerUnavailable
+from dynaray.transport import PeerUnavailable, actor_of
 
 BUCKET = b"default"
 
@@ -699,7 +699,7 @@ def test_a_range_no_old_replica_answered_for_is_counted_as_not_copied(node, monk
 
     _ready(node)
 
-    async def unreachable(source, partition):
+    async def unreachable(source, partition, refill=False):
         return False
 
     async def no_wait(seconds):
@@ -769,7 +769,7 @@ def _copying(node: StorageNode, reachable: bool = True) -> list[tuple[str, int]]
     Returns the (source, range) pulls made, as they are made."""
     pulled: list[tuple[str, int]] = []
 
-    async def pull(source: str, partition: int) -> bool:
+    async def pull(source: str, partition: int, refill: bool = False) -> bool:
         await asyncio.sleep(0)
         pulled.append((source, partition))
         return reachable
@@ -1158,6 +1158,9 @@ def test_a_node_refilling_an_empty_directory_gives_no_range_to_a_taker(tmp_path)
         before_ring = await node.range_items("n4", partition, None, 10)
         await node.configure(ring.to_wire(), {"n": 2})
         refilling = await node.range_items("n4", partition, None, 10)
+        # Another node refilling an empty directory is served: when every replica of a
+        # range lost its disk, they would otherwise wait on each other for good.
+        assert await node.range_items("n2", partition, None, 10, True) == []
         node.pending.discard(partition)  # as when the range is in
         refilled = await node.range_items("n4", partition, None, 10)
         await node.stop()
@@ -1355,3 +1358,117 @@ def test_a_node_with_no_ring_yet_says_nothing_was_written(node):
         node.coordinate_batch("client", [["put", BUCKET, b"k", _blind(b"\x00v"), 2, 3]])
     )
     assert answer[0] == "error" and isinstance(answer[1], StorageError)
+
+
+def test_a_hold_that_lapsed_is_not_renewed_even_after_the_other_change_ended():
+    """A driver stalled past its lease; another made its change and released the hold.
+    The first one's renewal must not quietly take the hold back: its ring was made from
+    the ring before the other change, and would be a second ring of the same version."""
+    import time
+
+    from dynaray.cluster import Router
+
+    router = Router({})
+    assert asyncio.run(router.hold_change("A", "add_node", 0.01)) is None
+    time.sleep(0.02)  # A stalls: its hold lapses
+    assert asyncio.run(router.hold_change("B", "remove_node", 60.0)) is None
+    asyncio.run(router.release_change("B"))
+    lapsed = asyncio.run(router.hold_change("A", "add_node", 60.0, True))
+    assert lapsed is not None and "lapsed" in lapsed[0]
+    assert asyncio.run(router.hold_change("A", "add_node", 60.0)) is None  # a new change
+    assert asyncio.run(router.hold_change("A", "add_node", 60.0, True)) is None  # renewed
+
+
+def test_a_node_refuses_a_second_ring_of_the_version_it_holds(tmp_path):
+    """Two changes made from one ring give two rings of one version: taken, the second
+    would hand no range over (nothing looks gained), and gossip never settles them."""
+    import dynaray
+
+    ring = Ring.create(["n1", "n2", "n3", "n4", "n5"], 32)
+
+    async def life() -> tuple:
+        node = StorageNode("n1", str(tmp_path / "n1"), fresh=True)
+        try:
+            await node.configure(ring.to_wire(), {"n": 3})
+            await node.configure(ring.with_node("n6").to_wire(), {"n": 3})
+            again = await node.configure(ring.with_node("n6").to_wire(), {"n": 3})  # same
+            with pytest.raises(dynaray.DynarayError, match="another ring of version 2"):
+                await node.configure(ring.without_node("n3").to_wire(), {"n": 3})
+            return again, node.ring.to_wire() == ring.with_node("n6").to_wire()
+        finally:
+            await node.stop()
+
+    assert asyncio.run(life()) == (True, True)
+
+
+def test_a_node_keeps_a_peer_that_left_the_ring_but_runs_when_given_new_peers(node):
+    """A leave cut short leaves the node running, out of the ring, with hints; the
+    driver's later peer tables (after a restart or a join) list ring nodes only, and the
+    tombstone reaper must still ask it."""
+    _ready(node)
+    left = object()
+    asyncio.run(node.set_peers({"n2": object(), "n3": object(), "n4": object(), "n9": left}))
+    asyncio.run(node.set_peers({"n2": object(), "n3": object(), "n4": object()}))
+    assert node.transport.peers["n9"] is left
+    node.transport.dead["n9"] = actor_of(left)  # seen dead: a finished leave
+    asyncio.run(node.set_peers({"n2": object(), "n3": object(), "n4": object()}))
+    assert "n9" not in node.transport.peers
+
+
+def test_a_node_restarted_while_copying_ranges_gives_them_to_no_taker_and_copies_on(tmp_path):
+    """Its copy of a range it was still copying is partial: refused to a taker from the
+    start, and copied on once it has its peers even if no ring is handed to it."""
+    path = str(tmp_path / "n1")
+    before = Ring.create(["n2", "n3", "n4"], 16)
+    after = before.with_node("n1")
+
+    async def first() -> int:
+        node = StorageNode("n1", path, fresh=True)
+        await node.configure(after.to_wire(), {"n": 2}, before.to_wire())
+        gained = sorted(node.pending)[0]
+        await node.stop()  # no peer answers here: the copying is cut short
+        return gained
+
+    gained = asyncio.run(first())
+
+    async def second() -> tuple:
+        node = StorageNode("n1", path)
+        refused = await node.range_items("n5", gained, None, 10)
+        started: list = []
+        node._take_over = lambda plan, refill=False, marked=False: _record(started, plan)
+        await node.set_peers({})
+        await asyncio.sleep(0.01)  # the take-over it spawned begins
+        await node.stop()
+        return refused, started
+
+    refused, started = asyncio.run(second())
+    assert refused is None and started and gained in started[0]
+
+
+async def _record(into: list, plan: dict) -> None:
+    into.append(dict(plan))
+
+
+def test_a_batch_of_writes_that_fills_the_map_grows_it_and_is_stored(tmp_path, monkeypatch):
+    """LMDB's map full comes from the batch's transaction, not from one key: caught per
+    key, it failed the whole group commit as a failing disk, and the map never grew."""
+    from dynaray import storage
+
+    monkeypatch.setattr(storage, "_INITIAL_MAP_SIZE", 1 << 20)
+    node = StorageNode("n1", str(tmp_path / "n1"), fresh=True)
+    try:
+        _ready(node)
+        before = node.store.env.info()["map_size"]
+
+        async def call(peer, method, items):
+            return [True] * len(items)
+
+        monkeypatch.setattr(node, "_call", call)
+        monkeypatch.setattr(node, "is_up", lambda peer: True)
+        value = b"\x00" + b"v" * (200 << 10)
+        puts = [["put", BUCKET, key, _blind(value), 2, 3] for key in _first_keys(node, 8)]
+        answers = asyncio.run(node.coordinate_batch("client", puts))
+        assert [a[0] for a in answers] == ["ok"] * 8, answers
+        assert node.store.env.info()["map_size"] > before
+    finally:
+        asyncio.run(node.stop())
