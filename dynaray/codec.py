@@ -75,38 +75,30 @@ def encode_element(element: object) -> bytes:
     but separate objects.
     """
     try:
-        return encode_value(_shared(element, {}))
+        return encode_value(_shared(element, {})[0])
     except RecursionError:
         raise ValueError("set element is nested too deeply to store") from None
 
 
-def _shared(value: object, seen: dict) -> object:
+def _shared(value: object, seen: dict) -> tuple[object, object]:
     """value, with every equal str, bytes, number and tuple in it replaced by one object
-    (per `seen`, {identity: object}); other objects are left as they are."""
+    (per `seen`, {identity: object}), and its identity: what makes two parts of an element
+    the same part, their type and value (a float by its exact bits, so 0.0 and -0.0 stay
+    two), or the object itself for other types, which are left as they are."""
     kind = type(value)
     if kind is tuple:
-        value = tuple(_shared(item, seen) for item in value)  # type: ignore[union-attr]
-        identity: object = (tuple, tuple(_identity(item) for item in value))
+        parts = [_shared(item, seen) for item in value]  # type: ignore[union-attr]
+        value = tuple(part for part, _ in parts)
+        identity: object = (tuple, tuple(same for _, same in parts))
+    elif kind is float:
+        identity = (float, value.hex())  # type: ignore[union-attr]
+    elif kind is complex:
+        identity = (complex, value.real.hex(), value.imag.hex())  # type: ignore[union-attr]
     elif kind in _ATOMS:
-        identity = _identity(value)
+        identity = (kind, value)
     else:
-        return value
-    return seen.setdefault(identity, value)
-
-
-def _identity(value: object) -> object:
-    """What makes two parts of an element the same part: their type and value (a float by
-    its exact bits, so 0.0 and -0.0 stay two), or the object itself for other types."""
-    kind = type(value)
-    if kind is float:
-        return (float, value.hex())  # type: ignore[union-attr]
-    if kind is complex:
-        return (complex, value.real.hex(), value.imag.hex())  # type: ignore[union-attr]
-    if kind is tuple:
-        return (tuple, tuple(_identity(item) for item in value))  # type: ignore[union-attr]
-    if kind in _ATOMS:
-        return (kind, value)
-    return (kind, id(value))
+        return value, (kind, id(value))
+    return seen.setdefault(identity, value), identity
 
 
 _ATOMS = frozenset({str, bytes, int, bool, float, complex, type(None)})
