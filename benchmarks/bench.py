@@ -463,12 +463,14 @@ class DynarayTarget(Target):
     YCSB's update is a blind write. In dynaray a write without context (aput(key, None, v))
     is concurrent with every stored version, so blind updates would pile up siblings on every
     key forever. The clients therefore keep, per key, the context of the last read or write
-    of that key (one table for all of them, filled by the load) and send it with the update;
-    an update of a key with no context yet reads it first (that read is part of the update's
-    latency and is counted in `update_reads`). Writes of different clients to one key still
-    race as in any Dynamo store: they become siblings, and the next read of that key returns
-    them all with one context, so the next write resolves them (`max_siblings` shows how far
-    they grew).
+    of that key (one table for all of them, filled by the load, and given to every driver
+    process) and send it with the update; an update of a key with no context yet reads it
+    first (that read is part of the update's latency and is counted in `update_reads`).
+    Writes of different clients to one key still race as in any Dynamo store: they become
+    siblings, and the next read of that key returns them all with one context, so the next
+    write resolves them (`max_siblings` shows how far they grew). A write whose answer
+    shows siblings remain marks the key, so the next update reads first (`sibling_reads`):
+    as an application would, and in a run with no reads (workload W) too.
     """
 
     name = "dynaray"
@@ -491,14 +493,23 @@ class DynarayTarget(Target):
         self.client = self.cluster.client(path=self.path)
 
     def spec(self) -> dict:
-        return {"name": self.name, "store": self.store, "path": self.path, **self.describe()}
+        contexts = {k: bytes(c) for k, c in self.contexts.items() if c is not _SIBLINGS}
+        return {
+            "name": self.name,
+            "store": self.store,
+            "path": self.path,
+            "contexts": contexts,  # so another driver's updates are one write, as here
+            **self.describe(),
+        }
 
     @classmethod
     async def reach(cls, spec: dict, clients: int) -> DynarayTarget:
         import dynaray
+        from dynaray import Context
 
         target = cls(spec["nodes"], spec["n"], spec["r"], spec["w"], spec["path"])
         target.store = spec["store"]
+        target.contexts = {key: Context.from_bytes(data) for key, data in spec["contexts"].items()}
         target.client = await asyncio.to_thread(dynaray.connect, spec["store"], path=spec["path"])
         return target  # no cluster: closing it closes the client and leaves the store running
 
@@ -526,7 +537,11 @@ class DynarayTarget(Target):
         return {"nodes": self.nodes, "n": self.n, "r": self.r, "w": self.w, "path": self.path}
 
     def extra(self) -> dict:
-        return {"update_reads": self.update_reads, "max_siblings": self.max_siblings}
+        return {
+            "update_reads": self.update_reads,
+            "sibling_reads": self.sibling_reads,
+            "max_siblings": self.max_siblings,
+        }
 
     async def footprint(self) -> dict:
         """What the run's keys cost each node (the nodes' `footprint`): version metadata
@@ -552,6 +567,7 @@ class DynarayTarget(Target):
 
     def reset_extra(self) -> None:
         self.update_reads = 0
+        self.sibling_reads = 0
         self.max_siblings = 0
 
 
@@ -575,11 +591,28 @@ class _DynaraySession:
         return result.values
 
     async def put(self, key: str, value: bytes) -> None:
-        context = self.contexts.get(key)
-        if context is None:
-            self.target.update_reads += 1
-            context = (await self.client.aget(key)).context
-        self.contexts[key] = await self.client.aput(key, context, value)
+        context = self.contexts.get(key, _NO_CONTEXT)
+        if context is _NO_CONTEXT or context is _SIBLINGS:
+            if context is _NO_CONTEXT:
+                self.target.update_reads += 1
+            else:
+                self.target.sibling_reads += 1
+            await self.get(key)
+            context = self.contexts[key]
+        written = await self.client.aput(key, context, value)
+        if written.version_vector == context.version_vector:
+            # The answer covers only what was sent: an older value of the coordinator
+            # survives beside this write (records.written_context), so siblings remain. An
+            # application reads before its next write then, as the next update does here;
+            # in a run with no reads (workload W) the siblings would otherwise pile up
+            # until every write of a hot key failed with SiblingLimitError.
+            self.contexts[key] = _SIBLINGS
+        else:
+            self.contexts[key] = written
+
+
+_NO_CONTEXT = object()  # a key none of the clients has read or written yet
+_SIBLINGS = object()  # a key whose last write left siblings: read it before writing
 
 
 class _DictStore:
@@ -808,6 +841,7 @@ class EtcdTarget(Target):
 
     name = "etcd"
     members = 3
+    start_timeout = 60.0  # seconds for each member to answer its first read
 
     def __init__(self, clients: int) -> None:
         self.clients = clients
@@ -858,7 +892,7 @@ class EtcdTarget(Target):
                 "warn",
             ]
             self.procs.append(_spawn(cmd, log, self.dir))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         for url, proc, log in zip(self.urls, self.procs, logs, strict=True):
             while True:
                 if proc.poll() is not None:
@@ -866,10 +900,15 @@ class EtcdTarget(Target):
                 try:
                     await self.http.post(f"{url}/v3/kv/range", {"key": _b64("probe")})
                     break
-                except Exception:
+                except Exception as exc:  # noqa: BLE001 - not up yet, or answering wrong
                     if time.monotonic() > deadline:
+                        # The last answer says which: no connection, or an HTTP error (an
+                        # etcd before 3.4 has no /v3 gateway: 404).
                         raise RuntimeError(
-                            f"etcd member at {url} did not answer within 60s:\n{_log_tail(log)}"
+                            f"etcd member at {url} did not answer a read within "
+                            f"{self.start_timeout:g}s (last: "
+                            f"{type(exc).__name__}: {exc}); etcd 3.4 or newer is needed for "
+                            f"its /v3 JSON gateway:\n{_log_tail(log)}"
                         ) from None
                     await asyncio.sleep(0.2)
         with contextlib.suppress(Exception):
@@ -1306,6 +1345,7 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
     """Set up one target, load it, measure it (and its paths / bulk), and always stop it."""
     target = make_target(name, args)
     results: dict[str, dict] = {}
+    label = name  # the run under way: a failure is its result, not the runs before it
     try:
         try:
             await target.setup()
@@ -1315,8 +1355,8 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
         loaded = await preload(target, settings)
         if isinstance(target, DynarayTarget) and args.paths:
             for path in PATHS:
-                target.use_path(path)
                 label = name if path == "client" else f"{name}[{path}]"
+                target.use_path(path)
                 results[label] = await drive(target, settings, label, args.processes)
                 results[label]["preload"] = loaded
                 results[label]["config"] = target.describe()
@@ -1338,14 +1378,18 @@ async def run_target(name: str, args: argparse.Namespace, settings: Settings) ->
             except Exception as exc:  # noqa: BLE001 - the measured run stands without it
                 results[name]["footprint"] = {"status": "failed", "reason": repr(exc)}
         if isinstance(target, DynarayTarget) and args.bulk:
+            label = f"{name} bulk"
             target.use_path("client")
             results[name]["bulk"] = await bulk(target, settings)
         return results
     except Exception as exc:
         settings.progress.done()
         message = f"{type(exc).__name__}: {exc}"
-        print(f"{name} failed: {message}", file=sys.stderr)
-        results[name] = {"status": "failed", "reason": message}
+        print(f"{label} failed: {message}", file=sys.stderr)
+        if label == f"{name} bulk" and name in results:
+            results[name]["bulk"] = {"status": "failed", "reason": message}
+        else:
+            results[label] = {"status": "failed", "reason": message}
         return results
     finally:
         try:
@@ -1382,14 +1426,20 @@ def format_report(report: dict) -> str:
         + (f" (scrambled, theta {ZIPFIAN_THETA})" if s["distribution"] == "zipfian" else "")
         + f", {s['keys']:,} keys, {s['value_size']}-byte values, {s['clients']} clients"
         + (f" in {s['processes']} driver processes" if s.get("processes", 1) > 1 else "")
-        + f", {s['duration']:g}s measured after {s['warmup']:g}s warmup, seed {s['seed']}",
+        + f", {s['duration']:g}s measured after {s['warmup']:g}s warmup, seed {s['seed']}"
+        + (f"; every target paced at {s['rate']:,g} ops/s" if s.get("rate") else ""),
         f"dynaray: {s['nodes']} nodes, N={s['n']} R={s['r']} W={s['w']}; "
         f"machine: {report['environment']['cpus']} CPUs, Python {report['environment']['python']}",
         "",
     ]
-    naive = ran.get("naive", {}).get("throughput_ops_s")
-    redis = ran.get("redis", {}).get("throughput_ops_s")
-    header = f"{'target':<18}{'ops/s':>12}{'vs naive':>10}{'vs redis':>10}{'errors':>9}"
+    # Ratios of closed-loop peaks only: a paced run's throughput is the rate it was given.
+    paced = bool(s.get("rate"))
+    bases = {
+        base: None if paced else ran.get(base, {}).get("throughput_ops_s")
+        for base in ("naive", "redis", "etcd")
+    }
+    header = f"{'target':<18}{'ops/s':>12}" + "".join(f"{'vs ' + b:>10}" for b in bases)
+    header += f"{'errors':>9}"
     lines += [header, "-" * len(header)]
     for name, res in results.items():
         if res.get("status") != "ok":
@@ -1397,10 +1447,9 @@ def format_report(report: dict) -> str:
             lines.append(f"{name:<18}{res.get('status', '?'):>12}   {reason}")
             continue
         thr = res["throughput_ops_s"]
-        lines.append(
-            f"{name:<18}{thr:>12,.0f}{_ratio(thr, naive):>10}{_ratio(thr, redis):>10}"
-            f"{res['error_count']:>9,}"
-        )
+        peak = None if "@" in name else thr
+        ratios = "".join(f"{_ratio(peak, base):>10}" for base in bases.values())
+        lines.append(f"{name:<18}{thr:>12,.0f}{ratios}{res['error_count']:>9,}")
     lines.append("")
     cols = ["count", "mean"] + [f"p{p:g}" for p in PERCENTILES] + ["max"]
     header = f"{'latency (ms)':<18}{'op':<8}" + "".join(f"{c:>10}" for c in cols)
@@ -1447,6 +1496,8 @@ def format_report(report: dict) -> str:
             "benchmarks.footprint)",
         ]
     bulk_res = ran.get("dynaray", {}).get("bulk")
+    if bulk_res and bulk_res.get("status") == "failed":
+        lines += ["", f"bulk failed: {bulk_res.get('reason')}"]
     if bulk_res and bulk_res.get("status") == "ok":
         lines += ["", f"bulk ({bulk_res['batch']:,}-key batches, {bulk_res['workers']} workers)"]
         for op in ("get_many", "put_many"):
@@ -1456,16 +1507,14 @@ def format_report(report: dict) -> str:
                 f"  {op:<9} {b['keys_per_s']:>12,.0f} keys/s  batch p50 {_ms(lat.get('p50'))} ms"
                 f"  p99 {_ms(lat.get('p99'))} ms  errors {sum(b['errors'].values())}"
             )
-    dyn = ran.get("dynaray", {}).get("throughput_ops_s")
-    if dyn and (naive or redis):
-        against = []
-        if naive:
-            against.append(f"{dyn / naive:.2f}x the naive one-actor dict")
-        if redis:
-            against.append(f"{dyn / redis:.2f}x redis (appendfsync everysec)")
-        etcd = ran.get("etcd", {}).get("throughput_ops_s")
-        if etcd:
-            against.append(f"{dyn / etcd:.2f}x etcd (3 members)")
+    dyn = None if paced else ran.get("dynaray", {}).get("throughput_ops_s")
+    names = {
+        "naive": "the naive one-actor dict",
+        "redis": "redis (appendfsync everysec)",
+        "etcd": "etcd (3 members)",
+    }
+    if dyn and any(bases.values()):
+        against = [f"{dyn / base:.2f}x {names[b]}" for b, base in bases.items() if base]
         lines += [
             "",
             f"dynaray (N={s['n']} R={s['r']} W={s['w']}, writes fsynced before the ack) did "
@@ -1583,22 +1632,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="A",
         help="A 50/50 read/update, B 95/5, C read only, W update only (default A)",
     )
-    p.add_argument("--distribution", choices=("zipfian", "uniform"), default="zipfian")
-    p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument(
+        "--distribution",
+        choices=("zipfian", "uniform"),
+        default="zipfian",
+        help="how keys are drawn (default zipfian: scrambled, theta 0.99)",
+    )
+    p.add_argument("--keys", type=int, default=10_000, help="keys loaded (default 10,000)")
     p.add_argument("--value-size", type=int, default=100, help="bytes per value (default 100)")
-    p.add_argument("--clients", type=int, default=64, help="concurrent asyncio clients")
+    p.add_argument("--clients", type=int, default=64, help="asyncio clients (default 64)")
     p.add_argument(
         "--processes",
         type=int,
         default=1,
         help="driver processes the clients are spread over (default 1: all in this one)",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    p.add_argument("--nodes", type=int, default=5, help="dynaray storage nodes")
-    p.add_argument("--n", type=int, default=3)
-    p.add_argument("--r", type=int, default=2)
-    p.add_argument("--w", type=int, default=2)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    p.add_argument("--nodes", type=int, default=5, help="dynaray storage nodes (default 5)")
+    p.add_argument("--n", type=int, default=3, help="dynaray's N, replicas per key (default 3)")
+    p.add_argument("--r", type=int, default=2, help="dynaray's read quorum R (default 2)")
+    p.add_argument("--w", type=int, default=2, help="dynaray's write quorum W (default 2)")
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
@@ -1619,8 +1673,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--png", metavar="FILE", help="draw throughput and latency (matplotlib)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--op-timeout", type=float, default=30.0, help="seconds before an op fails")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
+    p.add_argument("--op-timeout", type=float, default=30.0, help="op deadline, s (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     args = p.parse_args(argv)
     targets = [t.strip().lower() for t in args.targets.split(",") if t.strip()]
@@ -1635,6 +1689,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--duration and --op-timeout must be positive, --warmup not negative")
     if args.rate is not None and args.rate <= 0:
         p.error("--rate must be positive")
+    if args.half_peak and args.rate is not None:
+        p.error("--half-peak paces each target at half of its own peak: leave out --rate")
     if args.half_peak and args.paths:
         p.error("--half-peak and --paths cannot be combined")
     if (args.paths or args.bulk) and "dynaray" not in args.targets:
@@ -1733,7 +1789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nresults written to {args.json}")
     if args.png and write_png(report, args.png):
         print(f"chart written to {args.png}")
-    failed = [k for k, v in results.items() if v.get("status") == "failed"]
+    failed = [
+        k
+        for k, v in results.items()
+        if v.get("status") == "failed" or v.get("bulk", {}).get("status") == "failed"
+    ]
     return 1 if failed else 0
 
 

@@ -79,6 +79,127 @@ def test_bench_spreads_clients_over_driver_processes(tmp_path):
         assert result["error_count"] == 0, result["error_samples"]
         for op in ("read", "update"):
             assert result["ops"][op]["latency_us"]["count"] > 0
+    # Every driver process has the contexts of the load: an update is one write there too
+    # (each process started with none, and read first at every key's first update).
+    assert report["targets"]["dynaray"]["extra"]["update_reads"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_write_only_run_reads_a_key_whose_writes_left_siblings(tmp_path):
+    """Workload W never reads, so a key whose racing writes left siblings got one more
+    with every write (an answer that covers only what was sent) until writes to it failed
+    with SiblingLimitError. The next update of such a key now reads it first."""
+    report = _run(
+        tmp_path,
+        *("--workload", "W", "--keys", "5", "--clients", "16", "--nodes", "3"),
+        *("--duration", "4", "--warmup", "0", "--targets", "dynaray"),
+    )
+    result = report["targets"]["dynaray"]
+    assert result["status"] == "ok", result
+    assert result["error_count"] == 0, result["error_samples"]
+    assert result["extra"]["sibling_reads"] > 0  # 16 clients on 5 keys: writes raced
+    assert result["extra"]["max_siblings"] < 100
+
+
+def test_a_failure_after_a_measured_run_keeps_that_run(tmp_path, monkeypatch):
+    """The half-peak run failing (here: the harness's drive raises) is reported as that
+    run's failure; the closed-loop run before it stands."""
+    drive = bench.drive
+    calls: list = []
+
+    async def failing(target, settings, label, processes=1):
+        calls.append(label)
+        if "@" in label:
+            raise RuntimeError("a driver process died")
+        return await drive(target, settings, label, processes)
+
+    monkeypatch.setattr(bench, "drive", failing)
+    if ray.is_initialized():
+        ray.shutdown()
+    out = tmp_path / "bench.json"
+    try:
+        code = bench.main(
+            [
+                *("--keys", "50", "--clients", "4", "--duration", "1", "--warmup", "0"),
+                *("--targets", "naive", "--half-peak", "--json", str(out), "--no-progress"),
+            ]
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert code == 1  # a run failed
+    report = json.loads(out.read_text())
+    assert calls == ["naive", "naive@half"]
+    assert report["targets"]["naive"]["status"] == "ok"
+    assert report["targets"]["naive"]["throughput_ops_s"] > 0
+    failed = report["targets"]["naive@half"]
+    assert failed["status"] == "failed" and "a driver process died" in failed["reason"]
+
+
+def _report(targets: dict, rate: float | None = None) -> dict:
+    settings = {
+        "workload": "A", "workload_text": "50% reads", "distribution": "uniform",
+        "keys": 100, "value_size": 100, "clients": 4, "processes": 1, "duration": 1.0,
+        "warmup": 0.0, "seed": 1, "nodes": 5, "n": 3, "r": 2, "w": 2, "rate": rate,
+    }  # fmt: skip
+    for result in targets.values():
+        result.update(error_count=0, errors={}, extra={})
+    return {"settings": settings, "targets": targets,
+            "environment": {"cpus": 2, "python": "3.11"}}  # fmt: skip
+
+
+def _row(text: str, name: str) -> list[str]:
+    return next(line.split() for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_the_report_gives_ratios_of_closed_loop_peaks_only():
+    """A paced run's throughput is the rate it was given: no ratio against a peak."""
+    targets = {name: _ran_target(thr, 5) for name, thr in
+               [("dynaray", 1000), ("dynaray@half", 500), ("naive", 500),
+                ("redis", 10_000), ("etcd", 250)]}  # fmt: skip
+    text = bench.format_report(_report(targets))
+    assert _row(text, "dynaray")[2:5] == ["2.00x", "0.10x", "4.00x"]  # naive, redis, etcd
+    assert _row(text, "dynaray@half")[2:5] == ["-", "-", "-"]
+    assert "4.00x etcd (3 members)" in text
+    targets["dynaray"]["bulk"] = {"status": "failed", "reason": "RuntimeError: a node died"}
+    assert "bulk failed: RuntimeError: a node died" in bench.format_report(_report(targets))
+    paced = bench.format_report(_report(targets, rate=450))
+    assert "paced at 450 ops/s" in paced
+    assert "x" not in "".join(_row(paced, "dynaray")[2:5])
+    assert "did 1,000 ops/s" not in paced
+
+
+def test_bench_refuses_half_peak_with_a_rate():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--half-peak", "--rate", "100"])
+
+
+def test_an_etcd_that_answers_with_an_error_is_reported_with_it(monkeypatch):
+    """An etcd whose /v3 gateway answers 404 (before 3.4) was reported as not answering."""
+    import asyncio
+
+    class Refusing:
+        def __init__(self, limit):
+            pass
+
+        async def post(self, url, payload):
+            raise bench.EtcdError(f"HTTP 404 from {url}: 404 page not found")
+
+        async def close(self):
+            pass
+
+    spawn = bench._spawn
+    monkeypatch.setattr(bench, "missing_requirement", lambda name: None)
+    monkeypatch.setattr(bench, "_Http", Refusing)
+    monkeypatch.setattr(bench, "_spawn", lambda cmd, log, cwd: spawn(["sleep", "60"], log, cwd))
+    target = bench.EtcdTarget(4)
+    target.start_timeout = 0.5
+    try:
+        with pytest.raises(RuntimeError, match="HTTP 404"):
+            asyncio.run(target.setup())
+    finally:
+        asyncio.run(target.close())
+    assert all(proc.poll() is not None for proc in target.procs)
 
 
 @pytest.mark.timeout(300)
