@@ -12,13 +12,16 @@ A process has at most one operation outstanding. The checkers take the history a
 final values read back after the cluster was healed and had converged:
 
 - `check_set`: every acknowledged add is in the final set of its key, no element that was
-  never attempted (or whose add failed) is anywhere, not even in a read during the run.
+  never attempted (or whose add failed) is anywhere, not even in a read during the run;
+  with no disk lost in the run, what a read saw is in the final set too.
 - `check_counter`: the final value lies between the sum of acknowledged increments and the
-  sum of attempted (acknowledged + indeterminate) ones; no read saw more than was attempted.
+  sum of attempted (acknowledged + indeterminate) ones; no read saw more than was attempted;
+  with no disk lost in the run, the final value is at least what any read saw.
 - `check_register`: for last-write-wins registers, how many acknowledged writes did not
   survive although nothing written after them in real time replaced them. LWW loses
-  concurrent writes by design, so this is a figure to report; only a value that was never
-  written makes it invalid.
+  concurrent writes by design, so this is a figure to report; it is invalid when a value
+  was never written, a key's writes all vanished, or a key went back to an older value
+  (`rolled_back`).
 - `max_siblings`: the most concurrent versions any read returned.
 """
 
@@ -189,9 +192,15 @@ def outcome(completion: Op | None) -> str:
     return "info" if completion is None else completion.kind
 
 
-def _operations(history: History | Iterable[Op], f: str) -> list[tuple[Op, Op | None]]:
-    h = history if isinstance(history, History) else History(history)
-    return [(a, b) for a, b in h.pairs() if a.f == f]
+def _history(history: History | Iterable[Op]) -> History:
+    """A checker's history, made once: an iterator of operations read twice (for the
+    writes, then the reads) would give nothing the second time, and the reads' checks
+    would pass unseen."""
+    return history if isinstance(history, History) else History(history)
+
+
+def _operations(history: History, f: str) -> list[tuple[Op, Op | None]]:
+    return [(a, b) for a, b in history.pairs() if a.f == f]
 
 
 # -- set ---------------------------------------------------------------------------------------
@@ -233,6 +242,7 @@ def check_set(
     and did not fail. `durable` (no disk was lost in the run): an element a successful
     read saw was stored, so it must be in the final read too, even if its add was
     indeterminate."""
+    history = _history(history)
     adds = _operations(history, "add")
     final_sets = {key: set(values) for key, values in final.items()}
     attempted: dict[Any, dict[Any, str]] = defaultdict(dict)  # key -> element -> outcome
@@ -326,6 +336,7 @@ def check_counter(
     also at least the largest value a successful read saw, as counters only grow. A loss
     no larger than the indeterminate increments that were applied, and that no read saw,
     does not show: `indeterminate` bounds what could hide."""
+    history = _history(history)
     incrs = _operations(history, "incr")
     ok: dict[Any, int] = defaultdict(int)
     maybe: dict[Any, int] = defaultdict(int)
@@ -389,7 +400,8 @@ def check_counter(
 
 @dataclass
 class RegisterResult:
-    valid: bool  # False when a value appears that no write (not failed) put, or a key vanished
+    # False when a value appears that no write (not failed) put, a key vanished, or rolled back
+    valid: bool
     acknowledged: int = 0
     survived: int = 0  # acknowledged writes that are the final value
     superseded: int = 0  # overwritten by a write invoked after they were acknowledged
@@ -416,6 +428,7 @@ def check_register(history: History | Iterable[Op], final: Mapping[Any, Any]) ->
     survived was invoked after it was acknowledged (a later write replaced it, as it
     should), else *lost*: the survivor was concurrent with it, or even ended before it
     began (`lost_realtime`, a clock-order anomaly)."""
+    history = _history(history)
     writes = _operations(history, "write")
     by_value: dict[tuple[Any, Any], tuple[Op, Op | None]] = {}
     result = RegisterResult(valid=True)

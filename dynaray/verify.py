@@ -452,6 +452,13 @@ class Nemesis:
         invocation = self.history.invoke("nemesis", kind, None, {"shape": shape, "detail": detail})
         try:
             result = await _in_thread(fn, timeout=timeout)
+        except asyncio.CancelledError:
+            # Cut short (the run's end cancels a nemesis that overran): its invoke is
+            # completed, so that recovery may record the same kind of action after it.
+            fault.error, fault.end = "cancelled", self.history.now()
+            self.history.complete(invocation, "info", error=fault.error)
+            self.faults.append(fault)
+            raise
         except Exception as exc:
             fault.error = _describe(exc)
             fault.end = self.history.now()
@@ -466,6 +473,13 @@ class Nemesis:
             self.history.complete(invocation, "ok")
         self.faults.append(fault)
         return fault
+
+    async def _running(self, node: str) -> bool:
+        """Whether the node answers now (False when that cannot be asked in time)."""
+        try:
+            return node in await _in_thread(self.cluster.info, timeout=CLUSTER_CALL_TIMEOUT)
+        except Exception:  # noqa: BLE001 - not known to run: treated as down
+            return False
 
     async def _inject(self, kind: str) -> None:
         method = getattr(self, f"_inject_{kind}")
@@ -624,7 +638,9 @@ class Nemesis:
                     CLUSTER_CALL_TIMEOUT,
                     retried=not last,
                 )
-                if fault.error is None:
+                if fault.error is None or await self._running(victim):
+                    # (An attempt abandoned past its deadline may have brought it back:
+                    # each later one is then refused, as for a node that runs.)
                     self.killed.discard(victim)
                     break
                 if last:

@@ -345,3 +345,24 @@ def test_register_key_not_read_back_is_not_called_vanished():
     write(rows, 1, "r", "a", "ok", 0.0, 1.0)
     result = check_register(ops(*rows), {})  # the final read failed: another check says so
     assert result.vanished_keys == [] and result.valid
+
+
+def test_checkers_judge_the_reads_of_a_history_given_once_as_an_iterator():
+    """Each checker walked its history twice (writes, then reads): given an iterator of
+    operations, the second walk saw nothing and every read's check passed unseen."""
+    rows: list = []
+    add(rows, 1, "k", "1-0", "ok", 0.0, 1.0)
+    rows += [(2, "invoke", "read", "k", None, 1.5), (2, "ok", "read", "k", ["1-0", "9-9"], 2.0)]
+    listed = list(ops(*rows).ops)
+    result = check_set(iter(listed), {"k": {"1-0"}})
+    assert not result.valid and result.unexpected_in_reads == [("k", "9-9")]
+    counted = [
+        Op(1, "invoke", "incr", "c", 1, 0.0), Op(1, "ok", "incr", "c", 1, 1.0),
+        Op(2, "invoke", "read", "c", None, 1.5), Op(2, "ok", "read", "c", 5, 2.0),
+    ]  # fmt: skip
+    assert not check_counter(iter(counted), {"c": 1}).valid  # a read saw 5 of 1 attempted
+    written = [
+        Op(1, "invoke", "write", "r", "a", 0.0), Op(1, "ok", "write", "r", "a", 1.0),
+        Op(2, "invoke", "read", "r", None, 1.5), Op(2, "ok", "read", "r", "never", 2.0),
+    ]  # fmt: skip
+    assert not check_register(iter(written), {"r": "a"}).valid

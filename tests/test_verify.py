@@ -267,3 +267,69 @@ def test_nemesis_choices_respect_ring_size_limits():
     )
     plans = {tuple(mixed._choose()) for _ in range(200)}
     assert {("partition",), ("kill",), ("partition", "kill")} <= plans
+
+
+def test_a_nemesis_cancelled_while_it_recovers_lets_the_run_recover_and_report():
+    """The run's end cancels a nemesis that overran (here: a restart that blocks). Its
+    invoke was left open, so the recovery after it failed: "invoked restart while restart
+    is outstanding", and the run ended with a traceback instead of its report."""
+    import asyncio
+    import threading
+
+    gate = threading.Event()
+
+    class Slow(FakeCluster):
+        def restart(self, node):
+            gate.wait(10)
+
+    async def go() -> None:
+        history = History()
+        nemesis = verify.Nemesis(
+            Slow(["n1", "n2", "n3", "n4", "n5"]), ("kill",), random.Random(0), history,
+            min_nodes=4, max_nodes=6,
+        )  # fmt: skip
+        nemesis.killed.add("n2")  # as after a kill
+        report = verify.Report("set", 0, 1.0, 5, 1, 1, ["kill"])
+        busy = asyncio.ensure_future(nemesis.recover())
+        await asyncio.sleep(0.2)
+        await verify._finish([busy], 0.1, report, "nemesis")
+        assert report.errors == ["nemesis did not stop within 0s; cancelled"]
+        gate.set()
+        assert await nemesis.recover()
+        assert not nemesis.killed
+        assert all(done is not None for start, done in history.pairs())
+
+    asyncio.run(go())
+
+
+def test_a_restart_that_finished_after_its_deadline_counts_as_done(monkeypatch):
+    """A restart slower than the nemesis's deadline is abandoned, yet brings the node back;
+    every retry is then refused (the node runs), and the node stayed "killed" for the rest
+    of the run: each recovery failed, and no disk was lost again."""
+    import asyncio
+    import threading
+    import time
+
+    monkeypatch.setattr(verify, "CLUSTER_CALL_TIMEOUT", 0.3)
+    back = threading.Event()
+
+    class Late(FakeCluster):
+        def restart(self, node):
+            if back.is_set():
+                raise ValueError(f"node {node!r} is running; kill it before restarting it")
+            time.sleep(0.6)
+            back.set()
+
+        def info(self):
+            return {n: {} for n in self._nodes} if back.is_set() else {}
+
+    async def go() -> None:
+        nemesis = verify.Nemesis(
+            Late(["n1", "n2", "n3", "n4", "n5"]), ("kill",), random.Random(0), History(),
+            min_nodes=4, max_nodes=6,
+        )  # fmt: skip
+        nemesis.killed.add("n2")
+        assert await nemesis.recover(deadline=5.0)
+        assert not nemesis.killed
+
+    asyncio.run(go())
