@@ -7,6 +7,8 @@ ctx = client.put("cart:1", None, ["book"])
 res = client.get("cart:1")          # res.values, res.context, res.value
 """
 
+from importlib import metadata as _metadata
+
 from dynaray.buckets import Bucket
 from dynaray.client import Client, GetResult
 from dynaray.cluster import Cluster, connect, start
@@ -24,6 +26,11 @@ from dynaray.errors import (
     Unavailable,
     UnreadableValue,
 )
+
+try:
+    __version__ = _metadata.version("dynaray")
+except _metadata.PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "unknown"
 
 __all__ = [
     "Bucket",

@@ -180,7 +180,9 @@ class Bucket:
         self, key: str | bytes, context: Context | bytes | None = None, *, w: int | None = None
     ) -> Context:
         """Delete (a tombstone). Siblings: only what the context saw; with no context, what a
-        read sees now. LWW: a newer timestamp than every write so far hides the key."""
+        read sees now. LWW: a tombstone stamped above what the context saw (and what the
+        coordinator holds); like any blind lww write, one that missed a later-stamped write
+        (a replica that was down, a clock ahead) does not hide it."""
         self._need("siblings", "lww", call="delete")
         if self.policy == "lww":  # its context is checked as put checks it
             op = _lww_op(context, records.LWW_DELETED)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+from dynaray import __version__
 from dynaray.errors import DynarayError
 from dynaray.manifest import home
 from dynaray.names import DEFAULT_STORE, store_option
@@ -266,7 +267,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = [
         {
             "node": row["node"],
-            "state": row["state"],
+            # Gossip's view lags a crash by seconds; a node that did not answer just now
+            # says so beside it.
+            "state": row["state"]
+            if row["answered"] or row["state"] == "down"
+            else f"{row['state']}, not answering",
             "ray node": (row["ray_node"] or "?")[:12],
             "ranges": shown(row["ranges"]),
             "keys": shown(row["keys"]),
@@ -424,6 +429,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_buckets(args: argparse.Namespace) -> int:
+    if not args.create and (args.policy or args.r is not None or args.w is not None):
+        raise ValueError("--policy, -r and -w are for --create NAME (a bucket to create)")
     cluster = _cluster(args)
     if args.create:
         # Without --policy: a "siblings" bucket, stored as such (policy=None would only open
@@ -441,15 +448,25 @@ def cmd_buckets(args: argparse.Namespace) -> int:
     elif not found:
         print("no buckets with stored properties (the default bucket is 'siblings')")
     else:
-        rows = [{"bucket": name, **props} for name, props in found.items()]
+        rows = [
+            {"bucket": name, **props}
+            if "conflict" not in props
+            else {  # created twice at once: opening it says how to settle it
+                "bucket": name,
+                "policy": "CONFLICT: " + " or ".join(str(p["policy"]) for p in props["conflict"]),
+            }
+            for name, props in found.items()
+        ]
         _print_table(rows, ["bucket", "policy", "r", "w"])
     return 0
 
 
 def _progress(what: str):
+    terminal = sys.stdout.isatty()  # else one line each (a log, a pipe), not run together
+
     def show(pending: int, received: int) -> None:
-        print(f"\r{what}: {pending} ranges still arriving, {received:,} keys received", end="")
-        sys.stdout.flush()
+        line = f"{what}: {pending} ranges still arriving, {received:,} keys received"
+        print(f"\r{line}" if terminal else line, end="" if terminal else "\n", flush=True)
 
     return show
 
@@ -458,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynaray", description="A Dynamo-style key-value store inside a Ray cluster."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="walk through get, put, siblings and their merge")

@@ -14,7 +14,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dynaray import codec, crdt, records, versions
@@ -39,8 +39,9 @@ class GetResult:
     values: list
     context: Context
     # False for a key of a counter, set or map bucket never written: its empty value (0,
-    # set(), {}) is in `values` so that `value` reads as one, but nothing is stored.
-    stored: bool = True
+    # set(), {}) is in `values` so that `value` reads as one, but nothing is stored. Not
+    # shown in the repr: `exists` is what to read.
+    stored: bool = field(default=True, repr=False)
 
     @property
     def value(self) -> Any:

@@ -143,6 +143,8 @@ def _node_options(sync: bool, given: dict | None) -> dict:
     except TypeError as exc:
         known = ", ".join(NodeOptions.__dataclass_fields__)
         raise ValueError(f"node_options: {exc}; the options are {known}") from None
+    except ValueError as exc:
+        raise ValueError(f"node_options: {exc}") from None
     return options
 
 
@@ -252,6 +254,7 @@ def start(
     started_ray = _ensure_ray(address)
     handles: dict[str, Any] = {}
     router = None
+    ephemeral_root = None  # a temporary directory this call made, removed if it fails
     try:
         if _named_nodes(store):
             default = store == DEFAULT_STORE
@@ -264,6 +267,7 @@ def start(
         remains = _remains(store, None if data_dir is None else os.path.abspath(data_dir))
         ephemeral = data_dir is None
         root = tempfile.mkdtemp(prefix="dynaray-") if ephemeral else os.path.abspath(data_dir)
+        ephemeral_root = root if ephemeral else None
         resources = _placement(count or 1)
         node_ids = [f"n{i}" for i in range(1, (count or DEFAULT_NODES) + 1)]
         homes = {}
@@ -275,8 +279,11 @@ def start(
             found = _directories_found(root, resources)
             # A store whose machines have not joined Ray yet would look new: refused.
             machines = KVNODE if resources else None
-            manifest.check(manifest.read(root), root, machines, any(found.values()))
-            node_ids, fresh = members_for(nodes, found, n)
+            kept = manifest.read(root)
+            if kept is not None and kept.get("store") not in (None, store):
+                _refuse_other_store(kept["store"], store)
+            manifest.check(kept, root, machines, any(found.values()))
+            node_ids, fresh = members_for(nodes, found, n, store)
             if empty and (fresh or not resources):
                 raise ValueError(
                     f"empty= is for a store started again on machines with {KVNODE!r}, "
@@ -362,6 +369,8 @@ def start(
         for handle in [*handles.values(), router]:  # only what this call created
             if handle is not None:
                 ray.kill(handle, no_restart=True)
+        if ephemeral_root is not None:
+            shutil.rmtree(ephemeral_root, ignore_errors=True)
         if started_ray:
             ray.shutdown()
         raise
@@ -458,6 +467,32 @@ def _check_free(store: str, nodes: int) -> None:
         time.sleep(0.5)
 
 
+def _machines_of_other_stores(store: str) -> dict[str, str]:
+    """{Ray node: "store/node"} of the machines other stores' nodes run on: their kvnode
+    is taken, so a node of `store` placed there would never be scheduled. A node that does
+    not answer within the call deadline is left out (its machine may be going away)."""
+    asks = {}
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+    except Exception:  # noqa: BLE001 - no GCS to ask: placed as before (Ray may then wait)
+        log.warning("could not list other stores' nodes; a machine they use may be chosen")
+        return {}
+    for entry in named:
+        parsed = parse_name(entry["name"]) if entry["namespace"] == NAMESPACE else None
+        if parsed is None or parsed[1] is None or parsed[0] == store:
+            continue
+        with contextlib.suppress(Exception):  # stopped since it was listed, or no GCS
+            actor = ray.get_actor(entry["name"], namespace=NAMESPACE)
+            asks[f"{parsed[0]}/{parsed[1]}"] = actor.info.remote()
+    ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=10.0)
+    taken = {}
+    for name, ask in asks.items():
+        if ask in ready:
+            with contextlib.suppress(RayError):
+                taken[ray.get(ask)["ray_node"]] = name
+    return taken
+
+
 def _check_kept_n(kept_n: int, n: int) -> None:
     if kept_n != n:
         raise ValueError(
@@ -467,7 +502,10 @@ def _check_kept_n(kept_n: int, n: int) -> None:
 
 
 def members_for(
-    nodes: int | None, found: dict[str, dict[str, dict]], n: int | None = None
+    nodes: int | None,
+    found: dict[str, dict[str, dict]],
+    n: int | None = None,
+    store: str | None = None,
 ) -> tuple[list[str], bool]:
     """The ids of the nodes to start, from the node directories found ({machine:
     _node_directories there}): those of the newest ring the directories kept (a store
@@ -476,10 +514,16 @@ def members_for(
 
     Nodes that joined since the store was created keep their ids, and the directories of
     nodes that left stay shut. The store is new only when no node directory exists at all.
-    Raises DynarayError when the stored ring has another number of nodes than `nodes`, or
-    a directory's ring cannot be read; ValueError when the store kept another replication
-    factor than `n`. All before any node starts, so nothing is written.
+    Raises DynarayError when the stored ring has another number of nodes than `nodes`, a
+    directory's ring cannot be read, or a directory is of a store other than `store`;
+    ValueError when the store kept another replication factor than `n`. All before any
+    node starts, so nothing is written.
     """
+    others = sorted(
+        {d["store"] for dirs in found.values() for d in dirs.values() if d.get("store")} - {store}
+    )
+    if store is not None and others:
+        _refuse_other_store(others[0], store)
     rings = []
     for dirs in found.values():
         for node, d in dirs.items():
@@ -520,6 +564,16 @@ def members_for(
             ", ".join(sorted(left, key=_node_sort_key)),
         )
     return members, False
+
+
+def _refuse_other_store(other: str, store: str) -> None:
+    """A start of `store` found the data of store `other`: taken as this store's, it would
+    serve and change that store's keys (and, while that one runs, wait for its machines)."""
+    raise DynarayError(
+        f"the data directory holds store {other!r}, not {store!r}; nothing was started. "
+        f"Start that store by its name (store={other!r}, `dynaray up{store_option(other)}`), "
+        f"or give store {store!r} a data directory of its own"
+    )
 
 
 def homes_for(
@@ -582,7 +636,9 @@ def homes_for(
         raise DynarayError(
             f"no running machine holds the directories of {', '.join(lost)}; nothing was "
             "started. If a machine is still starting, wait until `ray status` shows it "
-            f"and start again. If they are lost for good, start again the same way with "
+            "and start again; if it is stopped (in EC2: a stopped instance of the cluster, "
+            "which `ray up` did not start), start it first. If they are lost for good, "
+            "start again the same way with "
             f"empty={lost!r} added (`dynaray up` with `--empty {' --empty '.join(lost)}` "
             "added to its options): they start empty on free machines and copy their ranges "
             "back from their other replicas"
@@ -593,7 +649,8 @@ def homes_for(
 def _node_directories(root: str) -> dict[str, dict]:
     """The node directories (with an LMDB environment) under root on this machine:
     {store node id: {"file": fingerprint, "ring": the ring it kept, or None, "n": its
-    replication factor, or None}}, plus "error" where they could not be read. The
+    replication factor, or None, "store": the name of its store, or None}}, plus "error"
+    where they could not be read. The
     fingerprint is the data file's inode, size and modification time, equal wherever the
     same file is seen."""
     from dynaray.node import stored_layout
@@ -612,7 +669,8 @@ def _node_directories(root: str) -> dict[str, dict]:
         found[name] = {"file": [info.st_ino, info.st_size, info.st_mtime_ns], "ring": None}
         try:
             ring, config = stored_layout(path)
-            found[name].update(ring=ring, n=(config or {}).get("n"))
+            config = config or {}
+            found[name].update(ring=ring, n=config.get("n"), store=config.get("store"))
         except Exception as exc:  # noqa: BLE001 - reported by members_for, which refuses
             found[name]["error"] = f"{type(exc).__name__}: {exc}"
     return found
@@ -838,8 +896,9 @@ class Cluster:
         # With every node down, the Router's list of them stands in for the ring.
         newest = _newest(self._ask("describe").values())
         ring = Ring.from_wire(newest["ring"]).nodes() if newest is not None else None
-        members = kept.get("members", ()) if ring is None else ring
-        self._members = sorted({*self._handles, *members}, key=_node_sort_key)
+        # (With a ring, only its nodes: not one a cut-short leave left running, _left_known.)
+        members = {*self._handles, *kept.get("members", ())} if ring is None else set(ring)
+        self._members = sorted(members, key=_node_sort_key)
         self._data_dir = kept.get("data_dir")
 
     @classmethod
@@ -860,7 +919,7 @@ class Cluster:
         if not handles and router is None:
             raise DynarayError(
                 f"no store named {store!r} runs on this Ray cluster; start one with "
-                "`dynaray up` or dynaray.start()"
+                f"`dynaray up{store_option(store)}` or dynaray.start()"
             )
         kept = _layout_of(router) if router is not None else {}
         resources = {KVNODE: 1} if ray.cluster_resources().get(KVNODE) else {}
@@ -1004,7 +1063,8 @@ class Cluster:
         return list(ring.preference_list(ring.partition_of(codec.hash_input(b, k))))
 
     def buckets(self) -> dict[str, dict]:
-        """{bucket name: its stored properties} of every bucket created with properties."""
+        """{bucket name: its stored properties} of every bucket created with properties;
+        {"conflict": [properties, ...]} for one created twice at once with different ones."""
         from dynaray.catalog import BucketProps, Catalog
 
         catalog = Catalog()
@@ -1013,7 +1073,7 @@ class Cluster:
         out = {}
         for name in catalog.names():
             props = [BucketProps.decode(v) for v in catalog.get(name)]
-            out[name] = vars(props[0]) if len(props) == 1 else {"conflict": props}
+            out[name] = vars(props[0]) if len(props) == 1 else {"conflict": list(map(vars, props))}
         return out
 
     def stats(self) -> dict[str, dict]:
@@ -1216,10 +1276,15 @@ class Cluster:
         """Of the kvnode machines in holding (_fingerprints), those free to run `node`, in
         order; and {machine: the other node it is kept for}: the machine another node runs
         on, or is known to live on while down, or whose directory that machine alone holds
-        (so that node can start there again). `live`: the running nodes (_running)."""
+        (so that node can start there again), or a node a cut-short leave left running
+        holds (_left_known: it keeps its machine's kvnode until its leave is finished), or
+        another store's node runs on.
+        `live`: the running nodes (_running)."""
         running = _homes_of(self._ask("info", nodes=[n for n in live if n != node]))
         self._homes.update(running)
-        kept = {home: n for n, (home, _) in running.items()}
+        left = _homes_of(self._ask("info", nodes=[n for n in self._left_known() if n != node]))
+        kept = _machines_of_other_stores(self.store)
+        kept.update({home: n for n, (home, _) in {**left, **running}.items()})
         for other, (home, _) in self._homes.items():
             if other != node:
                 kept.setdefault(home, other)
@@ -1330,7 +1395,7 @@ class Cluster:
         if len(silent) == len(nodes):
             raise DynarayError(
                 "no storage node answered, so no anti-entropy round ran; is the store "
-                "running? (cluster.status(), `dynaray status`)"
+                f"running? (cluster.status(), `dynaray status{store_option(self.store)}`)"
             )
         if silent:
             log.warning("anti-entropy: %s did not answer; their turns were skipped", silent)
@@ -1370,7 +1435,9 @@ class Cluster:
         of the ring has said it holds what it gained: a node that does not answer, that
         has not taken the ring yet (its configure call timed out: gossip or `give`, the
         configure call's arguments, sent again every RING_RESEND seconds, brings it), or
-        could not copy a range, leaves every old copy where it is. `before`: the nodes'
+        could not copy a range, leaves every old copy where it is. A node silent for
+        RING_RESEND seconds is looked up by name again (another driver may have restarted
+        it). `before`: the nodes'
         handoff figures when the change began."""
         nodes = list(ring.nodes())
         resent = time.monotonic()
@@ -1388,6 +1455,7 @@ class Cluster:
         received = 0
         deadline = time.monotonic() + 3600
         heard = {node: time.monotonic() for node in nodes}  # when each last answered
+        looked = dict(heard)  # when each silent node's actor was last looked up by name
         while True:
             status = self._ask("handoff_status", nodes=nodes)
             behind = sorted(n for n, s in status.items() if s.get("ring", 0) < ring.version)
@@ -1413,6 +1481,13 @@ class Cluster:
             if behind and give is not None and now - resent > RING_RESEND:
                 resent = now
                 self._ask("configure", *give, nodes=behind)
+            for node in silent:
+                if now - looked[node] > RING_RESEND:
+                    # Another driver may have restarted it (a new actor); the old handle
+                    # would stay silent for good. Without the GCS, keep the handle we have.
+                    looked[node] = now
+                    with contextlib.suppress(DynarayError):
+                        self._handle(node, fresh=True)
             time.sleep(0.2)
         failed = since_before(status, "ranges_failed")
         if failed:
@@ -1471,13 +1546,21 @@ class Cluster:
         """Take or renew this change's hold: None when it has it, else [what the holder
         does, seconds since it began]. Without a Router that answers (gone with its
         machine) nothing can be held: the change goes on, with a warning."""
-        try:
+
+        def ask() -> list | None:
             if self._router is None:
                 raise ActorDiedError()
-            return ray.get(
-                self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE, renew),
-                timeout=_CALL_TIMEOUT,
-            )
+            call = self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE, renew)
+            return ray.get(call, timeout=_CALL_TIMEOUT)
+
+        try:
+            try:
+                return ask()
+            except ActorDiedError:
+                # Another driver may have started the store again, with a new Router.
+                if self._fresh_router() is None:
+                    raise
+                return ask()
         except (RayError, AttributeError) as exc:  # AttributeError: a Router of 0.1.0
             if not self._hold_warned:  # once per change, not at every renewal
                 self._hold_warned = True
@@ -1489,6 +1572,13 @@ class Cluster:
                     self._doing,
                 )
             return None
+
+    def _fresh_router(self) -> Any | None:
+        """The store's Router looked up by name again, after this handle's died: a start
+        by another driver makes a new one. None when there is none (or no GCS to ask)."""
+        with contextlib.suppress(Exception):  # the GCS is not answering: keep what we had
+            self._router = _router_of(self.store)
+        return self._router
 
     def _check_hold(self, then: str = "nothing was changed") -> None:
         """Before the nodes are given a new ring, and before they drop what they lost: the
@@ -1599,7 +1689,16 @@ class Cluster:
             old, config, live = self._check_leave(node)
             if not self._ask("ping", nodes=[node], timeout=5.0):
                 raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
-            self.last_change = self._reshape(old.without_node(node), config, old, progress)
+            try:
+                self.last_change = self._reshape(old.without_node(node), config, old, progress)
+            except DynarayError as exc:
+                if "nothing was changed" in str(exc):  # before the nodes got the new ring
+                    raise
+                raise DynarayError(
+                    f"node {node!r} has left the ring and keeps running, but: {exc}. Then "
+                    f"remove_node({node!r}) again (`dynaray leave{store_option(self.store)} "
+                    f"{node}`) finishes the leave"
+                ) from exc
         left = self._ask("pass_on_hints", nodes=[node], timeout=600).get(node)
         if left != 0:
             what = "did not answer when asked to pass on" if left is None else f"has {left} of"
@@ -1668,7 +1767,12 @@ class Cluster:
             client.routing.set_node(node, handle)
         if self._router is not None:
             try:
-                ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+                try:
+                    ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+                except ActorDiedError:
+                    if self._fresh_router() is None:  # not one another driver's start made
+                        raise
+                    ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
             except ActorDiedError:
                 log.warning(
                     "the Router actor of store %r is gone (with its machine?): clients on the "
@@ -1702,8 +1806,10 @@ class Cluster:
         self._shut = True
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)
-        if self._router is not None:
-            ray.kill(self._router, no_restart=True)
+        routers = [self._router, self._fresh_router()]  # a start elsewhere made a new one
+        for router in {id(r): r for r in routers if r is not None}.values():
+            with contextlib.suppress(Exception):  # one that is dead already
+                ray.kill(router, no_restart=True)
         if self._ephemeral_root:
             shutil.rmtree(self._ephemeral_root, ignore_errors=True)
         if self._started_ray:

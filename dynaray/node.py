@@ -37,7 +37,7 @@ from dynaray.names import NAMESPACE, node_name
 from dynaray.ranges import KeyRanges
 from dynaray.ring import Ring
 from dynaray.storage import DATA, HINTS, META, REFILL, REFILL_EMPTY, Store, Txn, peek
-from dynaray.transport import PeerUnavailable, Refused, Transport, actor_of
+from dynaray.transport import PeerUnavailable, Refused, Transport, actor_of, pack_handle
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ _UNMERGEABLE_LOGGED = 1000
 _REAP_SCAN_STEP = 1000
 # How long a leaving node waits for a delivery under way before it passes hints on.
 PASS_ON_WAIT = 30.0
+# Seconds between two scans of a down owner's hints for keys a ring change moved away.
+MOVED_RECHECK = 30.0
 # A record stamped this many seconds past the wall clock says a clock in the store runs
 # ahead: warned of (at most once per this many seconds), as lww writes lose to it.
 CLOCK_AHEAD_WARN = 60.0
@@ -118,6 +120,29 @@ class NodeOptions:
     # A deleted key's tombstone is removed only when every replica holds it and it is at
     # least this old, so that no hint or late replica can bring the key back.
     tombstone_grace: float = 3600.0
+
+    def __post_init__(self) -> None:
+        """Refuse what a node could not run with, before any node starts (cluster.start
+        builds one to check the options it is given)."""
+        for name in ("replica_timeout", "read_repair_wait", "retry_after", "gossip_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        for name in ("handoff_interval", "tombstone_grace"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be a number of seconds, 0 or more")
+        if not 0 < self.suspect_after <= self.down_after:
+            raise ValueError(
+                f"suspect_after ({self.suspect_after}) must be positive and at most "
+                f"down_after ({self.down_after}): a silent peer is suspect before it is down"
+            )
+        if not 0.0 <= self.read_repair_chance <= 1.0:
+            raise ValueError("read_repair_chance is a fraction from 0.0 to 1.0")
+        if self.anti_entropy_interval is not None and not self.anti_entropy_interval > 0:
+            raise ValueError("anti_entropy_interval must be positive, or None to switch it off")
+        for name in ("handoff_batch", "transfer_batch", "sibling_limit"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a whole number, 1 or more")
 
 
 def _log_as(node_id: str) -> None:
@@ -204,6 +229,9 @@ class StorageNode:
         # This start's number, part of every stand-in write's actor id (below, _update).
         self.life = self.membership.incarnation
         self.handoff = HintedHandoff(self.store, self._send_hints, batch=self.options.handoff_batch)
+        # {owner that is down: (ring version, scans of it that left nothing to send, when
+        # the last began)}: hints of keys a ring change moved away from it (_moved_due).
+        self._moved_sent: dict[str, tuple[int, int, float]] = {}
         self.ranges = KeyRanges(self.store)
         # Ranges this node gained in a ring change and is still receiving (ownership
         # handoff): it does not answer reads for them until it has them.
@@ -293,7 +321,8 @@ class StorageNode:
         restart. Only a node running as a Ray actor exits its process."""
         log.critical(
             "node %s cannot write to its store any more (see the error above): it stops; "
-            "fix the cause, then `dynaray restart %s`",
+            "fix the cause, then `dynaray restart %s` (with --store NAME for a store other "
+            "than the default)",
             self.id,
             self.id,
         )
@@ -325,7 +354,10 @@ class StorageNode:
             "status": self.membership.statuses(),
             # The peers' actors as this node knows them (not those it saw die): a client
             # learns of a node that joined, or restarted, through another driver's handle.
-            "peers": {p: h for p, h in self.transport.peers.items() if self.transport.live(p)},
+            # Each packed on its own: one Ray can no longer rebuild fails only itself.
+            "peers": {
+                p: pack_handle(h) for p, h in self.transport.peers.items() if self.transport.live(p)
+            },
             # What a client coordinating its own reads needs to do it as the nodes do.
             "reads": {
                 "replica_timeout": self.options.replica_timeout,
@@ -373,7 +405,8 @@ class StorageNode:
             raise DynarayError(
                 f"node {self.id} holds another ring of version {ring.version}: two "
                 "membership changes were made from the same ring; this one was not taken "
-                "here. Look at the ring (`dynaray ring`) before changing it again"
+                "here. Look at the ring (`dynaray ring`, with --store NAME for a store other "
+                "than the default) before changing it again"
             )
         old = self.ring or (Ring.from_wire(previous) if previous else None)
         gained: list[int] = []
@@ -1046,7 +1079,9 @@ class StorageNode:
                     answers = await self._apply(batch)
                 else:
                     answers = await self._call(target, "replica_put", batch)
-            except (PeerUnavailable, StorageError):
+            except Exception as exc:  # noqa: BLE001 - this target's fault: the others go on
+                if not isinstance(exc, PeerUnavailable | StorageError):
+                    log.warning("delivering hints to %s failed: %r", target, exc)
                 continue
             reached = True
             for i, ok in zip(indices, answers, strict=True):
@@ -1094,6 +1129,34 @@ class StorageNode:
         for owner in self.handoff.owners():
             if self._deliverable(owner):
                 await self._deliver_to(owner)
+            elif self._moved_due(owner):
+                # Down, but a ring change may have moved some of its keys to other nodes:
+                # those hints go to them now, not when it is back. On a task of its own: a
+                # long scan holds up no delivery to an owner that is back.
+                self._spawn(self._deliver_moved(owner))
+
+    def _moved_due(self, owner: str) -> bool:
+        """Whether the hints held for a down owner are to be scanned for keys a ring change
+        moved away from it: at each new ring, and again MOVED_RECHECK seconds after a
+        scan (a writer whose ring was older may have left such a hint since), until two
+        scans of one ring found nothing left to send."""
+        if self.ring is None or self.handoff.busy(owner):
+            return False
+        done = self._moved_sent.get(owner)
+        if done is None or done[0] != self.ring.version:
+            return True
+        _, clean, at = done
+        return clean < 2 and time.monotonic() - at > MOVED_RECHECK
+
+    async def _deliver_moved(self, owner: str) -> None:
+        version, left = self.ring.version, []
+        done = self._moved_sent.get(owner)
+        clean = done[1] if done is not None and done[0] == version else 0
+        self._moved_sent[owner] = (version, clean, time.monotonic())  # not started twice
+        sent = await self._deliver_to(owner, lambda o, items: self._send_moved(o, items, left))
+        if sent and not left:
+            clean += 1
+        self._moved_sent[owner] = (version, clean, time.monotonic())
 
     def _deliverable(self, owner: str) -> bool:
         """Whether hints held for owner can be sent now: it is seen up with a live handle
@@ -1101,17 +1164,38 @@ class StorageNode:
         in_ring = self.ring is None or owner in self.ring.nodes()
         return not in_ring or (self.is_up(owner) and owner in self.transport.peers)
 
-    async def _deliver_to(self, owner: str) -> None:
+    async def _deliver_to(self, owner: str, send=None) -> bool:
+        """Deliver owner's hints (with `send`, HintedHandoff's, _send_hints by default);
+        whether every batch was sent."""
         try:
-            delivered = await self.handoff.deliver(owner)
+            delivered = await self.handoff.deliver(owner, send)
         except (PeerUnavailable, StorageError):  # a disk that refused: the next round retries
-            return
+            return False
         except Exception:  # this owner's fault, logged; the other owners still get theirs
             log.exception("delivering hints for %s failed", owner)
-            return
+            return False
         if delivered:
             self.metrics.count("hints_delivered", delivered)
             log.info("delivered %d hints for %s", delivered, owner)
+        return True
+
+    async def _send_moved(self, owner: str, items: list, left: list) -> list[bool]:
+        """HintedHandoff's send for an owner that is down: the hints of keys it no longer
+        replicates go to their current owners (_send_hints); the others stay for it. A
+        moved hint no owner took (one not on the new ring yet) is added to `left`."""
+        moved = [i for i, item in enumerate(items) if owner not in self._owners(item[0])]
+        held = [False] * len(items)
+        if moved:
+            try:
+                sent = await self._send_hints(owner, [items[i] for i in moved])
+            except PeerUnavailable:
+                left.extend(moved)
+                raise
+            for i, ok in zip(moved, sent, strict=True):
+                held[i] = ok
+                if not ok:
+                    left.append(i)
+        return held
 
     def _refresh_gauges(self) -> None:
         self.metrics.gauges.update(
@@ -1341,7 +1425,9 @@ class StorageNode:
         next fallback on its own (sloppy quorum), as a one-key write does."""
         try:
             held = await self._call(peer, "replica_put", [[r.dkey, r.encoded, None] for r in batch])
-        except (PeerUnavailable, DynarayError):
+        except Exception as exc:  # noqa: BLE001 - however it failed, its keys go on to fallbacks
+            if not isinstance(exc, PeerUnavailable | DynarayError):
+                log.warning("replica_put to %s failed: %r", peer, exc)
             held = [False] * len(batch)
         fallbacks, orphans = [], []
         for req, ok in zip(batch, held, strict=True):
@@ -1499,6 +1585,29 @@ class StorageNode:
         if mine is None:
             if handed_on and (answer := await hand_on(_primaries(targets))) is not None:
                 return answer
+            if self._leaving or not self.options.sloppy_quorum:
+                # No stand-in here: a strict quorum keeps the key on its first N nodes
+                # only, and a node that began leaving while it handed the write on (its
+                # hints already passed on) would take a hint away with it.
+                if reached:  # a primary that did not answer may have applied it
+                    raise RequestTimeout(
+                        "put",
+                        key_repr(key),
+                        self.options.replica_timeout,
+                        f"node {reached[0]} it was handed to did not answer",
+                    )
+                if self._leaving:
+                    raise StorageError(
+                        f"node {self.id} is leaving the store: nothing was written here; "
+                        "another node coordinates the write"
+                    )
+                # (StorageError, not a missed quorum: that would say it may be stored, and
+                # a node that forwarded it here would not go on to another owner.)
+                raise StorageError(
+                    f"node {self.id} holds no copy of this key and could reach none of its "
+                    "owners; with sloppy_quorum off no other node stands in for them: "
+                    "nothing was written"
+                )
             mine, targets = _stand_in(self.id, preference, n, targets)
         stamp = self.hlc.now()
         try:
@@ -1582,8 +1691,9 @@ class StorageNode:
         """Hold (data key, encoded record, primary) copies as hints here: for a primary that is
         down when no stand-in is left to take its copy, so it still gets the write when it
         returns, without waiting for anti-entropy. Beyond W: nothing waits on it but this.
-        A strict quorum (sloppy_quorum off) keeps no hints."""
-        if items and self.options.sloppy_quorum:
+        A strict quorum (sloppy_quorum off) keeps no hints, nor does a node that passed its
+        hints on (pass_on_hints: it stops for good)."""
+        if items and self.options.sloppy_quorum and not self._leaving:
             # Our disk may refuse them (logged by the store): anti-entropy covers them then.
             with contextlib.suppress(StorageError):
                 await self._apply(items)
@@ -1639,7 +1749,9 @@ class StorageNode:
                     tally.answered(target.node)
                 else:  # not its key by its ring, or held as another kind: as if it failed
                     raise PeerUnavailable(target.node, "did not keep it")
-            except (PeerUnavailable, DynarayError):  # as in _replicate_batch
+            except Exception as exc:  # noqa: BLE001 - as in _replicate_batch
+                if not isinstance(exc, PeerUnavailable | DynarayError):
+                    log.warning("replica_put to %s failed: %r", target.node, exc)
                 replacement = tally.failure(target)
                 if replacement is not None:
                     self._spawn(send(replacement))
@@ -1764,10 +1876,12 @@ class StorageNode:
         """Merge (data key, encoded record, hint owner) items into our data or hints; for
         each, whether it is held now. A record of another kind than ours (a bucket created
         with two policies on the two sides of a partition) cannot be merged: it is left
-        out, and logged, and the rest of the batch goes in."""
+        out, and logged, and the rest of the batch goes in; so is a copy, ours or the
+        incoming one, that does not decode."""
         if not items:
             return []
-        ahead = self.hlc.observe(max(records.stamp_of(raw) for _, raw, _ in items))
+        stamps = [_stamp_or_none(raw) for _, raw, _ in items]  # None: not a record
+        ahead = self.hlc.observe(max(stamp or 0 for stamp in stamps))
         if ahead > CLOCK_AHEAD_WARN * 1000:
             self._clock_ahead(ahead / 1000)
 
@@ -1777,7 +1891,11 @@ class StorageNode:
 
         def op(txn: Txn) -> list[bool]:
             held = []
-            for dkey, incoming, hint in items:
+            for (dkey, incoming, hint), stamp in zip(items, stamps, strict=True):
+                if stamp is None:  # kept nowhere: a copy that does not decode fails alone
+                    self._note_unmergeable(dkey, ValueError("a copy sent here does not decode"))
+                    held.append(False)
+                    continue
                 db, rkey = (DATA, dkey) if hint is None else (HINTS, hint_key(hint, dkey))
                 if len(rkey) > codec.MAX_KEY_SIZE:
                     # A key stored before 0.2.0 left room for a hint's node id: it cannot be
@@ -1787,7 +1905,10 @@ class StorageNode:
                     continue
                 try:
                     new = records.merge_into(txn.get(db, rkey), incoming)
-                except records.KindMismatch as exc:
+                except ValueError as exc:
+                    # Two kinds (KindMismatch), or a copy, ours or the incoming one, that
+                    # does not decode: this key fails alone, ours is kept (it may hold our
+                    # own latest dots: replaced, they could be issued again).
                     self._note_unmergeable(dkey, exc)
                     held.append(False)
                     continue
@@ -1800,8 +1921,9 @@ class StorageNode:
 
     def _note_unmergeable(self, dkey: bytes, exc: Exception) -> None:
         """Count a copy of dkey that cannot be merged with ours (a key written as two kinds
-        across a partition); ours is kept. Logged once per key (copies of it come every
-        round), for a bounded number of keys: past that, the count alone goes on."""
+        across a partition, or a copy that does not decode); ours is kept. Logged once per
+        key (copies of it come every round), for a bounded number of keys: past that, the
+        count alone goes on."""
         self.metrics.count("unmergeable")
         logged = self._unmergeable
         if dkey not in logged and len(logged) < _UNMERGEABLE_LOGGED:
@@ -2027,6 +2149,14 @@ def _uncovered(preference: list[str], n: int, targets: list[quorum.Target]) -> l
     """The key's primaries that no target holds a copy for, in person or through a hint."""
     covered = {t.hint or t.node for t in targets}
     return [p for p in preference[:n] if p not in covered]
+
+
+def _stamp_or_none(raw: bytes) -> int | None:
+    """A record's stamp, None for one whose envelope does not decode (_apply)."""
+    try:
+        return records.stamp_of(raw)
+    except ValueError:
+        return None
 
 
 def _note_siblings(dkey: bytes, stored: records.Record | None, record: records.Record) -> int:

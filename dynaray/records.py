@@ -289,14 +289,26 @@ def _stamp_registers(op: list, stamp: int) -> list:
 
 
 def idempotent(op: list) -> bool:
-    """Whether applying op twice (a client retrying on another coordinator after the first
-    died mid-request) leaves the same value: true for every kind but counter increments."""
+    """Whether a write may be applied again (a client or forwarding node retrying on another
+    coordinator after the first died mid-request, when it may have applied it) without
+    undoing a write made in between that saw the first application. Not: a counter
+    increment (counted twice); an lww value or map register (stamped again, above the
+    later write, it wins over it); a set add or flag enable (a new dot, which a later
+    remove or disable that saw the first one does not cover: the element or flag comes
+    back). A siblings write applied again is a sibling of a later one, nothing lost."""
     kind = op[0] if op else None
-    if kind == "counter":
+    if kind in ("counter", "lww"):
         return False
+    if kind == "set":
+        return not _adds(op[1])
     if kind == "map":
         return _map_idempotent(op[1])
     return True
+
+
+def _adds(op: object) -> bool:
+    """Whether a set or flag operation makes a new dot (an add, an enable)."""
+    return isinstance(op, list) and bool(op) and op[0] in ("add", "enable")
 
 
 def _map_idempotent(op: object) -> bool:
@@ -305,7 +317,11 @@ def _map_idempotent(op: object) -> bool:
     return not any(
         isinstance(field, list)
         and len(field) == 3
-        and (field[1] == "counter" or (field[1] == "map" and not _map_idempotent(field[2])))
+        and (
+            field[1] in ("counter", "register")
+            or (field[1] in ("set", "flag") and _adds(field[2]))
+            or (field[1] == "map" and not _map_idempotent(field[2]))
+        )
         for field in op[1]
     )
 

@@ -22,7 +22,7 @@ from dynaray import codec, quorum, reads, records
 from dynaray.codec import key_repr
 from dynaray.errors import NodeError, QuorumError, RequestTimeout, StorageError, Unavailable
 from dynaray.ring import Ring
-from dynaray.transport import PeerUnavailable, Transport
+from dynaray.transport import PeerUnavailable, Transport, unpack_handle
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,13 @@ class Routing:
         restarted since). Only nodes of the ring; a client limited to some nodes (`only`)
         learns only of those, including one that had no actor when the client was made."""
         members = set(self.ring.nodes()) if self.ring is not None else set()
-        for node, handle in handles.items():
+        for node, packed in handles.items():
             if node not in members or self.transport.live(node):
                 continue
             if self.only is not None and node not in self.only:
                 continue
-            if self.transport.replace(node, handle):
+            handle = unpack_handle(packed)
+            if handle is not None and self.transport.replace(node, handle):
                 self._down_until.pop(node, None)
 
     async def refresh(self) -> None:

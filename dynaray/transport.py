@@ -18,6 +18,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import cloudpickle
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from dynaray.errors import DynarayError, PortableError
@@ -55,6 +56,28 @@ class PeerUnavailable(PortableError):
 def actor_of(handle: Any) -> Any:
     """What tells two actor handles apart: the Ray actor id (the handle itself for a fake)."""
     return getattr(handle, "_actor_id", handle)
+
+
+def pack_handle(handle: Any) -> bytes:
+    """An actor handle as bytes, to be sent inside an answer (StorageNode.describe). Ray
+    rebuilds a handle by loading its actor's class, which it forgets once the actor is
+    dead and the job that made it has ended (a node added by `dynaray join`, then
+    removed): a handle sent as itself would fail the whole answer that carries it, in a
+    process that never uses it. As bytes, each is opened on its own (unpack_handle)."""
+    return cloudpickle.dumps(handle)
+
+
+def unpack_handle(data: Any) -> Any | None:
+    """The actor handle pack_handle made, or None if Ray can no longer rebuild it (its
+    actor is gone). A handle sent as itself (by a node of an earlier build) is taken as
+    it is."""
+    if not isinstance(data, bytes):
+        return data
+    try:
+        return cloudpickle.loads(data)
+    except Exception:  # noqa: BLE001 - Ray's errors here vary (a dead actor's class gone)
+        log.debug("an actor handle could not be rebuilt (its actor is gone)", exc_info=True)
+        return None
 
 
 class Refused(Exception):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 import dynaray
@@ -77,7 +80,7 @@ def test_bucket_created_during_a_partition_reaches_every_node_by_gossip(cluster,
     assert cluster.buckets()["votes"] == {"policy": "counter", "r": None, "w": None}
 
 
-def test_bucket_created_on_both_sides_at_once_is_a_reported_conflict(cluster, healed):
+def test_bucket_created_on_both_sides_at_once_is_a_reported_conflict(cluster, healed, capsys):
     left, right = sides(cluster)
     left.bucket("both", policy="counter")
     right.bucket("both", policy="set")
@@ -88,7 +91,18 @@ def test_bucket_created_on_both_sides_at_once_is_a_reported_conflict(cluster, he
     )
     with pytest.raises(dynaray.DynarayError, match="created twice at once"):
         cluster.client().bucket("both")
-    assert "conflict" in cluster.buckets()["both"]
+    found = cluster.buckets()["both"]
+    assert sorted(props["policy"] for props in found["conflict"]) == ["counter", "set"]
+    # `dynaray buckets` shows it as one (it drew a row with no policy), and --json as data.
+    from dynaray import cli
+
+    capsys.readouterr()
+    assert cli.main(["buckets", "--store", "buckets"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^both +CONFLICT: (counter or set|set or counter)", table, re.M), table
+    assert cli.main(["buckets", "--store", "buckets", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["both"]["conflict"]
+    assert sorted(props["policy"] for props in shown) == ["counter", "set"]
 
 
 def test_wrong_call_for_policy_is_refused(client):

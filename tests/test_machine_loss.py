@@ -372,3 +372,48 @@ def test_up_takes_several_empty_nodes():
     args = build_parser().parse_args(["up", "--empty", "n3", "--empty", "n4"])
     assert args.empty == ["n3", "n4"]
     assert build_parser().parse_args(["up"]).empty is None
+
+
+def test_machines_held_by_a_node_out_of_the_ring_or_of_another_store_are_not_free(monkeypatch):
+    """A leave cut short (its hints not all passed on) leaves the node running out of the
+    ring, holding its machine's kvnode, and another store's node holds its machine's: a
+    node added or moved there could never be scheduled (its start timed out after
+    minutes). No Ray here: the handle's calls are answered by stand-ins."""
+    from dynaray import cluster as cluster_module
+    from dynaray.cluster import Cluster
+
+    monkeypatch.setattr(cluster_module, "_machines_of_other_stores", lambda store: {"m5": "b/n1"})
+
+    handle = object.__new__(Cluster)
+    handle._shut, handle.store = False, "a"
+    handle._members = ["n1", "n2"]
+    handle._handles = {"n1": object(), "n2": object(), "n3": object()}  # n3 left, runs
+    handle._homes = {"n1": ("m1", "/d/n1"), "n2": ("m2", "/d/n2")}
+    where = {n: {"ray_node": f"m{n[1]}", "path": f"/d/{n}"} for n in ("n1", "n2", "n3")}
+    handle._ask = lambda method, *args, nodes=None, timeout=10.0: {n: where[n] for n in nodes}
+    holding = {"m1": {"n1": []}, "m2": {"n2": []}, "m3": {"n3": []}, "m4": {}, "m5": {}}
+    free, kept = handle._free_machines("n4", holding, {"n1": object(), "n2": object()})
+    assert free == ["m4"]
+    assert kept == {"m1": "n1", "m2": "n2", "m3": "n3", "m5": "b/n1"}
+
+
+def test_a_node_added_to_a_store_is_not_placed_on_another_stores_machine(machines):
+    """Two stores on every machine there is: none is free, which add_node says at once (it
+    picked a machine of the other store and timed out after minutes)."""
+    others = len(kvnode_machines()) - 2  # (earlier tests added machines)
+    a = dynaray.start(nodes=2, n=2, r=1, w=1, node_options=FAST, partitions=16, store="a")
+    try:
+        b = dynaray.start(
+            nodes=others, n=min(others, 2), r=1, w=1, node_options=FAST, partitions=16, store="b"
+        )
+        try:
+            held = dynaray.cluster._machines_of_other_stores("a")
+            assert sorted(held.values()) == [f"b/n{i}" for i in range(1, others + 1)]
+            assert set(held) == {info["ray_node"] for info in b.info().values()}
+            with pytest.raises(dynaray.DynarayError, match="runs, or is kept for, a store node"):
+                a.add_node()
+            assert a.nodes() == ["n1", "n2"]
+        finally:
+            b.shutdown()
+    finally:
+        a.shutdown()

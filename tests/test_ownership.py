@@ -1472,3 +1472,135 @@ def test_a_batch_of_writes_that_fills_the_map_grows_it_and_is_stored(tmp_path, m
         assert node.store.env.info()["map_size"] > before
     finally:
         asyncio.run(node.stop())
+
+
+def _not_owned(node: StorageNode) -> bytes:
+    """A key n1 is not one of the N owners of."""
+    for i in range(1000):
+        key = f"k{i}".encode()
+        partition, _ = quorum.locate(node.ring, BUCKET, key)
+        if "n1" not in node.ring.preference_list(partition)[:3]:
+            return key
+    raise AssertionError("no key n1 does not own")
+
+
+def test_a_strict_quorum_coordinator_that_owns_no_copy_keeps_no_hint(tmp_path, monkeypatch):
+    """sloppy_quorum off: only the first N nodes hold a key. A non-owner that could reach no
+    owner stood in anyway, stored a hint and counted it toward W ("ok" at W=1), so a strict
+    read of the owners could miss an acknowledged write."""
+    strict = StorageNode("n1", str(tmp_path / "n1"), {"sloppy_quorum": False})
+    try:
+        _ready(strict)
+        key = _not_owned(strict)
+
+        async def unreachable(peer, *args, **kwargs):
+            raise PeerUnavailable(peer, "unknown peer")
+
+        monkeypatch.setattr(strict, "is_up", lambda peer: peer == "n1")
+        monkeypatch.setattr(strict, "_call", unreachable)
+        monkeypatch.setattr(strict, "_call_batched", unreachable)
+        with pytest.raises(StorageError, match="sloppy_quorum off .* nothing was written"):
+            asyncio.run(strict.coordinate_put("client", BUCKET, key, _blind(b"\x00v"), 1, 3))
+        assert strict.handoff.count() == 0 and strict.store.count(DATA) == 0
+    finally:
+        asyncio.run(strict.stop())
+
+
+def test_a_write_handed_on_while_the_node_passes_its_hints_on_leaves_none(node, monkeypatch):
+    """A put reaches a node (a client with an older ring) that owns no copy; while it hands
+    the put on, the node starts to leave and passes its hints on (none). When the owners
+    then fail, it stood in: a hint on a node about to stop, counted toward W."""
+    _ready(node)
+    key = _not_owned(node)
+    monkeypatch.setattr(node, "is_up", lambda peer: True)
+
+    async def go() -> None:
+        gate = asyncio.Event()
+
+        async def forward(*args, **kwargs):
+            await gate.wait()
+            return None  # no owner took it; nothing was sent
+
+        async def replicated(peer, method, *args, **kwargs):
+            return True
+
+        monkeypatch.setattr(node, "_forward", forward)
+        monkeypatch.setattr(node, "_call_batched", replicated)
+        put = asyncio.create_task(
+            node.coordinate_put("client", BUCKET, key, _blind(b"\x00v"), 1, 3)
+        )
+        await asyncio.sleep(0.05)  # it waits in _forward
+        assert await node.pass_on_hints() == 0
+        gate.set()
+        with pytest.raises(StorageError, match="leaving the store: nothing was written"):
+            await put
+
+    asyncio.run(go())
+    assert node.handoff.count() == 0
+
+
+def test_hints_for_a_down_owner_of_keys_a_ring_change_moved_go_to_the_new_owners(node, monkeypatch):
+    """n2 is down and keeps its place in the ring, but a joiner took some of its ranges:
+    the hints n1 holds for n2 of those keys waited for n2 (which would not keep them) and
+    were invisible to reads. They now go to the keys' current owners, once per ring."""
+    before = Ring.create(["n1", "n2", "n3", "n4"], 32)
+    after = before.with_node("n5")
+    node._adopt(after)
+    node.config = {"n": 3}
+    moved = kept = None
+    for i in range(2000):
+        partition, dkey = quorum.locate(after, BUCKET, f"k{i}".encode())
+        was, now = before.preference_list(partition)[:3], after.preference_list(partition)[:3]
+        if "n2" in was and "n2" not in now and "n1" not in now and moved is None:
+            moved = dkey
+        if "n2" in now and kept is None:
+            kept = dkey
+    assert moved is not None and kept is not None
+    record = records.encode(records.update(None, _blind(b"\x00v"), "n9", 1))
+    assert asyncio.run(node._apply([(moved, record, "n2"), (kept, record, "n2")])) == [True, True]
+    sent: list = []
+    taking = [False]  # the new owners have not taken the new ring yet: they refuse
+
+    async def call(peer, method, items, *args):
+        assert method == "replica_put" and peer != "n2"
+        sent.append((peer, [item[0] for item in items]))
+        return [taking[0]] * len(items)
+
+    async def round() -> None:
+        await node._handoff_round()
+        await asyncio.gather(*node._tasks)  # the scan runs on a task of its own
+
+    from dynaray import node as node_module
+
+    monkeypatch.setattr(node_module, "MOVED_RECHECK", 0.0)
+    monkeypatch.setattr(node, "is_up", lambda peer: peer != "n2")
+    monkeypatch.setattr(node, "_call", call)
+    owners = set(node._owners(moved))  # n1 not among them: it holds the hint alone
+    asyncio.run(round())
+    assert {peer for peer, _ in sent} == owners and node.handoff.count() == 2
+    taking[0] = True
+    sent.clear()
+    asyncio.run(round())  # refused last time: scanned again
+    assert {peer for peer, _ in sent} == owners
+    assert all(keys == [moved] for _, keys in sent)
+    assert node.handoff.count() == 1  # the hint of the key n2 still owns waits for it
+    asyncio.run(round())  # one more scan finds nothing to send; then no more for this ring
+    sent.clear()
+    asyncio.run(round())
+    assert sent == [] and not node._tasks
+
+
+def test_a_copy_that_does_not_decode_fails_alone_in_a_replica_batch(node):
+    """A stored record that does not decode (or an incoming one) failed the whole batch of
+    up to hundreds of keys (a ValueError out of the transaction): the coordinator's send
+    died without trying a fallback, and hinted handoff to the node stopped there for good."""
+    _ready(node)
+    mine, _ = _keys_by_role(node.ring, 3)
+    broken, fine, junk = mine[:3]
+    asyncio.run(node.store.write(lambda txn: txn.put(DATA, broken, b"not a record")))
+    good = records.encode(records.update(None, _blind(b"\x00v"), "n9", 1))
+    items = [(broken, good, None), (fine, good, None), (junk, b"junk", None)]
+    assert asyncio.run(node._apply(items)) == [False, True, False]
+    assert node.store.get(DATA, fine) == good
+    assert node.store.get(DATA, broken) == b"not a record"  # ours is kept
+    assert node.store.get(DATA, junk) is None

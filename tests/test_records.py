@@ -175,3 +175,28 @@ def test_only_stamped_kinds_take_a_read_stamp_and_carry_it_in_contexts():
     counter = records.update(None, ["counter", ["increment", 1]], "a", 7)
     assert records.context_stamp(counter) == 0
     assert records.context_stamp(None) == 0
+
+
+def test_writes_that_applied_again_undo_a_later_write_are_not_retried():
+    """A write retried after its coordinator died mid-request (it may have applied it) is
+    applied again: a counter increment counts twice, and an lww value or map register is
+    stamped again, above a write that read it meanwhile, and wins over that write."""
+    from dynaray.buckets import map_ops
+
+    def update(**fields) -> list:
+        defaults = dict.fromkeys(("increment", "add", "remove", "assign", "enable", "disable"))
+        return ["map", ["update", map_ops(**{**defaults, **fields}, seen=None)]]
+
+    assert records.idempotent(["siblings", [], codec.encode_value("v")])
+    assert records.idempotent(["set", ["remove", [b"x"], []]])
+    assert records.idempotent(update(remove={"tags": ["a"]}, disable=["vip"]))
+    assert not records.idempotent(["counter", ["increment", 1]])
+    # A set add or flag enable applied again has a new dot: a remove or disable that saw
+    # the first one does not cover it, and the element or flag comes back.
+    assert not records.idempotent(["set", ["add", [b"x"]]])
+    assert not records.idempotent(update(add={"tags": ["a"]}))
+    assert not records.idempotent(update(enable=["vip"]))
+    assert not records.idempotent(["lww", codec.encode_value("v")])
+    assert not records.idempotent(["lww", codec.encode_value("v"), 12345])
+    assert not records.idempotent(update(assign={"name": "Ann"}))
+    assert not records.idempotent(update(add={"tags": ["a"]}, assign={"name": "Ann"}))

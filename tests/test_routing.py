@@ -277,6 +277,21 @@ def test_a_client_learns_a_new_actor_of_a_node_but_never_takes_back_a_dead_one()
     assert routing.transport.peers["n6"] is joined
 
 
+def test_a_peer_handle_that_cannot_be_rebuilt_is_skipped_and_the_others_taken():
+    """Nodes send their peers' handles packed one by one: Ray cannot rebuild the handle of
+    a dead actor whose maker's job ended, and as plain handles that failed the whole
+    describe answer, so every new client and command failed."""
+    from dynaray.transport import pack_handle
+
+    routing, replicas, ring = _routing()
+    grown = ring.with_node("n6").with_node("n7")
+    joined = FakeReplica("n6")
+    packed = {"n6": pack_handle(joined), "n7": b"\x80\x05not a handle any more"}
+    routing.adopt({**replicas["n1"].description, "ring": grown.to_wire(), "peers": packed})
+    assert routing.transport.peers["n6"].name == "n6"
+    assert "n7" not in routing.transport.peers
+
+
 def test_a_client_limited_to_some_nodes_learns_only_those_even_if_down_when_made():
     _, replicas, ring = _routing()
     description = replicas["n1"].description

@@ -377,6 +377,10 @@ def test_start_refuses_bad_arguments_before_starting_any_node(ray_session, tmp_p
         ({"nodes": 20, "partitions": 16}, ValueError, "at least as many partitions"),
         ({"data_dir": 123}, TypeError, "directory path"),
         ({"node_options": {"replica_timeot": 1}}, ValueError, "the options are sync"),
+        # A node would refuse these at its start (every actor died in its constructor).
+        ({"node_options": {"down_after": 2.0}}, ValueError, "at most down_after"),
+        ({"node_options": {"read_repair_chance": 2}}, ValueError, "fraction"),
+        ({"node_options": {"transfer_batch": 0}}, ValueError, "transfer_batch"),
         ({"store": ""}, ValueError, "non-empty name"),
     ):
         with pytest.raises(error, match=match):
@@ -460,9 +464,15 @@ def test_a_store_whose_nodes_all_died_is_attached_restarted_and_started_again(
         again = dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="dead")
         assert again.nodes() == ["n1", "n2", "n3", joined]
         assert again.client().get("k").value == "v"
+        # The handle from before holds a dead Router; its changes ask the new one (they
+        # went on without a hold) while another driver holds the membership.
+        ray.get(again._router.hold_change.remote("elsewhere", "a test's change", 120.0, False))
+        with pytest.raises(dynaray.DynarayError, match="another driver is changing"):
+            attached.add_node()
+        ray.get(again._router.release_change.remote("elsewhere"))
         for node in again.nodes():
             again.kill(node)
-        dynaray.Cluster.attach("dead").shutdown()  # stops what is left: the Router
+        attached.shutdown()  # stops what is left: the Router the start made, not only its own
         with pytest.raises(dynaray.DynarayError, match="no store named 'dead'"):
             dynaray.Cluster.attach("dead")
     finally:
@@ -502,6 +512,13 @@ def test_a_data_directory_that_held_a_store_is_not_taken_for_a_new_one(ray_sessi
     assert not dynaray.cluster._named_nodes("noted")  # nothing was started
 
     manifest.write(data, "noted", ["n1", "n2", "n3"], None)
+    # Another store given this directory: it served and changed this store's keys.
+    with pytest.raises(dynaray.DynarayError, match="holds store 'noted', not 'other'"):
+        dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="other")
+    os.remove(manifest.path_of(data))  # the node directories alone say whose they are
+    with pytest.raises(dynaray.DynarayError, match="holds store 'noted', not 'other'"):
+        dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="other")
+    assert not dynaray.cluster._named_nodes("other")  # nothing was started
     again = dynaray.start(data_dir=data, node_options=FAST, partitions=16, store="noted")
     try:
         assert again.client().get("k").value == "v"
