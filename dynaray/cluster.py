@@ -1575,7 +1575,8 @@ class Cluster:
 
     def _fresh_router(self) -> Any | None:
         """The store's Router looked up by name again, after this handle's died: a start
-        by another driver makes a new one. None when there is none (or no GCS to ask)."""
+        by another driver makes a new one. None when there is none; the handle we had
+        when the GCS does not answer the lookup."""
         with contextlib.suppress(Exception):  # the GCS is not answering: keep what we had
             self._router = _router_of(self.store)
         return self._router

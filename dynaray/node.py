@@ -70,7 +70,8 @@ _UNMERGEABLE_LOGGED = 1000
 _REAP_SCAN_STEP = 1000
 # How long a leaving node waits for a delivery under way before it passes hints on.
 PASS_ON_WAIT = 30.0
-# Seconds between two scans of a down owner's hints for keys a ring change moved away.
+# Seconds between two scans of a down owner's hints for keys a ring change moved away
+# (the first wait; longer after each scan that left some to send).
 MOVED_RECHECK = 30.0
 # A record stamped this many seconds past the wall clock says a clock in the store runs
 # ahead: warned of (at most once per this many seconds), as lww writes lose to it.
@@ -124,12 +125,17 @@ class NodeOptions:
     def __post_init__(self) -> None:
         """Refuse what a node could not run with, before any node starts (cluster.start
         builds one to check the options it is given)."""
-        for name in ("replica_timeout", "read_repair_wait", "retry_after", "gossip_interval"):
+        for name in (
+            "replica_timeout",
+            "read_repair_wait",
+            "retry_after",
+            "gossip_interval",
+            "handoff_interval",  # 0 would spin the handoff loop
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
-        for name in ("handoff_interval", "tombstone_grace"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be a number of seconds, 0 or more")
+        if not self.tombstone_grace >= 0:
+            raise ValueError("tombstone_grace must be a number of seconds, 0 or more")
         if not 0 < self.suspect_after <= self.down_after:
             raise ValueError(
                 f"suspect_after ({self.suspect_after}) must be positive and at most "
@@ -230,8 +236,10 @@ class StorageNode:
         self.life = self.membership.incarnation
         self.handoff = HintedHandoff(self.store, self._send_hints, batch=self.options.handoff_batch)
         # {owner that is down: (ring version, scans of it that left nothing to send, when
-        # the last began)}: hints of keys a ring change moved away from it (_moved_due).
-        self._moved_sent: dict[str, tuple[int, int, float]] = {}
+        # the next may begin, scans since the last clean one)}: hints of keys a ring
+        # change moved away from it (_moved_due). A scan that left some waits longer each
+        # time (up to 20 x MOVED_RECHECK): a copy no owner will take costs a scan each.
+        self._moved_sent: dict[str, tuple[int, int, float, int]] = {}
         self.ranges = KeyRanges(self.store)
         # Ranges this node gained in a ring change and is still receiving (ownership
         # handoff): it does not answer reads for them until it has them.
@@ -1137,26 +1145,30 @@ class StorageNode:
 
     def _moved_due(self, owner: str) -> bool:
         """Whether the hints held for a down owner are to be scanned for keys a ring change
-        moved away from it: at each new ring, and again MOVED_RECHECK seconds after a
-        scan (a writer whose ring was older may have left such a hint since), until two
-        scans of one ring found nothing left to send."""
-        if self.ring is None or self.handoff.busy(owner):
+        moved away from it: at each new ring, and again after a scan (a writer whose ring
+        was older may have left such a hint since; a new owner may have refused one,
+        not on the new ring yet), until two scans of one ring found nothing left to send.
+        Not on a node that is leaving: it passes every hint on instead (pass_on_hints)."""
+        if self.ring is None or self._leaving or self.handoff.busy(owner):
             return False
         done = self._moved_sent.get(owner)
-        if done is None or done[0] != self.ring.version:
-            return True
-        _, clean, at = done
-        return clean < 2 and time.monotonic() - at > MOVED_RECHECK
+        return (
+            done is None
+            or done[0] != self.ring.version
+            or (done[1] < 2 and time.monotonic() > done[2])
+        )
 
     async def _deliver_moved(self, owner: str) -> None:
         version, left = self.ring.version, []
         done = self._moved_sent.get(owner)
-        clean = done[1] if done is not None and done[0] == version else 0
-        self._moved_sent[owner] = (version, clean, time.monotonic())  # not started twice
+        clean, tries = (done[1], done[3]) if done is not None and done[0] == version else (0, 0)
+        later = time.monotonic() + min(MOVED_RECHECK * 2**tries, 20 * MOVED_RECHECK)
+        self._moved_sent[owner] = (version, clean, later, tries + 1)  # not started twice
+        if self.handoff.busy(owner):
+            return  # another delivery of its hints is under way: this scan did not run
         sent = await self._deliver_to(owner, lambda o, items: self._send_moved(o, items, left))
         if sent and not left:
-            clean += 1
-        self._moved_sent[owner] = (version, clean, time.monotonic())
+            self._moved_sent[owner] = (version, clean + 1, time.monotonic() + MOVED_RECHECK, 0)
 
     def _deliverable(self, owner: str) -> bool:
         """Whether hints held for owner can be sent now: it is seen up with a live handle
@@ -1182,15 +1194,18 @@ class StorageNode:
     async def _send_moved(self, owner: str, items: list, left: list) -> list[bool]:
         """HintedHandoff's send for an owner that is down: the hints of keys it no longer
         replicates go to their current owners (_send_hints); the others stay for it. A
-        moved hint no owner took (one not on the new ring yet) is added to `left`."""
+        moved hint no owner took (out of reach, or not on the new ring yet) is added to
+        `left`, and the scan goes on to the next batch. Stops once this node is leaving
+        (pass_on_hints waits for it)."""
+        if self._leaving:
+            raise PeerUnavailable(owner, "this node is leaving: its hints are passed on")
         moved = [i for i, item in enumerate(items) if owner not in self._owners(item[0])]
         held = [False] * len(items)
         if moved:
             try:
                 sent = await self._send_hints(owner, [items[i] for i in moved])
             except PeerUnavailable:
-                left.extend(moved)
-                raise
+                sent = [False] * len(moved)
             for i, ok in zip(moved, sent, strict=True):
                 held[i] = ok
                 if not ok:

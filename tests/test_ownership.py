@@ -1604,3 +1604,22 @@ def test_a_copy_that_does_not_decode_fails_alone_in_a_replica_batch(node):
     assert node.store.get(DATA, fine) == good
     assert node.store.get(DATA, broken) == b"not a record"  # ours is kept
     assert node.store.get(DATA, junk) is None
+
+
+def test_a_scan_for_moved_hints_that_could_not_run_or_a_leaving_node_does_not_count(node):
+    """Another delivery of the owner's hints under way (the owner back up, pass_on_hints)
+    makes the scan do nothing: it counted as a clean scan, and two of those ended the
+    scans for the ring. A leaving node passes every hint on instead: it starts no scan,
+    and one under way stops at its next batch (pass_on_hints waits for it)."""
+    _ready(node)
+    node.handoff._busy.add("n2")
+    for _ in range(2):
+        asyncio.run(node._deliver_moved("n2"))
+    assert node._moved_sent["n2"][1] == 0  # no clean scan counted
+    node.handoff._busy.discard("n2")
+    node._moved_sent.clear()
+    assert node._moved_due("n2")
+    node._leaving = True
+    assert not node._moved_due("n2")
+    with pytest.raises(PeerUnavailable, match="leaving"):
+        asyncio.run(node._send_moved("n2", [], []))
