@@ -1178,7 +1178,9 @@ class StorageNode:
 
     async def _deliver_to(self, owner: str, send=None) -> bool:
         """Deliver owner's hints (with `send`, HintedHandoff's, _send_hints by default);
-        whether every batch was sent."""
+        False when a batch could not be sent (the next round retries), True otherwise,
+        also when another delivery of owner's hints was under way and this one did
+        nothing (HintedHandoff.deliver)."""
         try:
             delivered = await self.handoff.deliver(owner, send)
         except (PeerUnavailable, StorageError):  # a disk that refused: the next round retries
