@@ -1726,14 +1726,36 @@ class Cluster:
         return False
 
     def forget_node(self, node: str, progress=None) -> None:
-        """The node is gone for good (disk lost): the others restore N copies of its keys."""
+        """The node is gone for good (disk lost): the others restore N copies of its keys.
+        Called again after one that stopped once the ring had changed (its error says so),
+        it finishes that one."""
         with self._changing_membership(f"forget_node({node!r})"):
+            ring, config = self._ring()
+            if node not in ring.nodes() and node in ring.departed:
+                live = self._running()
+                if self._left_running(node):
+                    raise ValueError(
+                        f"node {node!r} left the ring and still runs; remove_node({node!r}) "
+                        "finishes its leave"
+                    )
+                give = (ring.to_wire(), config, None)
+                self.last_change = self._settle(ring, self._ask("handoff_status"), progress, give)
+                self._drop(node, live)
+                return
             old, config, live = self._check_leave(node)
             if self._ask("ping", nodes=[node], timeout=5.0):
                 raise ValueError(
                     f"node {node!r} is still running; use remove_node() for a graceful leave"
                 )
-            self.last_change = self._reshape(old.without_node(node), config, old, progress)
+            try:
+                self.last_change = self._reshape(old.without_node(node), config, old, progress)
+            except DynarayError as exc:
+                if "nothing was changed" in str(exc):  # before the nodes got the new ring
+                    raise
+                raise DynarayError(
+                    f"node {node!r} is out of the ring, but: {exc}. Then forget_node({node!r}) "
+                    f"again (`dynaray forget{store_option(self.store)} {node}`) finishes it"
+                ) from exc
             self._drop(node, live)
 
     def _check_leave(self, node: str) -> tuple[Ring, dict, dict[str, Any]]:

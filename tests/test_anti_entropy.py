@@ -340,6 +340,45 @@ def test_a_leave_cut_short_while_ranges_are_handed_over_says_to_finish_it(ray_se
         cluster.shutdown()
 
 
+def test_a_forget_cut_short_while_ranges_are_handed_over_is_finished_by_a_second(
+    ray_session, monkeypatch
+):
+    """A forget_node whose handoff stopped (a node's answers are lost) has taken the node
+    out of the ring: a second forget_node said "unknown node", and the Router kept
+    listing it. It now finishes the change."""
+    import ray
+
+    from dynaray import cluster as cluster_module
+
+    cluster = dynaray.start(nodes=4, node_options=ALONE, partitions=16, store="cut-forget")
+    try:
+        client = cluster.client()
+        for i in range(20):
+            client.put(f"k{i}", None, i, w=3)
+        cluster.kill("n4")
+        monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
+        asked = cluster._ask
+
+        def ask(method, *args, nodes=None, timeout=10.0):
+            answers = asked(method, *args, nodes=nodes, timeout=timeout)
+            if method == "handoff_status":
+                answers.pop("n1", None)  # n1's answers never arrive
+            return answers
+
+        monkeypatch.setattr(cluster, "_ask", ask)
+        with pytest.raises(dynaray.DynarayError, match=r"n4' is out of the ring, but"):
+            cluster.forget_node("n4")
+        monkeypatch.setattr(cluster, "_ask", asked)
+        assert "n4" not in cluster.nodes()
+        cluster.forget_node("n4")  # finishes it
+        layout = ray.get(cluster._router.store_layout.remote())
+        assert "n4" not in layout["members"]
+        for i in range(20):
+            assert client.get(f"k{i}").value == i
+    finally:
+        cluster.shutdown()
+
+
 def test_a_join_waits_for_a_node_whose_configure_call_was_lost(ray_session, monkeypatch):
     """The joiner's configure call timed out (here: never sent), so it had no ring and
     answered "nothing pending": the change dropped the old copies at once, and the joiner
