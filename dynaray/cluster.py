@@ -1684,22 +1684,13 @@ class Cluster:
         if node not in ring.nodes() and self._left_running(node):
             # Out of the ring already: an earlier remove_node stopped before its end.
             live = self._running()
-            give = (ring.to_wire(), config, None)
-            self.last_change = self._settle(ring, self._ask("handoff_status"), progress, give)
+            self._settle_again(ring, config, progress)
         else:
             old, config, live = self._check_leave(node)
             if not self._ask("ping", nodes=[node], timeout=5.0):
                 raise ValueError(f"node {node!r} is not running; use forget_node() for a lost node")
-            try:
-                self.last_change = self._reshape(old.without_node(node), config, old, progress)
-            except DynarayError as exc:
-                if "nothing was changed" in str(exc):  # before the nodes got the new ring
-                    raise
-                raise DynarayError(
-                    f"node {node!r} has left the ring and keeps running, but: {exc}. Then "
-                    f"remove_node({node!r}) again (`dynaray leave{store_option(self.store)} "
-                    f"{node}`) finishes the leave"
-                ) from exc
+            state = "has left the ring and keeps running"
+            self._reshape_without(node, old, config, progress, state, "remove_node", "leave")
         left = self._ask("pass_on_hints", nodes=[node], timeout=600).get(node)
         if left != 0:
             what = "did not answer when asked to pass on" if left is None else f"has {left} of"
@@ -1738,8 +1729,7 @@ class Cluster:
                         f"node {node!r} left the ring and still runs; remove_node({node!r}) "
                         "finishes its leave"
                     )
-                give = (ring.to_wire(), config, None)
-                self.last_change = self._settle(ring, self._ask("handoff_status"), progress, give)
+                self._settle_again(ring, config, progress)
                 self._drop(node, live)
                 return
             old, config, live = self._check_leave(node)
@@ -1747,16 +1737,30 @@ class Cluster:
                 raise ValueError(
                     f"node {node!r} is still running; use remove_node() for a graceful leave"
                 )
-            try:
-                self.last_change = self._reshape(old.without_node(node), config, old, progress)
-            except DynarayError as exc:
-                if "nothing was changed" in str(exc):  # before the nodes got the new ring
-                    raise
-                raise DynarayError(
-                    f"node {node!r} is out of the ring, but: {exc}. Then forget_node({node!r}) "
-                    f"again (`dynaray forget{store_option(self.store)} {node}`) finishes it"
-                ) from exc
+            state = "is out of the ring"
+            self._reshape_without(node, old, config, progress, state, "forget_node", "forget")
             self._drop(node, live)
+
+    def _reshape_without(
+        self, node: str, old: Ring, config: dict, progress, state: str, call: str, command: str
+    ) -> None:
+        """Take `node` out of the ring (_reshape). An error once the nodes have the new
+        ring says that the same call again (`call`, the CLI's `command`) finishes it."""
+        try:
+            self.last_change = self._reshape(old.without_node(node), config, old, progress)
+        except DynarayError as exc:
+            if "nothing was changed" in str(exc):  # before the nodes got the new ring
+                raise
+            raise DynarayError(
+                f"node {node!r} {state}, but: {exc}. Then {call}({node!r}) again (`dynaray "
+                f"{command}{store_option(self.store)} {node}`) finishes it"
+            ) from exc
+
+    def _settle_again(self, ring: Ring, config: dict, progress) -> None:
+        """Finish a leave or forget that stopped once the nodes had its ring: wait for
+        the handoff (giving the ring again to a node behind), then drop the old copies."""
+        give = (ring.to_wire(), config, None)
+        self.last_change = self._settle(ring, self._ask("handoff_status"), progress, give)
 
     def _check_leave(self, node: str) -> tuple[Ring, dict, dict[str, Any]]:
         """The ring and settings before `node` leaves, and the running nodes, looked up by

@@ -307,27 +307,35 @@ def test_a_join_whose_node_stops_answering_drops_no_old_copy(ray_session, monkey
         cluster.shutdown()
 
 
+def _four_nodes_one_silent(store: str, monkeypatch) -> tuple:
+    """A 4-node store holding k0..k19 on three nodes each, whose n1's handoff answers
+    never reach this driver (its changes stop after HANDOFF_SILENCE, 1 s here); the
+    cluster, a client, and the driver's own _ask, to put back."""
+    from dynaray import cluster as cluster_module
+
+    cluster = dynaray.start(nodes=4, node_options=ALONE, partitions=16, store=store)
+    client = cluster.client()
+    for i in range(20):
+        client.put(f"k{i}", None, i, w=3)
+    monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
+    asked = cluster._ask
+
+    def ask(method, *args, nodes=None, timeout=10.0):
+        answers = asked(method, *args, nodes=nodes, timeout=timeout)
+        if method == "handoff_status":
+            answers.pop("n1", None)
+        return answers
+
+    monkeypatch.setattr(cluster, "_ask", ask)
+    return cluster, client, asked
+
+
 def test_a_leave_cut_short_while_ranges_are_handed_over_says_to_finish_it(ray_session, monkeypatch):
     """A leave whose handoff stops (a node's answers are lost) has changed the ring, and
     the leaving node keeps running: the error said only to restart the silent node, not
     that remove_node again finishes the leave."""
-    from dynaray import cluster as cluster_module
-
-    cluster = dynaray.start(nodes=4, node_options=ALONE, partitions=16, store="cut-leave")
+    cluster, client, asked = _four_nodes_one_silent("cut-leave", monkeypatch)
     try:
-        client = cluster.client()
-        for i in range(20):
-            client.put(f"k{i}", None, i, w=3)
-        monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
-        asked = cluster._ask
-
-        def ask(method, *args, nodes=None, timeout=10.0):
-            answers = asked(method, *args, nodes=nodes, timeout=timeout)
-            if method == "handoff_status":
-                answers.pop("n1", None)  # n1's answers never arrive
-            return answers
-
-        monkeypatch.setattr(cluster, "_ask", ask)
         with pytest.raises(dynaray.DynarayError, match=r"n4' has left the ring and keeps runn"):
             cluster.remove_node("n4")
         monkeypatch.setattr(cluster, "_ask", asked)
@@ -348,24 +356,9 @@ def test_a_forget_cut_short_while_ranges_are_handed_over_is_finished_by_a_second
     listing it. It now finishes the change."""
     import ray
 
-    from dynaray import cluster as cluster_module
-
-    cluster = dynaray.start(nodes=4, node_options=ALONE, partitions=16, store="cut-forget")
+    cluster, client, asked = _four_nodes_one_silent("cut-forget", monkeypatch)
     try:
-        client = cluster.client()
-        for i in range(20):
-            client.put(f"k{i}", None, i, w=3)
-        cluster.kill("n4")
-        monkeypatch.setattr(cluster_module, "HANDOFF_SILENCE", 1.0)
-        asked = cluster._ask
-
-        def ask(method, *args, nodes=None, timeout=10.0):
-            answers = asked(method, *args, nodes=nodes, timeout=timeout)
-            if method == "handoff_status":
-                answers.pop("n1", None)  # n1's answers never arrive
-            return answers
-
-        monkeypatch.setattr(cluster, "_ask", ask)
+        cluster.kill("n4")  # (only the handoff answers of n1 are lost)
         with pytest.raises(dynaray.DynarayError, match=r"n4' is out of the ring, but"):
             cluster.forget_node("n4")
         monkeypatch.setattr(cluster, "_ask", asked)
