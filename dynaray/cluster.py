@@ -650,9 +650,8 @@ def _node_directories(root: str) -> dict[str, dict]:
     """The node directories (with an LMDB environment) under root on this machine:
     {store node id: {"file": fingerprint, "ring": the ring it kept, or None, "n": its
     replication factor, or None, "store": the name of its store, or None}}, plus "error"
-    where they could not be read. The
-    fingerprint is the data file's inode, size and modification time, equal wherever the
-    same file is seen."""
+    where they could not be read. The fingerprint is the data file's inode, size and
+    modification time, equal wherever the same file is seen."""
     from dynaray.node import stored_layout
 
     found: dict[str, dict] = {}
@@ -1278,13 +1277,12 @@ class Cluster:
         on, or is known to live on while down, or whose directory that machine alone holds
         (so that node can start there again), or a node a cut-short leave left running
         holds (_left_known: it keeps its machine's kvnode until its leave is finished), or
-        another store's node runs on.
-        `live`: the running nodes (_running)."""
-        running = _homes_of(self._ask("info", nodes=[n for n in live if n != node]))
-        self._homes.update(running)
-        left = _homes_of(self._ask("info", nodes=[n for n in self._left_known() if n != node]))
+        another store's node runs on. `live`: the running nodes (_running)."""
+        others = [n for n in [*live, *self._left_known()] if n != node]
+        homes = _homes_of(self._ask("info", nodes=others))
+        self._homes.update({n: home for n, home in homes.items() if n in live})
         kept = _machines_of_other_stores(self.store)
-        kept.update({home: n for n, (home, _) in {**left, **running}.items()})
+        kept.update({home: n for n, (home, _) in homes.items()})
         for other, (home, _) in self._homes.items():
             if other != node:
                 kept.setdefault(home, other)
@@ -1437,8 +1435,7 @@ class Cluster:
         configure call's arguments, sent again every RING_RESEND seconds, brings it), or
         could not copy a range, leaves every old copy where it is. A node silent for
         RING_RESEND seconds is looked up by name again (another driver may have restarted
-        it). `before`: the nodes'
-        handoff figures when the change began."""
+        it). `before`: the nodes' handoff figures when the change began."""
         nodes = list(ring.nodes())
         resent = time.monotonic()
 
@@ -1547,20 +1544,8 @@ class Cluster:
         does, seconds since it began]. Without a Router that answers (gone with its
         machine) nothing can be held: the change goes on, with a warning."""
 
-        def ask() -> list | None:
-            if self._router is None:
-                raise ActorDiedError()
-            call = self._router.hold_change.remote(self._holder, self._doing, CHANGE_LEASE, renew)
-            return ray.get(call, timeout=_CALL_TIMEOUT)
-
         try:
-            try:
-                return ask()
-            except ActorDiedError:
-                # Another driver may have started the store again, with a new Router.
-                if self._fresh_router() is None:
-                    raise
-                return ask()
+            return self._call_router("hold_change", self._holder, self._doing, CHANGE_LEASE, renew)
         except (RayError, AttributeError) as exc:  # AttributeError: a Router of 0.1.0
             if not self._hold_warned:  # once per change, not at every renewal
                 self._hold_warned = True
@@ -1572,6 +1557,22 @@ class Cluster:
                     self._doing,
                 )
             return None
+
+    def _call_router(self, method: str, *args: Any) -> Any:
+        """A call to the store's Router; if this handle's died, once more to the one a
+        start by another driver made (ActorDiedError when there is none)."""
+
+        def call() -> Any:
+            if self._router is None:
+                raise ActorDiedError()
+            return ray.get(getattr(self._router, method).remote(*args), timeout=_CALL_TIMEOUT)
+
+        try:
+            return call()
+        except ActorDiedError:
+            if self._fresh_router() is None:
+                raise
+            return call()
 
     def _fresh_router(self) -> Any | None:
         """The store's Router looked up by name again, after this handle's died: a start
@@ -1794,12 +1795,7 @@ class Cluster:
             client.routing.set_node(node, handle)
         if self._router is not None:
             try:
-                try:
-                    ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
-                except ActorDiedError:
-                    if self._fresh_router() is None:  # not one another driver's start made
-                        raise
-                    ray.get(self._router.update_peer.remote(node, handle), timeout=_CALL_TIMEOUT)
+                self._call_router("update_peer", node, handle)
             except ActorDiedError:
                 log.warning(
                     "the Router actor of store %r is gone (with its machine?): clients on the "
@@ -1833,10 +1829,10 @@ class Cluster:
         self._shut = True
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)
-        routers = [self._router, self._fresh_router()]  # a start elsewhere made a new one
-        for router in {id(r): r for r in routers if r is not None}.values():
-            with contextlib.suppress(Exception):  # one that is dead already
-                ray.kill(router, no_restart=True)
+        for router in (self._router, self._fresh_router()):  # a start elsewhere made a new one
+            if router is not None:
+                with contextlib.suppress(Exception):  # one that is dead already, or the same
+                    ray.kill(router, no_restart=True)
         if self._ephemeral_root:
             shutil.rmtree(self._ephemeral_root, ignore_errors=True)
         if self._started_ray:
