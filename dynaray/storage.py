@@ -33,7 +33,6 @@ Op = Callable[["Txn"], Any]
 DATA = b"data"
 HINTS = b"hints"
 META = b"meta"
-MERKLE = b"merkle"
 DOTS = b"dots"  # written by earlier versions (stand-in dot floors); no longer used
 _STAMP = b"node_id"
 _ACTOR = b"actor"
@@ -143,7 +142,7 @@ class Store:
         self._sync = sync
         self._last_commit = -1  # the file's descriptor, opened by _check_stamp
         try:
-            self.dbs = {n: self.env.open_db(n) for n in (DATA, HINTS, META, MERKLE, DOTS)}
+            self.dbs = {n: self.env.open_db(n) for n in (DATA, HINTS, META, DOTS)}
             self._marking = threading.Lock()
             self._check_stamp(fresh)  # which closes what it opened if it fails
         except BaseException:
@@ -567,8 +566,9 @@ class Store:
         log.info("node %s: LMDB map grown to %d MiB", self.node_id, size >> 20)
 
     def close(self) -> None:
-        """Stop the writer (after the writes queued so far), then close the files. A clean
-        stop flushes everything, so a machine restart after it loses nothing."""
+        """Stop the writer (after the writes queued so far, for up to _CLOSE_WAIT seconds:
+        what is still queued then fails with "nothing was written"), then close the files.
+        A clean stop flushes everything, so a machine restart after it loses nothing."""
         if self._shut:
             return
         self._shut = self._closed = True

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dynaray import storage
 from dynaray.errors import NodeError, StorageError
-from dynaray.storage import DATA, DOTS, HINTS, MERKLE, META, Store
+from dynaray.storage import DATA, DOTS, HINTS, META, Store
 from dynaray.verify import fill_disk, free_disk
 from tests.conftest import small_disk
 
@@ -88,11 +88,11 @@ def test_a_writer_stuck_in_a_commit_at_close_still_ends_once_it_returns(tmp_path
 
 def test_write_and_read_sub_databases(store):
     async def main():
-        for db in (DATA, HINTS, META, MERKLE, DOTS):
+        for db in (DATA, HINTS, META, DOTS):
             assert await store.write(put(db, b"k", db + b"-value")) == b"k"
 
     run(main())
-    for db in (DATA, HINTS, META, MERKLE, DOTS):
+    for db in (DATA, HINTS, META, DOTS):
         assert store.get(db, b"k") == db + b"-value"
     assert store.get(DATA, b"missing") is None
     assert store.get_many(DATA, [b"k", b"missing"]) == [b"data-value", None]
