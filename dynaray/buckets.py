@@ -73,8 +73,9 @@ async def open_bucket(
             f"{[BucketProps.decode(v) for v in stored]}; use another bucket name"
         )
     if not stored:
-        # A bucket without stored properties is a "siblings" bucket.
-        return Bucket(client, name, wanted, resolver)
+        # A bucket without stored properties is a "siblings" bucket, until it is found
+        # created (Bucket._need looks again).
+        return Bucket(client, name, wanted, resolver, found=False)
     props = BucketProps.decode(stored[0])
     if resolver is not None and props.policy != "siblings":
         raise ValueError(
@@ -84,9 +85,12 @@ async def open_bucket(
     for field in ("policy", "r", "w"):
         asked = getattr(wanted, field) if field != "policy" else policy
         if asked is not None and asked != getattr(props, field):
+            stored = getattr(props, field)
             raise ValueError(
-                f"bucket {name!r} exists with {field}={getattr(props, field)!r}, not "
-                f"{asked!r}; a bucket's properties do not change: use another bucket name"
+                f"bucket {name!r} exists with {field}={stored!r}"
+                + (" (the client's default)" if stored is None else "")
+                + f", not {asked!r}; a bucket's properties do not change: use another bucket "
+                "name"
             )
     return Bucket(client, name, props, resolver)
 
@@ -100,11 +104,15 @@ class Bucket:
         name: str,
         props: BucketProps,
         resolver: Callable[[list], Any] | None = None,
+        found: bool = True,
     ) -> None:
         self.client = client
         self.name = name
         self.props = props
         self.resolver = resolver
+        # False: opened with no policy when no node it reached knew the bucket (new, or
+        # created on the other side of a partition); its properties may turn up later.
+        self.found = found
 
     @property
     def policy(self) -> str:
@@ -116,12 +124,28 @@ class Bucket:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.client._run(coro)
 
-    def _need(self, *policies: str, call: str) -> None:
-        if self.policy not in policies:
-            raise ValueError(
-                f"{call}() needs a bucket with policy {' or '.join(policies)}; "
-                f"bucket {self.name!r} has policy {self.policy!r}"
+    async def _need(self, *policies: str, call: str) -> None:
+        if self.policy not in policies and not self.found:
+            # Created since this handle was opened, or known now that a partition healed:
+            # take the stored properties rather than refuse for good.
+            stored = await self.client.routing.ask_any(
+                f"opening bucket {self.name!r}", "bucket_props", self.name
             )
+            if len(stored) == 1:
+                self.props, self.found = BucketProps.decode(stored[0]), True
+        if self.policy in policies:
+            return
+        if not self.found:
+            raise ValueError(
+                f"{call}() needs a bucket with policy {' or '.join(policies)}; no node reached "
+                f"knows bucket {self.name!r} (never created, or created where this client "
+                f"cannot reach, across a partition): create it with client.bucket("
+                f"{self.name!r}, policy={policies[0]!r})"
+            )
+        raise ValueError(
+            f"{call}() needs a bucket with policy {' or '.join(policies)}; "
+            f"bucket {self.name!r} has policy {self.policy!r}"
+        )
 
     def _w(self, w: int | None) -> int | None:
         return self.props.w if w is None else w
@@ -165,7 +189,7 @@ class Bucket:
         """Write a value (siblings: with the context of the read it follows; lww: a context
         is not needed, and one given orders this write after what it saw; the newest
         timestamp wins)."""
-        self._need("siblings", "lww", call="put")
+        await self._need("siblings", "lww", call="put")
         raw = codec.encode_value(value)
         if self.policy == "lww":
             return await self.client._write(self.name, key, _lww_op(context, raw), self._w(w))
@@ -183,7 +207,7 @@ class Bucket:
         read sees now. LWW: a tombstone stamped above what the context saw (and what the
         coordinator holds); like any blind lww write, one that missed a later-stamped write
         (a replica that was down, a clock ahead) does not hide it."""
-        self._need("siblings", "lww", call="delete")
+        await self._need("siblings", "lww", call="delete")
         if self.policy == "lww":  # its context is checked as put checks it
             op = _lww_op(context, records.LWW_DELETED)
             return await self.client._write(self.name, key, op, self._w(w))
@@ -208,7 +232,7 @@ class Bucket:
 
     async def aincrement(self, key: str | bytes, delta: int = 1, *, w: int | None = None) -> None:
         """Add delta (negative to decrement); concurrent increments all count."""
-        self._need("counter", call="increment")
+        await self._need("counter", call="increment")
         _check_delta(delta)
         await self.client._write(self.name, key, ["counter", ["increment", delta]], self._w(w))
 
@@ -219,7 +243,7 @@ class Bucket:
 
     async def aadd(self, key: str | bytes, *elements: Any, w: int | None = None) -> None:
         """Add elements; an add concurrent with a remove of the same element wins."""
-        self._need("set", call="add")
+        await self._need("set", call="add")
         if not elements:
             raise ValueError(f"add() needs at least one element, e.g. add({key!r}, 'x')")
         op = ["set", ["add", _added(elements)]]
@@ -237,7 +261,7 @@ class Bucket:
     ) -> None:
         """Remove the additions of elements that the context saw (with no context, that a
         read sees now: the client reads first); a concurrent add survives."""
-        self._need("set", call="remove")
+        await self._need("set", call="remove")
         if not elements:
             raise ValueError(f"remove() needs at least one element, e.g. remove({key!r}, 'x')")
         encoded = [codec.encode_element(e) for e in elements]
@@ -279,7 +303,7 @@ class Bucket:
         register fields), enable=["vip"] / disable=["vip"] (flag fields). Removes and
         disables take out what the context saw (with no context, what a read sees now).
         """
-        self._need("map", call="update")
+        await self._need("map", call="update")
         map_ops(increment, add, remove, assign, enable, disable, None)  # refused before a read
         if remove or disable:
             context = await self._seen(key, context)
@@ -295,7 +319,16 @@ class Bucket:
         await self.client._write(self.name, key, op, self._w(w))
 
     def update(self, key: str | bytes, **fields: Any) -> None:
+        unknown = sorted(set(fields) - set(_UPDATE_FIELDS))
+        if unknown:  # (aupdate's own TypeError would name aupdate)
+            raise TypeError(
+                f"update() got unknown argument(s) {', '.join(unknown)}; it takes "
+                f"{', '.join(_UPDATE_FIELDS)}"
+            )
         return self._run(self.aupdate(key, **fields))
+
+
+_UPDATE_FIELDS = ("increment", "add", "remove", "assign", "enable", "disable", "context", "w")
 
 
 def map_ops(increment, add, remove, assign, enable, disable, seen) -> list:

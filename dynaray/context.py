@@ -1,8 +1,10 @@
 """The opaque causal context a get returns and a put sends back (the paper's "context").
 
 It carries the version vector of what the reader saw, bound to the key it was read from.
-Its byte form is versioned msgpack with a checksum, so a truncated, corrupted or tampered
-context is refused with InvalidContext instead of silently discarding someone's write.
+Its byte form is versioned msgpack with a checksum, so a truncated or corrupted context
+(or one edited without recomputing the checksum, which is not a secret: it catches
+accidents, not an attacker) is refused with InvalidContext instead of silently discarding
+someone's write.
 """
 
 from __future__ import annotations

@@ -37,6 +37,14 @@ class ConflictError(DynarayError):
         )
 
 
+# A counter, set or map operation whose outcome is unknown: a read may not tell (another
+# writer's increments look the same), and no context makes it safe to send twice.
+_UPDATE_MAYBE = (
+    "the update may or may not have been applied (it may still spread from the replicas "
+    "it reached); sending it again could apply it twice (a counter counts it twice)"
+)
+
+
 class QuorumError(DynarayError):
     """Too few replicas answered in time. For a write, the outcome is indeterminate."""
 
@@ -83,12 +91,14 @@ class QuorumError(DynarayError):
                 "; the write may still be stored on the replicas that did answer and will spread "
                 "from there: read the key again before retrying with the new context"
             )
+        elif op == "update":
+            message += f"; {_UPDATE_MAYBE}"
         super().__init__(message)
 
     @property
     def indeterminate(self) -> bool:
         """True for writes: they may or may not have been stored."""
-        return self.op in ("put", "delete", "create bucket")
+        return self.op in ("put", "delete", "update", "create bucket")
 
 
 class RequestTimeout(DynarayError, TimeoutError):
@@ -102,6 +112,8 @@ class RequestTimeout(DynarayError, TimeoutError):
         )
         if op in ("put", "delete"):
             message += "; the write may or may not have been stored: read the key to find out"
+        elif op == "update":
+            message += f"; {_UPDATE_MAYBE}"
         super().__init__(message)
 
 
@@ -115,6 +127,12 @@ class InvalidRequest(DynarayError, ValueError):
 
 class SiblingLimitError(InvalidRequest):
     """A write would leave more siblings than the limit: resolve them first."""
+
+
+class KindMismatch(InvalidRequest):
+    """Two copies of one key hold different kinds of data (a bucket created with two
+    policies on the two sides of a partition): neither can take the other in, so the key
+    cannot be read or written until one kind is gone."""
 
 
 class UnreadableValue(DynarayError):

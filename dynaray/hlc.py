@@ -1,8 +1,10 @@
 """A hybrid logical clock: timestamps for last-write-wins that never run backwards.
 
-A timestamp is wall-clock milliseconds shifted left 16 bits plus a logical counter. A node
-never issues a timestamp lower than one it has issued or seen, so a write that causally
-follows another always gets a larger timestamp, even across nodes with skewed clocks.
+A timestamp is wall-clock milliseconds shifted left 16 bits plus a logical counter. A
+clock never issues a timestamp lower than one it has issued or seen (a node's starts again
+with each life: records.update also stamps a write above the copy it replaces and the
+context it read), so a write that causally follows another gets a larger timestamp, even
+across nodes with skewed clocks.
 Pure: the wall clock is injected.
 """
 

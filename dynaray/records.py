@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from dynaray import codec, crdt, versions
-from dynaray.errors import InvalidRequest, SiblingLimitError
+from dynaray.errors import InvalidRequest, KindMismatch, SiblingLimitError
 
 FORMAT = 2
 POLICIES = ("siblings", "lww", "counter", "set", "map")
@@ -113,17 +113,16 @@ def _envelope(data: bytes) -> list:
     return obj
 
 
-class KindMismatch(ValueError):
-    """Two copies of one key hold different kinds (a bucket created with two policies on
-    the two sides of a partition): neither can take the other in."""
-
-
 def merge(a: Record | None, b: Record | None) -> Record | None:
     """Join two replicas' records of one key: never loses a concurrent version or update."""
     if a is None or b is None:
         return a if b is None else b
     if a.kind != b.kind:
-        raise KindMismatch(f"cannot merge a {a.kind} record with a {b.kind} record of one key")
+        raise KindMismatch(
+            f"the key's copies hold two kinds of data, {a.kind} and {b.kind}, which cannot be "
+            "merged: its bucket was created with two policies at once (on the two sides of a "
+            "partition), or written through a handle opened before the bucket was created"
+        )
     stamp = max(a.stamp, b.stamp)
     if a.kind == "siblings":
         return Record(a.kind, versions.sync(a.state, b.state), stamp)
@@ -288,6 +287,17 @@ def _stamp_registers(op: list, stamp: int) -> list:
     return ["update", fields]
 
 
+def write_name(op: list) -> str:
+    """What a write is called in errors: "delete" (a siblings or lww write of no value),
+    "put", or "update" (a counter, set or map operation, which no context makes safe to
+    repeat)."""
+    kind = op[0] if op else None
+    if kind in ("siblings", "lww"):
+        value = op[2] if kind == "siblings" else op[1]
+        return "delete" if value is None or value == b"" else "put"
+    return "update" if kind in ("counter", "set", "map") else "put"
+
+
 def idempotent(op: list) -> bool:
     """Whether a write may be applied again (a client or forwarding node retrying on another
     coordinator after the first died mid-request, when it may have applied it) without
@@ -348,12 +358,16 @@ def written_context(record: Record, op: list, actor: str) -> list:
     cannot leave out one dot of a node and cover a later one, so when an older value of
     the coordinating actor survives beside the write, the answer is the writer's own
     context alone: writing with it again keeps the write too, as a sibling to resolve.
+    Tombstones beside it do not count: a read never shows one (its context covers them
+    all), and one covered discards nothing but itself. Counted, a blind write after a
+    delete answered no context, and each write in a chain of them stayed a sibling.
     """
     if record.kind != "siblings":
         return context_of(record)
     seen = versions.vv_from_wire(op[1])
     for node, counter, vals in record.state[0]:
-        if node == actor and len(vals) == 1:  # the write's dot, and none of ours beside it
+        # vals[0] is the write's value; the rest are older values of ours that survived.
+        if node == actor and all(value is None for value in vals[1:]):
             return versions.vv_to_wire(versions.merge_contexts(seen, ((node, counter),)))
     return versions.vv_to_wire(versions.merge_contexts(seen))
 

@@ -107,7 +107,11 @@ def test_bucket_created_on_both_sides_at_once_is_a_reported_conflict(cluster, he
 
 def test_wrong_call_for_policy_is_refused(client):
     carts = client.bucket("carts-calls")
-    with pytest.raises(ValueError, match="needs a bucket with policy counter"):
+    with pytest.raises(
+        ValueError,
+        match="needs a bucket with policy counter; no node reached "
+        "knows bucket 'carts-calls'.*create it with client.bucket",
+    ):
         carts.increment("k", 1)
     likes = client.bucket("likes-calls", policy="counter")
     with pytest.raises(ValueError, match="needs a bucket with policy siblings or lww"):
@@ -300,6 +304,10 @@ def test_a_bucket_handle_from_before_the_bucket_was_created_cannot_write_another
     # The key written before the bucket was created keeps its kind, and says so.
     with pytest.raises(dynaray.InvalidRequest, match="holds siblings data"):
         tags.add("x", "blue")
+    # The early handle's own set calls take the properties stored since it was opened (it
+    # said "has policy 'siblings'" for good, even after a partition that hid them healed).
+    early.add("w", "green")
+    assert early.policy == "set" and tags.get("w").value == {"green"}
 
 
 def test_sibling_limit_refuses_and_says_resolve(client):
@@ -414,6 +422,13 @@ def test_map_arguments_of_the_wrong_shape_are_refused(cluster, client):
         profiles.update("u", add={"t": "abc"})
     with pytest.raises(TypeError, match="takes a dict"):
         profiles.update("u", increment=["visits"])
+    # It named aupdate, and not the operations there are.
+    with pytest.raises(
+        TypeError,
+        match=r"^update\(\) got unknown argument\(s\) increase; it "
+        "takes increment, add, remove",
+    ):
+        profiles.update("u", increase={"visits": 1})
     assert cluster.replica_state("u", bucket="profiles-shapes") == {}  # nothing was written
 
 

@@ -22,6 +22,7 @@ MADE = [
     errors.Unavailable("no node answered"),
     errors.UnreadableValue("k", ValueError("no module named 'shop'"), b"context"),
     errors.NodeError("store is closed"),
+    errors.KindMismatch("copies of a counter and a set"),
     PeerUnavailable("n3", "partitioned"),
 ]
 
@@ -55,6 +56,37 @@ def test_a_read_that_stopped_early_says_how_many_failed():
     assert "and 2 failed" not in str(errors.QuorumError("get", "k", 1, 2, 3, 2))  # all heard
     slow = str(errors.QuorumError("get", "k", 1, 2, 2, 0))  # one answered, one never did
     assert "did not answer within the read's deadline" in slow and "out of reach" not in slow
+
+
+def test_an_update_of_unknown_outcome_says_sending_it_again_may_apply_it_twice():
+    """A counter, set or map operation has no context to make a retry safe, and a read may
+    not tell whether it landed: the message must not send the user to do either."""
+    from dynaray import records
+
+    increment = ["counter", ["increment", 1]]
+    assert records.write_name(increment) == "update"
+    assert records.write_name(["siblings", [], None]) == "delete"
+    assert records.write_name(["lww", b"v"]) == "put"
+    for error in (
+        errors.QuorumError(records.write_name(increment), "likes", 1, 2, 3),
+        errors.RequestTimeout(records.write_name(increment), "likes", 1.5),
+    ):
+        message = str(error)
+        assert "could apply it twice" in message and "context" not in message
+    assert errors.QuorumError("update", "k", 1, 2, 3).indeterminate
+
+
+def test_copies_of_two_kinds_are_a_dynaray_error_that_names_both():
+    """A read of a key written as two kinds (a bucket created with two policies on the two
+    sides of a partition) raised a bare ValueError, which `except DynarayError` missed."""
+    from dynaray import records
+
+    counter = records.update(None, ["counter", ["increment", 1]], "a", 1)
+    plain = records.update(None, ["siblings", [], b"v"], "a", 1)
+    with pytest.raises(errors.DynarayError, match="two kinds of data, counter and siblings"):
+        records.merge(counter, plain)
+    with pytest.raises(errors.KindMismatch):
+        records.merge_encoded([records.encode(counter), records.encode(plain)])
 
 
 def test_a_value_that_cannot_be_decoded_names_its_key_and_carries_its_context():

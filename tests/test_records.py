@@ -119,6 +119,24 @@ def test_a_write_answer_covers_the_write_when_nothing_concurrent_survives():
     assert _values(merged) == [b"merged"] and context == records.context_of(merged)
 
 
+def test_writes_chained_after_a_delete_and_a_blind_write_follow_one_another():
+    """A blind write after a delete left the tombstone beside it (the write saw nothing),
+    so its answer covered nothing, and each write made with the answer before it stayed a
+    sibling until the key hit the sibling limit: a conflict of the writer with itself."""
+    r, _ = _put(None, [], b"\x00v0", "n1")
+    r, _ = _put(r, records.context_of(r), None, "n1")  # delete(key): it read first
+    r, context = _put(r, [], b"\x00a", "n1")  # put(key, None, "a")
+    assert set(versions.values(r.state)) == {None, b"\x00a"}  # the tombstone stays beside
+    r, context = _put(r, context, b"\x00b", "n1")
+    r, context = _put(r, context, b"\x00c", "n1")
+    assert [v for v in versions.values(r.state) if v is not None] == [b"\x00c"]
+    # A value of ours beside the write is still left to resolve.
+    x, _ = _put(None, [], b"\x00x", "n1")
+    x, context = _put(x, [], b"\x00y", "n1")
+    x, _ = _put(x, context, b"\x00z", "n1")
+    assert b"\x00x" in versions.values(x.state)
+
+
 @pytest.mark.parametrize(
     "op", [["siblings", []], ["lww"], ["counter"], ["siblings", [], "text"], ["siblings", [], 5]]
 )
