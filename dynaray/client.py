@@ -147,8 +147,8 @@ class _LoopThread:
             return future.result()
         except concurrent.futures.CancelledError:
             raise DynarayError(
-                "the client was closed during the call; a write may or may not have been "
-                "applied: read the key to find out"
+                "the client was closed during the call; if it wrote, the write may or may "
+                "not have been applied: read the key to find out"
             ) from None
         finally:
             with self._guard:
@@ -186,12 +186,17 @@ class _LoopThread:
 
 
 async def _cancel_others() -> None:
-    """Cancel every other task of the running loop and wait (briefly) until they end."""
-    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-    for task in others:
-        task.cancel()
-    if others:
-        await asyncio.wait(others, timeout=_CLOSE_WAIT)
+    """Cancel every other task of the running loop and wait (briefly) until they end;
+    again for tasks that the cancelled ones started as they ended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CLOSE_WAIT
+    me = asyncio.current_task()
+    while others := [task for task in asyncio.all_tasks() if task is not me]:
+        if loop.time() >= deadline:
+            return
+        for task in others:
+            task.cancel()
+        await asyncio.wait(others, timeout=deadline - loop.time())
 
 
 class Client:
@@ -370,7 +375,9 @@ class Client:
         r: int | None = None,
         w: int | None = None,
     ) -> Bucket:
-        """The bucket `name`, created with `policy` if new (default "siblings").
+        """The bucket `name`: created with `policy` (and r, w) if new and one is given;
+        with none, the stored properties, or for a bucket no node knows a "siblings"
+        bucket with nothing stored (its calls of another policy look again).
 
         Its properties live in the store, so every client agrees; asking for an existing
         bucket with a different policy, r or w is an error.

@@ -85,6 +85,11 @@ async def read(
         except Exception as exc:  # noqa: BLE001 - any failure moves on to a fallback
             if not isinstance(exc, PeerUnavailable):
                 log.warning("read of %r from %s failed: %r", read.dkey, target.node, exc)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled as its call failed (wait_for then raises the failure and drops
+                # the cancel): a fallback spawned now would outlive whoever cancelled it.
+                raise asyncio.CancelledError from None
             replacement = read.tally.failure(target)
             if replacement is not None:
                 read.pending.add(spawn(ask(replacement)))
@@ -93,12 +98,14 @@ async def read(
 
     for target in targets:
         read.pending.add(spawn(ask(target)))
-    if not (read.tally.settled or read.tally.hopeless):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), deadline)
-    if not read.tally.reached:
-        for task in read.pending:
-            task.cancel()
+    try:
+        if not (read.tally.settled or read.tally.hopeless):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), deadline)
+    finally:  # a read that failed, or was cancelled, stops asking
+        if not read.tally.reached:
+            for task in read.pending:
+                task.cancel()
     return read.tally.reached
 
 

@@ -161,9 +161,7 @@ class Routing:
             ):
                 self._fetching = asyncio.ensure_future(self.refresh())
             await asyncio.shield(self._fetching)
-        elif time.monotonic() - self._refreshed > self.ring_refresh and (
-            self._refreshing is None or self._refreshing.done()
-        ):
+        elif time.monotonic() - self._refreshed > self.ring_refresh and not self._refresh_running():
             self._refreshing = asyncio.ensure_future(self._quiet_refresh())
         assert self.ring is not None
         return self.ring
@@ -306,8 +304,17 @@ class Routing:
     def _stale_ring(self) -> None:
         """A node's ring is newer than ours: fetch it now, in the background."""
         self._refreshed = 0.0
-        if self._refreshing is None or self._refreshing.done():
+        if not self._refresh_running():
             self._refreshing = self._spawn(self._quiet_refresh())
+
+    def _refresh_running(self) -> bool:
+        """Whether a background refresh of the ring runs on this event loop. One left on a
+        loop that stopped (`run_until_complete` of one call) never finishes: counted as
+        running, it kept this client on its ring for good."""
+        task = self._refreshing
+        return (
+            task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
+        )
 
     def _reachable(self, node: str) -> bool:
         return node in self.transport.peers and self.is_up(node)
@@ -570,8 +577,8 @@ class Routing:
             )
         last = after if isinstance(after, PeerUnavailable) else None
         refused: StorageError | None = None  # a coordinator's disk refused: nothing stored
-        # A write reached a coordinator that then failed.
-        maybe_applied = bool(last and last.may_have_arrived and method == "coordinate_put")
+        # The first coordinator a write may have reached before it failed.
+        reached = last if last and last.may_have_arrived and method == "coordinate_put" else None
         for node in candidates[:3]:
             try:
                 if node == "router":
@@ -598,20 +605,19 @@ class Routing:
                 last = PeerUnavailable(node, str(exc))  # a node stopping: read elsewhere
             except PeerUnavailable as exc:
                 self._mark_down(node)
-                maybe_applied = maybe_applied or (
-                    exc.may_have_arrived and method == "coordinate_put"
-                )
+                if reached is None and exc.may_have_arrived and method == "coordinate_put":
+                    reached = exc
                 error = self._unrepeatable(op, key, node, exc, retry)
                 if error is not None:
                     raise error from None
                 last = exc
-        if maybe_applied:
+        if reached is not None:
             raise RequestTimeout(
                 op,
                 key_repr(key),
                 self.request_timeout,
-                f"every coordinator tried failed ({last}), at least one after the request "
-                "reached it",
+                f"every coordinator tried failed ({last}); {reached.peer} failed after the "
+                f"request may have reached it ({reached.reason})",
             )
         if refused is not None:
             raise refused
@@ -636,12 +642,8 @@ def _chunks(groups: dict[str, list[int]]) -> Iterator[tuple[str, list[int]]]:
 
 
 def _op_name(kind: str, op: Any) -> str:
-    """What a request is called in errors: a put whose value is None or empty deletes."""
-    if kind == "put" and op[0] in ("siblings", "lww"):
-        value = op[2] if op[0] == "siblings" else op[1]
-        if value is None or value == b"":
-            return "delete"
-    return kind
+    """What a request is called in errors (records.write_name for a write)."""
+    return records.write_name(op) if kind == "put" else kind
 
 
 def _payload(name: str, key: bytes, reply: tuple) -> Any:

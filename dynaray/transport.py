@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 
 # Why a call failed before anything was sent: the peer was not known, a partition stood in
 # the way or the message was dropped (fault injection, which drops a request before it is
-# sent), or its actor had already been seen dead (Ray does not bring an actor that died
-# back under the same handle).
+# sent), its actor had already been seen dead (Ray does not bring an actor that died
+# back under the same handle), or a batched request's deadline passed while it waited
+# for the call ahead of it to the same peer (call_batched).
 UNKNOWN_PEER = "unknown peer"
 PARTITIONED = "partitioned"
 DROPPED = "message dropped"
 DEAD = "actor seen dead before"
-NOTHING_SENT = (UNKNOWN_PEER, PARTITIONED, DROPPED, DEAD)
+QUEUED = "not sent: the call ahead of it to this node did not return in time"
+NOTHING_SENT = (UNKNOWN_PEER, PARTITIONED, DROPPED, DEAD, QUEUED)
 
 
 class PeerUnavailable(PortableError):
@@ -155,16 +157,18 @@ class Transport:
         try:
             ref = getattr(handle, method).remote(self.node_id, *args)
             return await asyncio.wait_for(ref, timeout)
-        except (TimeoutError, GetTimeoutError):
-            self.failed["timeout"] += 1
-            raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s") from None
         except RayTaskError as exc:
+            # First: Ray raises the peer's error as a class of both RayTaskError and the
+            # error's own, so the peer's RequestTimeout would pass for a TimeoutError here.
             if isinstance(exc.cause, Refused):
                 self.failed["refused"] += 1
                 raise PeerUnavailable(peer, PARTITIONED) from None
             if isinstance(exc.cause, DynarayError):
                 raise exc.cause from None  # the peer answered, with an error of ours
             raise
+        except (TimeoutError, GetTimeoutError):
+            self.failed["timeout"] += 1
+            raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s") from None
         except (RayActorError, RayError) as exc:
             self.failed[type(exc).__name__] += 1
             if isinstance(exc, ActorDiedError) and self.peers.get(peer) is handle:
@@ -194,6 +198,8 @@ class Transport:
             # still waiting then is not sent (_flush skips it), one in flight may arrive.
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
+            if any(waiting is future for _, waiting in batch.waiting):
+                raise PeerUnavailable(peer, QUEUED) from None  # so the caller may go on
             raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s") from None
 
     async def _flush(self, slot: tuple[str, str, int], batch: _Batch, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from dynaray import quorum, reads, records
 from dynaray.quorum import Target
@@ -23,17 +24,24 @@ class Slow:
         self.answer = answer
 
 
+def _spawner() -> tuple[set[asyncio.Task], Callable]:
+    """The tasks a read starts, and the spawn that starts (and keeps) them."""
+    tasks: set[asyncio.Task] = set()
+
+    def spawn(coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        return task
+
+    return tasks, spawn
+
+
 def run_read(answers: dict, targets: list[Target], r: int = 2, deadline: float = 1.0):
     """Run reads.read with a fetch that answers from `answers` (a value, an exception to
     raise, "hang", or Slow(answer))."""
 
     async def main():
-        tasks: set[asyncio.Task] = set()
-
-        def spawn(coro):
-            task = asyncio.ensure_future(coro)
-            tasks.add(task)
-            return task
+        tasks, spawn = _spawner()
 
         async def fetch(target: Target):
             answer = answers[target.node]
@@ -130,3 +138,52 @@ def test_only_a_refusal_counts_as_unanswered():
     assert reads.unanswered(reads.ARRIVING) and reads.unanswered(reads.NOT_MINE)
     assert not reads.unanswered(None)  # absent is an answer
     assert not reads.unanswered(reads.NOT_MINE.encode())  # a copy's bytes never are
+
+
+def test_an_ask_cancelled_as_its_replica_fails_starts_no_fallback_that_outlives_it():
+    """A client closing cancels its loop's tasks. An ask whose call failed in the same
+    step saw the failure, not the cancel (wait_for raises a result that is in when it is
+    cancelled), and started a fallback the cancelling never looked at: at shutdown,
+    "Task was destroyed but it is pending"."""
+    from dynaray.client import _cancel_others
+
+    async def main() -> list[asyncio.Task]:
+        tasks, spawn = _spawner()
+        failing = asyncio.get_running_loop().create_future()
+
+        async def fetch(target: Target):
+            if target.node == "a":
+                return copy(b"v")
+            if target.node == "b":
+                return await asyncio.wait_for(failing, 60)
+            await asyncio.sleep(60)  # a fallback asked would wait here
+
+        targets = [Target("a"), Target("b")]
+        request = reads.Read(b"k", quorum.Tally(PREF, targets, 1, lambda _: True, n=3))
+        assert await reads.read(request, targets, fetch, spawn, 1.0)
+        failing.set_exception(PeerUnavailable("b", "ActorDiedError"))  # then at once:
+        await _cancel_others()
+        return [task for task in tasks if not task.done()]
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_cancelled_read_stops_asking():
+    """Its asks went on, each failure starting the next fallback, with no read to wait
+    for them."""
+
+    async def main() -> list[asyncio.Task]:
+        tasks, spawn = _spawner()
+
+        async def fetch(target: Target):
+            await asyncio.sleep(60)
+
+        targets = [Target("a"), Target("b")]
+        request = reads.Read(b"k", quorum.Tally(PREF, targets, 2, lambda _: True, n=3))
+        reading = asyncio.ensure_future(reads.read(request, targets, fetch, spawn, 30.0))
+        await asyncio.sleep(0.01)
+        reading.cancel()
+        await asyncio.sleep(0.01)
+        return [task for task in tasks if not task.done()]
+
+    assert asyncio.run(main()) == []

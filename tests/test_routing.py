@@ -532,6 +532,68 @@ def test_a_request_whose_caller_gave_up_while_it_waited_is_not_sent():
     assert sent == [["a"], ["c"]]
 
 
+def test_a_peers_own_timeout_error_comes_back_as_it_was_raised():
+    """Ray raises a peer's error as a class of both RayTaskError and the error's own: the
+    Router's RequestTimeout, a TimeoutError, was taken for no answer from the Router
+    ("within 10.0s", at once), and the Router marked down."""
+    from ray.exceptions import RayTaskError
+
+    from dynaray.errors import RequestTimeout
+
+    raised = RequestTimeout("put", "k", 10.0, "every coordinator tried failed")
+    transport = Transport("client")
+
+    class Router:
+        def __getattr__(self, method):
+            return self
+
+        def remote(self, *args):
+            async def fail():
+                raise RayTaskError("coordinate_put", "", raised).as_instanceof_cause()
+
+            return fail()
+
+    transport.set_peers({"router": Router()})
+    with pytest.raises(RequestTimeout, match="every coordinator tried failed"):
+        asyncio.run(transport.call("router", "coordinate_put", timeout=5))
+    assert not transport.failed["timeout"]
+
+
+def test_a_request_in_flight_past_its_deadline_may_have_arrived():
+    transport, sent, release = _held_transport()
+
+    async def main():
+        with pytest.raises(PeerUnavailable, match="no answer to m within") as caught:
+            await transport.call_batched("n1", "m", "a", timeout=0.05)
+        assert caught.value.may_have_arrived
+        release.set()
+
+    asyncio.run(main())
+    assert sent == [["a"]]
+
+
+def test_a_ring_refresh_left_on_a_loop_that_stopped_does_not_stop_later_ones():
+    """A background refresh started on a loop that then stopped (`run_until_complete` of
+    one call) never finishes; it was taken as running for good, and the client never
+    learned a newer ring again."""
+    routing, replicas, ring = _routing()
+    routing._refreshed = 0.0
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(routing._ensure_ring())  # its refresh left pending there
+    loop.close()
+    newer = ring.without_node("n5")
+    for replica in replicas.values():
+        replica.description = {**replica.description, "ring": newer.to_wire()}
+    routing._refreshed = 0.0
+
+    async def go() -> None:
+        await routing._ensure_ring()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert routing.ring.version == newer.version
+
+
 def _first_owned_by(ring: Ring, node: str) -> bytes:
     return next(
         k
@@ -646,15 +708,16 @@ def test_a_dropped_message_was_never_sent():
 def test_a_request_waiting_for_the_call_ahead_keeps_its_own_deadline():
     """Its deadline counts from when it was asked, the wait for the call ahead of it to
     the same node included (it waited for that call's whole deadline, then its own); one
-    never sent is not sent after it gave up."""
+    never sent is not sent after it gave up, and says it was not sent: a write said "may
+    or may not have been stored" and was not tried on the next coordinator."""
     transport, sent, release = _held_transport()
 
     async def main():
         first = asyncio.ensure_future(transport.call_batched("n1", "m", "a", timeout=30))
         await asyncio.sleep(0.01)  # "a" is in flight
-        with pytest.raises(PeerUnavailable, match="no answer to m within") as caught:
+        with pytest.raises(PeerUnavailable, match="not sent: the call ahead") as caught:
             await transport.call_batched("n1", "m", "b", timeout=0.05)
-        assert caught.value.may_have_arrived  # (as far as its caller can tell)
+        assert not caught.value.may_have_arrived
         release.set()
         assert await first == "a"
 
