@@ -270,8 +270,9 @@ class StorageNode:
             ),
             "big",
         )
-        # ranges_failed: gained ranges no old replica could be copied from (30 tries), left
-        # to anti-entropy; the driver then keeps the old copies (Cluster._reshape).
+        # ranges_failed: gained ranges no old replica could be copied from (30 tries), or
+        # one it was not copied from could not be compared with, left to anti-entropy; the
+        # driver then keeps the old copies (Cluster._reshape).
         self.transfer = {
             "ranges_received": 0,
             "keys_received": 0,
@@ -543,6 +544,9 @@ class StorageNode:
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
             return
         missed = [s for s in sources if s != copied and not await self._compare(partition, s)]
+        # Not counted: a node out of the ring that gossip calls down (forgotten: gone for
+        # good). One that left and runs (a leave) is compared with like any other.
+        missed = [s for s in missed if s in self.ring.nodes() or self.membership.is_up(s)]
         if missed and not refill:
             # A write acknowledged by the replicas we did not compare with may be missing
             # here, and an old copy of it dropped after the change: the driver keeps them.

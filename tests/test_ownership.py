@@ -728,7 +728,7 @@ def test_a_copied_range_not_compared_with_every_old_replica_is_not_counted_whole
 
         async def run(self) -> None:
             compared.append(self.peer)
-            if self.peer == "n4" or compared.count("n3") < 3:  # n3: busy for two tries
+            if self.peer in ("n4", "n9") or compared.count("n3") < 3:  # n3: busy twice
                 raise PeerUnavailable(self.peer, "no answer")
 
     async def pull(source, partition, refill=False):
@@ -739,12 +739,16 @@ def test_a_copied_range_not_compared_with_every_old_replica_is_not_counted_whole
 
     monkeypatch.setattr(node, "_pull", pull)
     monkeypatch.setattr(node, "_exchange", lambda partition, peer: Exchange(peer))
-    monkeypatch.setattr(node.membership, "is_up", lambda peer: peer != "n4")  # n4 down
+    monkeypatch.setattr(node.membership, "is_up", lambda peer: peer not in ("n4", "n9"))
     monkeypatch.setattr(node_module.asyncio, "sleep", no_wait)
     asyncio.run(node._take_range(0, ["n2", "n3", "n4"], refill=False))
     assert compared.count("n3") == 3  # tried again until it answered
     assert compared.count("n4") == 1  # called down by gossip: not waited for
     assert node.transfer["ranges_failed"] == 1
+    # A node out of the ring and down was forgotten (forget_node): gone for good, and not
+    # one the range could be compared with.
+    asyncio.run(node._take_range(1, ["n2", "n9"], refill=False))
+    assert compared.count("n9") == 1 and node.transfer["ranges_failed"] == 1
 
 
 def test_a_member_back_on_an_empty_directory_given_a_changing_ring_refills_every_range(
