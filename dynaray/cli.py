@@ -206,7 +206,13 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_put(args: argparse.Namespace) -> int:
     keys = _keys_of(args)
     # The command line has no context to carry, so it reads first: the put replaces what it saw.
-    seen = keys.get(args.key)
+    try:
+        seen = keys.get(args.key)
+    except DynarayError as exc:
+        raise DynarayError(
+            f"put of {args.key!r} reads the key first (to replace what it holds), and the "
+            f"read failed, so nothing was written: {exc}"
+        ) from None
     keys.put(args.key, seen.context, args.value)
     print(f"{args.key} = {args.value}")
     return 0

@@ -153,3 +153,25 @@ def test_the_command_says_its_version_and_refuses_options_it_would_ignore(tmp_pa
     assert dynaray.__version__ != "unknown"  # installed, as the README says
     ignored = _dynaray(["buckets", "--policy", "set"], str(tmp_path), check=False)
     assert ignored.returncode == 2 and "are for --create NAME" in ignored.stderr
+
+
+def test_a_put_whose_first_read_fails_says_nothing_was_written(monkeypatch, capsys):
+    """`dynaray put` reads the key first (it has no context to send); when that read
+    failed, the user saw a get's error and could not tell whether the put happened."""
+    from dynaray import cli
+    from dynaray.errors import QuorumError
+
+    written = []
+
+    class Keys:
+        def get(self, key):
+            raise QuorumError("get", key, 0, 2, 3, 3)
+
+        def put(self, *args):
+            written.append(args)
+
+    monkeypatch.setattr(cli, "_keys_of", lambda args: Keys())
+    assert cli.main(["put", "newkey", "v"]) != 0
+    error = capsys.readouterr().err
+    assert "put of 'newkey' reads the key first" in error and "nothing was written" in error
+    assert not written
