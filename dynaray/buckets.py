@@ -68,10 +68,7 @@ async def open_bucket(
             raise QuorumError("create bucket", name, *reply[1:])
         stored = reply[1]
     if len(stored) > 1:
-        raise DynarayError(
-            f"bucket {name!r} was created twice at once with different properties "
-            f"{[BucketProps.decode(v) for v in stored]}; use another bucket name"
-        )
+        raise _created_twice(name, stored)
     if not stored:
         # A bucket without stored properties is a "siblings" bucket, until it is found
         # created (Bucket._need looks again).
@@ -93,6 +90,13 @@ async def open_bucket(
                 "name"
             )
     return Bucket(client, name, props, resolver)
+
+
+def _created_twice(name: str, stored: list[bytes]) -> DynarayError:
+    return DynarayError(
+        f"bucket {name!r} was created twice at once with different properties "
+        f"{[BucketProps.decode(v) for v in stored]}; use another bucket name"
+    )
 
 
 class Bucket:
@@ -131,6 +135,8 @@ class Bucket:
             stored = await self.client.routing.ask_any(
                 f"opening bucket {self.name!r}", "bucket_props", self.name
             )
+            if len(stored) > 1:
+                raise _created_twice(self.name, stored)
             if len(stored) == 1:
                 self.props, self.found = BucketProps.decode(stored[0]), True
         if self.policy in policies:

@@ -1489,9 +1489,8 @@ class Cluster:
         failed = since_before(status, "ranges_failed")
         if failed:
             log.warning(
-                "%d range(s) could not be copied from, or compared with, their old replicas "
-                "(the nodes' logs say which); the old copies are kept and anti-entropy fills "
-                "the new owners",
+                "%d range(s) could not be copied from their old replicas (none answered); "
+                "the old copies are kept and anti-entropy fills the new owners",
                 failed,
             )
             return {"keys_received": received, "keys_dropped": 0, "ranges_not_copied": failed}

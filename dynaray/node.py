@@ -270,9 +270,8 @@ class StorageNode:
             ),
             "big",
         )
-        # ranges_failed: gained ranges no old replica could be copied from (30 tries), or
-        # one it was not copied from could not be compared with, left to anti-entropy; the
-        # driver then keeps the old copies (Cluster._reshape).
+        # ranges_failed: gained ranges no old replica could be copied from (30 tries), left
+        # to anti-entropy; the driver then keeps the old copies (Cluster._reshape).
         self.transfer = {
             "ranges_received": 0,
             "keys_received": 0,
@@ -498,9 +497,10 @@ class StorageNode:
         Neither goes if the node stops first."""
         claim = object()
         self._claims.update(dict.fromkeys(plan, claim))
+        gave_up: set[str] = set()  # old replicas whose comparisons used their tries up
         for partition, sources in plan.items():
             try:
-                await self._take_range(partition, sources, refill)
+                await self._take_range(partition, sources, refill, gave_up)
             finally:
                 self.transfer["ranges_received"] += 1
                 mine = self._claims.get(partition) is claim
@@ -516,7 +516,9 @@ class StorageNode:
             await self.store.write(lambda txn: txn.delete(META, REFILL))
             self._refill_empty = False
 
-    async def _take_range(self, partition: int, sources: list[str], refill: bool) -> None:
+    async def _take_range(
+        self, partition: int, sources: list[str], refill: bool, gave_up: set[str] | None = None
+    ) -> None:
         """A joiner gives up on a range after 30 tries and leaves it to anti-entropy (its
         old replicas may be gone for good). A node refilling its ranges does not: its own
         copy of them is empty or older than what it acknowledged, so it keeps trying, and
@@ -542,29 +544,35 @@ class StorageNode:
         if copied is None:
             self.transfer["ranges_failed"] += 1
             log.warning("no old replica of range %d answered; anti-entropy fills it", partition)
-            return
-        missed = [s for s in sources if s != copied and not await self._compare(partition, s)]
-        # Not counted: a node out of the ring that gossip calls down (forgotten: gone for
-        # good). One that left and runs (a leave) is compared with like any other.
-        missed = [s for s in missed if s in self.ring.nodes() or self.membership.is_up(s)]
-        if missed and not refill:
-            # A write acknowledged by the replicas we did not compare with may be missing
-            # here, and an old copy of it dropped after the change: the driver keeps them.
-            self.transfer["ranges_failed"] += 1
+        # Only a range just copied is worth waiting for: a refill serves it anyway, and one
+        # with no copy is left to anti-entropy. A replica that used its tries up in this
+        # take-over gets one try at each later range (a joiner gains ranges by the
+        # hundred, one after the other).
+        patient = copied is not None and not refill
+        missed = [
+            source
+            for source in sources
+            if source != copied and not await self._compare(partition, source, patient, gave_up)
+        ]
+        if missed and copied is not None:
             log.warning(
-                "range %d was copied from %s but could not be compared with %s; the old "
-                "copies are kept and anti-entropy fills it",
+                "range %d was copied from %s but could not be compared with %s: a write only "
+                "they hold reaches it at anti-entropy",
                 partition,
                 copied,
                 ", ".join(missed),
             )
 
-    async def _compare(self, partition: int, source: str) -> bool:
-        """Compare a range just copied with another of its old replicas (Merkle exchange),
-        which brings in a write that one got and the copied one missed: served without it,
-        the range would hide an acknowledged write. Tried again while gossip sees the
-        source up (a slow or busy node); one called down is not waited for."""
-        for _ in range(30):
+    async def _compare(
+        self, partition: int, source: str, patient: bool, gave_up: set[str] | None
+    ) -> bool:
+        """Compare a range with one of its old replicas (Merkle exchange), which brings in a
+        write that replica got and the one copied from missed: served without it, the range
+        would hide an acknowledged write. `patient`: tried again, up to 30 times, while the
+        source looks reachable (a slow or busy node); names that used their tries up go
+        into `gave_up`, and get one try."""
+        tries = 30 if patient and source not in (gave_up or ()) else 1
+        for attempt in range(1, tries + 1):
             try:
                 await self._exchange(partition, source).run()
                 return True
@@ -572,11 +580,21 @@ class StorageNode:
                 pass
             except Exception:  # as for a pull: this source failed, the others go on
                 log.exception("comparing range %d with %s failed", partition, source)
-                return False
-            if self._stopping or not self.membership.is_up(source):
-                return False
+                break
+            if attempt == tries or self._stopping or not self._reachable(source):
+                break
             await asyncio.sleep(1.0)
+        if gave_up is not None:
+            gave_up.add(source)
         return False
+
+    def _reachable(self, node: str) -> bool:
+        """Worth calling again: a ring node gossip sees up; a node out of the ring (one
+        leaving, which gossip no longer follows) whose actor is not known dead (a node
+        forgotten for good is)."""
+        if self.ring is not None and node in self.ring.nodes():
+            return self.membership.is_up(node)
+        return self.transport.live(node)
 
     async def _pull(self, source: str, partition: int, refill: bool = False) -> bool:
         """Copy one range from one source; False if the source could not be reached or

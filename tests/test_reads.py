@@ -162,8 +162,13 @@ def test_an_ask_cancelled_as_its_replica_fails_starts_no_fallback_that_outlives_
         request = reads.Read(b"k", quorum.Tally(PREF, targets, 1, lambda _: True, n=3))
         assert await reads.read(request, targets, fetch, spawn, 1.0)
         failing.set_exception(PeerUnavailable("b", "ActorDiedError"))  # then at once:
-        await _cancel_others()
-        return [task for task in tasks if not task.done()]
+        asked = set(tasks)
+        for task in asked:  # what closing sees, and cancels
+            task.cancel()
+        await asyncio.wait(asked)
+        started = tasks - asked  # a fallback started as the ask was cancelled
+        await _cancel_others()  # (which cancels what such a one starts too)
+        return list(started) + [task for task in tasks if not task.done()]
 
     assert asyncio.run(main()) == []
 
