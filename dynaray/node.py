@@ -416,7 +416,8 @@ class StorageNode:
                 "here. Look at the ring (`dynaray ring`, with --store NAME for a store other "
                 "than the default) before changing it again"
             )
-        old = self.ring or (Ring.from_wire(previous) if previous else None)
+        before = Ring.from_wire(previous) if previous else None
+        old = self.ring or before
         gained: list[int] = []
         n = int(config.get("n", 3))
         # Back with an empty directory, or one whose data went back in time (or restarted
@@ -428,7 +429,7 @@ class StorageNode:
         # `previous`, a ring without it) takes what it gains, its whole share. A member
         # back on an empty directory may get its first ring from a membership change
         # (given `previous` too, by a driver settling the change): it refills all the same.
-        joining = previous is not None and self.id not in Ring.from_wire(previous).nodes()
+        joining = before is not None and self.id not in before.nodes()
         never_held = old is None and ring.version > 1 and self.id in ring.nodes()
         refill = (self.refill and not joining) or never_held
         if refill:
