@@ -156,7 +156,10 @@ class Transport:
         self.sent[method] += 1
         try:
             ref = getattr(handle, method).remote(self.node_id, *args)
-            return await asyncio.wait_for(ref, timeout)
+            # asyncio.timeout, not wait_for: cancelled as the call ends, wait_for returns
+            # (or raises) its result and drops the cancel, and the caller goes on.
+            async with asyncio.timeout(timeout):
+                return await ref
         except RayTaskError as exc:
             # First: Ray raises the peer's error as a class of both RayTaskError and the
             # error's own, so the peer's RequestTimeout would pass for a TimeoutError here.
@@ -193,11 +196,16 @@ class Transport:
             task = asyncio.ensure_future(self._flush(slot, batch, timeout))
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
+        deadline = asyncio.timeout(timeout)
         try:
             # The deadline counts from now, the wait for the call ahead included; a request
             # still waiting then is not sent (_flush skips it), one in flight may arrive.
-            return await asyncio.wait_for(future, timeout)
+            # (As in call: a cancel that comes as the call ends is not dropped.)
+            async with deadline:
+                return await future
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the peer's own error (a RequestTimeout), not our deadline
             if any(waiting is future for _, waiting in batch.waiting):
                 raise PeerUnavailable(peer, QUEUED) from None  # so the caller may go on
             raise PeerUnavailable(peer, f"no answer to {method} within {timeout:.1f}s") from None

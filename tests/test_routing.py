@@ -559,6 +559,32 @@ def test_a_peers_own_timeout_error_comes_back_as_it_was_raised():
     assert not transport.failed["timeout"]
 
 
+def test_a_call_cancelled_as_its_answer_fails_stays_cancelled():
+    """wait_for raised the failure instead (it drops a cancel that comes as what it waits
+    for ends): a read's ask then started a fallback that outlived the client's close."""
+    transport = Transport("client")
+
+    async def main() -> asyncio.Task:
+        failing = asyncio.get_running_loop().create_future()
+
+        class Node:
+            def __getattr__(self, method):
+                return self
+
+            def remote(self, sender, items):
+                return failing
+
+        transport.set_peers({"n1": Node()})
+        asking = asyncio.ensure_future(transport.call("n1", "m", ["a"], timeout=5))
+        await asyncio.sleep(0.01)  # its call is in flight
+        failing.set_exception(PeerUnavailable("n1", "ActorDiedError"))
+        asking.cancel()  # in the same step
+        await asyncio.wait([asking])
+        return asking
+
+    assert asyncio.run(main()).cancelled()
+
+
 def test_a_request_in_flight_past_its_deadline_may_have_arrived():
     transport, sent, release = _held_transport()
 
